@@ -1,0 +1,69 @@
+"""What every pipeline shares: validation, the one-shot ``apply`` and closing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, NoReturn
+
+from ._chain import StageFailure
+from .stages import StageSpec, read_stages, short_repr
+
+
+def annotate(failure: StageFailure) -> Exception:
+    """The stage's own exception, with a note naming the stage and the input."""
+    exc = failure.exc
+    note = f"raised by blpipe {failure.label} on input {short_repr(failure.item)}"
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(note)
+    return exc
+
+
+class PipelineBase:
+    """Validation at construction, one ``apply`` per pipeline, idempotent ``close``."""
+
+    def __init__(self, operations: Iterable[Any]) -> None:
+        self._closed = False
+        self._applied = False
+        self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "applied" if self._applied else "ready"
+        names = ", ".join(s.name for s in self.stages)
+        return f"<{type(self).__name__} [{names}] {state}>"
+
+    def __enter__(self) -> PipelineBase:
+        self._check_open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release everything; safe to call any number of times."""
+        self._closed = True
+
+    def apply(self, inputs: Iterable[Any]) -> Iterator[Any]:
+        """Run the stages over ``inputs``; outputs come lazily, in input order.
+
+        ``None`` inputs and outputs are dropped. It can be called once.
+        """
+        self._check_open()
+        if self._applied:
+            raise RuntimeError(f"apply() was already called on this {type(self).__name__}; "
+                               f"it runs one stream only: create a new one for another stream")
+        it = iter(inputs)
+        self._applied = True
+        return self._outputs(it)
+
+    def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed; create a new one")
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} objects cannot be pickled: they own processes "
+                        f"and a one-shot stream; pickle the stages instead")

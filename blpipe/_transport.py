@@ -1,0 +1,197 @@
+"""Moving objects between processes: pickling and framed pipe I/O.
+
+Items go through the C ``pickle`` first and fall back to dill only for what it
+cannot handle (lambdas, local classes), because dill's pickler is pure Python
+and many times slower. Stages always go through dill with ``recurse=True``, so
+functions that use names of ``__main__`` work under spawn; the settings are
+passed per call and the user's global dill settings are left alone.
+
+A frame is an 8-byte little-endian header, ``(length << 1) | used_dill``,
+followed by the pickle. Workers use blocking I/O. The parent never blocks on a
+pipe: it writes through an :class:`Outbox` and reads through an
+:class:`Inbox`, both non-blocking, so it cannot deadlock against a worker that
+is itself blocked writing a large result.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections import deque
+from typing import Any
+
+import dill
+
+PROTOCOL = 5
+HEADER = struct.Struct("<Q")
+_READ_SIZE = 1 << 18
+_IOV_MAX = 512
+
+Frame = tuple[bytes, bytes]  # (header, payload)
+
+
+def dumps(obj: Any) -> Frame:
+    """Pickle ``obj`` into a frame, with dill when plain pickle cannot."""
+    try:
+        payload = pickle.dumps(obj, PROTOCOL)
+        flag = 0
+    except Exception:
+        payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+        flag = 1
+    return HEADER.pack(len(payload) << 1 | flag), payload
+
+
+def dumps_stage(obj: Any) -> bytes:
+    """Pickle a stage by value where needed (dill, ``recurse=True``)."""
+    return dill.dumps(obj, protocol=PROTOCOL, recurse=True)  # type: ignore[no-any-return]
+
+
+def loads_stage(data: bytes) -> Any:
+    return dill.loads(data)
+
+
+def loads(header: int, payload: bytes | bytearray | memoryview) -> Any:
+    """Unpickle a frame's payload; ``header`` is the decoded header word."""
+    return (dill.loads if header & 1 else pickle.loads)(payload)
+
+
+# -- blocking side (workers) -------------------------------------------------
+
+def write_frame(fd: int, frame: Frame) -> None:
+    """Write a whole frame, blocking."""
+    views = [memoryview(frame[0]), memoryview(frame[1])]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def _read_exact(fd: int, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
+
+def read_frame(fd: int) -> tuple[int, bytearray] | None:
+    """Read one frame, blocking; ``None`` at end of file."""
+    head = _read_exact(fd, HEADER.size)
+    if head is None:
+        return None
+    word = HEADER.unpack(head)[0]
+    body = _read_exact(fd, word >> 1)
+    if body is None:
+        return None
+    return word, body
+
+
+# -- non-blocking side (the parent) ------------------------------------------
+
+class Outbox:
+    """Frames waiting to be written to a non-blocking pipe."""
+
+    __slots__ = ("fd", "_views")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._views: deque[memoryview] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._views)
+
+    def put(self, frame: Frame) -> bool:
+        """Queue a frame and write what the pipe takes; ``True`` when all is out."""
+        self._views.append(memoryview(frame[0]))
+        self._views.append(memoryview(frame[1]))
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write what the pipe takes now; ``True`` when nothing is left.
+
+        Raises ``BrokenPipeError`` when the reader is gone.
+        """
+        views = self._views
+        while views:
+            try:
+                n = os.writev(self.fd, list(views)[:_IOV_MAX])
+            except BlockingIOError:
+                return False
+            while views and n >= len(views[0]):
+                n -= len(views.popleft())
+            if n:
+                views[0] = views[0][n:]
+        return True
+
+
+class Inbox:
+    """Reassembles frames from a non-blocking pipe."""
+
+    __slots__ = ("fd", "eof", "_buf", "_body", "_got", "_word")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.eof = False
+        self._buf = bytearray()
+        self._body: bytearray | None = None  # a large frame being read in place
+        self._got = 0
+        self._word = 0
+
+    def read(self) -> list[tuple[int, bytes | bytearray]]:
+        """Every complete frame readable now, without blocking."""
+        frames: list[tuple[int, bytes | bytearray]] = []
+        while not self.eof:
+            if self._body is not None:
+                view = memoryview(self._body)
+                try:
+                    n = os.readv(self.fd, [view[self._got:]])
+                except BlockingIOError:
+                    break
+                if n == 0:
+                    self.eof = True
+                    break
+                self._got += n
+                if self._got == len(self._body):
+                    frames.append((self._word, self._body))
+                    self._body = None
+                continue
+            try:
+                chunk = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            self._buf += chunk
+            self._split(frames)
+        return frames
+
+    def _split(self, frames: list[tuple[int, bytes | bytearray]]) -> None:
+        buf = self._buf
+        pos = 0
+        size = HEADER.size
+        while len(buf) - pos >= size:
+            word = HEADER.unpack_from(buf, pos)[0]
+            length = word >> 1
+            start = pos + size
+            if len(buf) - start >= length:
+                frames.append((word, bytes(buf[start:start + length])))
+                pos = start + length
+            elif length > _READ_SIZE:  # read the rest straight into its own buffer
+                body = bytearray(length)
+                have = len(buf) - start
+                body[:have] = buf[start:]
+                self._body, self._got, self._word = body, have, word
+                pos = len(buf)
+                break
+            else:
+                break
+        del buf[:pos]

@@ -1,0 +1,95 @@
+"""The loop each worker process runs, pool and dedicated alike.
+
+A worker reads ``(segment, items)`` chunks from its task pipe, runs the
+segment's chain over them and writes ``("ok", outputs, error)`` back, in
+order. End of file on the task pipe means stop. A stateful stage keeps its
+state simply because its process lives as long as the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import traceback
+from typing import Any
+
+from ._chain import Chain, StageFailure, sliding
+from ._transport import HEADER, Frame, dumps, loads, loads_stage, read_frame, write_frame
+from .stages import short_repr
+
+# label, input repr, pickled exception (or None), formatted traceback, why it could not be pickled
+RemoteError = tuple[str, str, "Frame | None", str, "str | None"]
+
+
+def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
+    """Package an exception for the parent, checking that it survives the trip.
+
+    An exception can pickle yet fail to unpickle (an ``__init__`` that takes
+    other arguments than ``args``, cpython #103061), so the round trip is tried
+    here, where the failure can still be reported with the stage and input.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    frame: Frame | None
+    try:
+        frame = dumps(exc)
+        loads(HEADER.unpack(frame[0])[0], frame[1])
+        reason = None
+    except Exception as why:
+        frame, reason = None, f"{type(why).__name__}: {why}"
+    return label, short_repr(item), frame, tb, reason
+
+
+def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
+            last_label: str) -> Frame:
+    error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
+    try:
+        return dumps(("ok", outputs, error))
+    except Exception:
+        pass
+    # Some output cannot be pickled: send the ones before it, then say which.
+    for j, out in enumerate(outputs):
+        try:
+            dumps(out)
+        except Exception as why:
+            exc = TypeError(f"{last_label} returned {short_repr(out)}, which cannot be sent "
+                            f"to the next stage: {type(why).__name__}: {why}")
+            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc)))
+    exc = TypeError(f"the error raised by {error[0] if error else last_label} "
+                    f"cannot be sent to the calling process")
+    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc)))
+
+
+def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
+    """Run chunks until the task pipe closes.
+
+    ``blob`` maps segment ids to ``([(label, pickled stage), ...], window)``;
+    ``close_fds`` are the parent's ends of other workers' pipes, inherited
+    under fork: holding them would keep those pipes open after the parent dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if close_fds:
+        # dup2 over them rather than close, so a stale object closing its
+        # inherited fd later cannot close a descriptor the stage opened.
+        null = os.open(os.devnull, os.O_RDONLY)
+        for fd in close_fds:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+        os.close(null)
+    task_fd, result_fd = task_conn.fileno(), result_conn.fileno()
+    try:
+        segments = {}
+        labels = {}
+        for seg, (steps, window) in loads(0, blob).items():
+            chain = Chain([(label, loads_stage(data), None) for label, data in steps])
+            segments[seg] = (chain, window)
+            labels[seg] = steps[-1][0]
+    except BaseException:
+        write_frame(result_fd, dumps(("init", traceback.format_exc())))
+        return
+    while (frame := read_frame(task_fd)) is not None:
+        seg, payload = loads(*frame)
+        chain, window = segments[seg]
+        items = sliding(payload, window) if window else payload
+        outputs, failure = chain.run(items)
+        write_frame(result_fd, _encode(outputs, failure, items, labels[seg]))

@@ -1,0 +1,83 @@
+"""The exceptions blpipe raises itself.
+
+A stage's own exception is re-raised with its original type, so these cover
+only what is blpipe's to report: a pipeline that cannot go on, a worker that
+died, and something that cannot cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class BrokenPipeline(RuntimeError):
+    """The pipeline cannot go on; it has been shut down."""
+
+
+class WorkerDied(BrokenPipeline):
+    """A worker process ended while it had work.
+
+    ``stage`` names the stage it was running, ``exitcode`` is the process's
+    exit code (negative: killed by that signal), and ``input_repr`` is a short
+    ``repr`` of the input it was handling, or ``None`` when unknown.
+    """
+
+    def __init__(self, stage: str, exitcode: int | None, input_repr: str | None) -> None:
+        self.stage = stage
+        self.exitcode = exitcode
+        self.input_repr = input_repr
+        super().__init__(_death_message(stage, exitcode, input_repr))
+
+    def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, int | None, str | None]]:
+        return type(self), (self.stage, self.exitcode, self.input_repr)
+
+
+class SerializationError(TypeError):
+    """A stage, an item, a result or an exception could not be pickled.
+
+    It is a ``TypeError``, like the error ``pickle`` itself raises.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker process.
+
+    blpipe sets it as the ``__cause__`` of the re-raised exception, so the
+    worker's traceback prints above the parent's.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``'SIGKILL(-9)'`` for a signal death, ``'exit code 3'`` otherwise."""
+    if exitcode is None:
+        return "an unknown exit status"
+    if exitcode < 0:
+        try:
+            return f"{signal.Signals(-exitcode).name}({exitcode})"
+        except ValueError:
+            return f"signal {-exitcode}({exitcode})"
+    return f"exit code {exitcode}"
+
+
+_HINTS = {
+    -signal.SIGKILL: "SIGKILL usually means the out-of-memory killer: lower batch_size, "
+    "or make items smaller",
+    -signal.SIGSEGV: "a segmentation fault comes from native code called by the stage",
+    -signal.SIGTERM: "something outside blpipe terminated the worker",
+}
+
+
+def _death_message(stage: str, exitcode: int | None, input_repr: str | None) -> str:
+    what = f"the worker running stage {stage} died with {describe_exit(exitcode)}"
+    if input_repr is not None:
+        what += f" while handling input {input_repr}"
+    hint = _HINTS.get(exitcode or 0, "the stage (or native code it calls) ended the process; "
+                      "run it under SequentialPipeline to debug it in one process")
+    return f"{what}; {hint}"

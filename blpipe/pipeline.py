@@ -1,0 +1,698 @@
+"""``Pipeline``: stages run concurrently in processes, outputs in input order.
+
+How it runs
+-----------
+The stages are cut into *segments*. A run of pool stages with one
+``batch_size`` (a window only on its first stage) is fused into one segment,
+so an item crosses a process boundary once per run, not once per stage. Each
+stateful stage is a segment with a dedicated process; a run of master stages
+is one segment that runs in the caller.
+
+The calling process is the hub, and it has no threads: the generator returned
+by ``apply`` pulls input, cuts it into chunks within each segment's
+``batch_size`` and sends them to worker pipes, reorders results, and waits
+with one ``select`` on every result pipe and every process sentinel, so a
+dead worker is seen as soon as it dies. Writes to workers never block
+(:class:`~blpipe._transport.Outbox`), so the hub cannot deadlock against a
+worker blocked on writing a large result.
+
+A failure (a stage's exception, a dead worker, the input iterator raising)
+travels down the stream as a marker in its place, so every output of earlier
+inputs is yielded before it is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import selectors
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import multiprocess
+from multiprocess.connection import wait as wait_sentinels
+
+from ._base import PipelineBase, annotate
+from ._chain import Chain
+from ._cpu import pool_size
+from ._transport import HEADER, PROTOCOL, Frame, Inbox, Outbox, dumps, dumps_stage, loads
+from ._worker import RemoteError, worker_main
+from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
+from .stages import Placement, StageSpec, short_repr
+
+_PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
+_GRACE = 1.0     # seconds a worker gets to exit by itself before it is terminated
+
+
+class _Failure:
+    """An exception travelling down the stream in place of an item."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Record:
+    """A chunk in flight: ``outs`` is set (``None`` dropped) once its results are in."""
+
+    __slots__ = ("n_in", "first", "frame", "outs", "pos", "failure")
+
+    def __init__(self, n_in: int, first: Any, frame: Frame | None = None,
+                 outs: list[Any] | None = None, failure: _Failure | None = None) -> None:
+        self.n_in = n_in
+        self.first = first
+        self.frame = frame
+        self.outs = outs
+        self.pos = 0
+        self.failure = failure
+
+
+class _Worker:
+    """A worker process as the hub sees it: its pipes and the chunks it holds."""
+
+    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "label", "pool")
+
+    def __init__(self, proc: Any, task: Any, result: Any, label: str, pool: bool) -> None:
+        self.proc = proc
+        self.task = task
+        self.result = result
+        self.outbox = Outbox(task.fileno())
+        self.inbox = Inbox(result.fileno())
+        self.pending: deque[tuple[_ProcessNode, _Record]] = deque()
+        self.label = label
+        self.pool = pool
+
+
+class _Sink:
+    """Outputs ready for the consumer."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.ready: deque[Any] = deque()
+        self.failure: _Failure | None = None
+
+    def room(self) -> int:
+        return self.cap - len(self.ready)
+
+    def put(self, items: list[Any]) -> None:
+        self.ready.extend(items)
+
+    def put_failure(self, failure: _Failure) -> None:
+        self.failure = failure
+
+
+class _MasterNode:
+    """Master stages, run synchronously in the caller as items arrive."""
+
+    def __init__(self, run: _Run, index: int, chain: Chain, nxt: Any) -> None:
+        self.run = run
+        self.index = index
+        self.chain = chain
+        self.next = nxt
+        self.dead = False
+
+    def room(self) -> int:
+        return 0 if self.dead else int(self.next.room())
+
+    def put(self, items: list[Any]) -> None:
+        outputs, failure = self.chain.run(items)
+        outs = [y for y in outputs if y is not None]
+        if outs:
+            self.next.put(outs)
+        if failure is not None:
+            self.run.stop(self.index)
+            self.put_failure(_Failure(annotate(failure)))
+
+    def put_failure(self, failure: _Failure) -> None:
+        self.dead = True
+        self.next.put_failure(failure)
+
+
+class _ProcessNode:
+    """A segment that runs in worker processes: the pool's or a dedicated one."""
+
+    def __init__(self, run: _Run, index: int, seg: int, label: str, cap: int, chunk: int,
+                 window: int | None, workers: list[_Worker], nxt: Any) -> None:
+        self.run = run
+        self.index = index
+        self.seg = seg
+        self.label = label
+        self.cap = cap
+        self.chunk = chunk
+        self.window = window
+        self.workers = workers
+        self.next = nxt
+        self.in_buf: deque[Any] = deque()
+        self.records: deque[_Record] = deque()
+        self.inflight = 0
+        self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
+        self.upstream_failure: _Failure | None = None
+        self.closed = False  # takes no more input
+
+    def room(self) -> int:
+        if self.closed:
+            return 0
+        return self.cap - len(self.in_buf) - self.inflight
+
+    def put(self, items: list[Any]) -> None:
+        self.in_buf.extend(items)
+
+    def put_failure(self, failure: _Failure) -> None:
+        self.upstream_failure = failure
+        self.closed = True
+
+    def idle(self) -> bool:
+        return not (self.in_buf or self.records or self.upstream_failure)
+
+    def release(self) -> bool:
+        """Hand finished outputs downstream, in order, as far as it has room."""
+        moved = False
+        records = self.records
+        nxt = self.next
+        while records and (outs := records[0].outs) is not None:
+            rec = records[0]
+            left = len(outs) - rec.pos
+            if left:
+                room = nxt.room()
+                if room <= 0:
+                    break
+                take = min(left, room)
+                nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
+                rec.pos += take
+                moved = True
+                if take < left:
+                    break
+            records.popleft()
+            self.inflight -= rec.n_in
+            moved = True
+            if rec.failure is not None:
+                nxt.put_failure(rec.failure)
+                self.closed = True
+                records.clear()
+                self.in_buf.clear()
+                self.inflight = 0
+                break
+        return moved
+
+    def dispatch(self, final: bool) -> bool:
+        """Send chunks to workers: full ones while workers can queue them; with
+        ``final``, also a partial one to a worker that would otherwise idle.
+
+        A partial chunk goes only while the segment has room, that is when
+        upstream has nothing more to give. A full segment waits for its
+        results to free room instead: sending what trickles in then would
+        lock the stream into one-item round trips.
+        """
+        if self.index <= self.run.stop_upto:
+            return False
+        sent = False
+        in_buf = self.in_buf
+        while in_buf:
+            full = len(in_buf) >= self.chunk
+            if not (full or (final and self.room() > 0)):
+                break
+            worker = self._pick(_PER_WORKER if full else 1)
+            if worker is None:
+                break
+            n = min(len(in_buf), self.chunk)
+            self._send(worker, [in_buf.popleft() for _ in range(n)])
+            sent = True
+        if not in_buf and self.upstream_failure is not None:
+            self.records.append(_Record(0, None, outs=[], failure=self.upstream_failure))
+            self.upstream_failure = None
+            sent = True
+        return sent
+
+    def _pick(self, limit: int) -> _Worker | None:
+        best = None
+        for w in self.workers:
+            n = len(w.pending)
+            if n < limit and (best is None or n < len(best.pending)):
+                best = w
+                if not n:
+                    break
+        return best
+
+    def _send(self, worker: _Worker, items: list[Any]) -> None:
+        payload = items
+        if self.history is not None:
+            payload = [*self.history, *items]
+            self.history.extend(items)
+            if len(payload) < self.window:  # type: ignore[operator]
+                return  # not a full window yet: nothing to compute
+        try:
+            frame = dumps((self.seg, payload))
+        except Exception:
+            self._send_unpicklable(worker, items, payload)
+            return
+        rec = _Record(len(items), items[0], frame)
+        self.records.append(rec)
+        self.inflight += rec.n_in
+        self.run.send(worker, self, rec)
+
+    def _send_unpicklable(self, worker: _Worker, items: list[Any], payload: list[Any]) -> None:
+        """Send what pickles before the first item that does not, then fail there."""
+        for j, x in enumerate(items):
+            try:
+                dumps(x)
+            except Exception as why:
+                bad, err = j, why
+                break
+        else:  # no single item is at fault; report the chunk
+            bad, err = 0, TypeError("the chunk as a whole cannot be pickled")
+        # The segment stops at the bad item, so its window history no longer matters.
+        head = items[:bad]
+        if head:
+            frame = dumps((self.seg, payload[:len(payload) - len(items) + bad]))
+            rec = _Record(len(head), head[0], frame)
+            self.records.append(rec)
+            self.inflight += rec.n_in
+            self.run.send(worker, self, rec)
+        exc = SerializationError(f"input {short_repr(items[bad])} for {self.label} cannot be "
+                                 f"sent to its worker process: {type(err).__name__}: {err}")
+        exc.__cause__ = err
+        self.records.append(_Record(1, items[bad], outs=[], failure=_Failure(exc)))
+        self.inflight += 1
+        self.run.stop(self.index)
+
+
+class _Run:
+    """One ``apply``: the processes, the segments and the event loop."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.ctx = pipeline._ctx
+        self.fork = self.ctx.get_start_method() == "fork"
+        self.selector = selectors.DefaultSelector()
+        self.workers: list[_Worker] = []
+        self.pool: list[_Worker] = []
+        self.parent_fds: list[int] = [self.selector.fileno()]
+        self.stop_upto = -1
+        self.closing = False
+        self.src_done = False
+        self.it: Iterator[Any] | None = None
+        self.pool_blob = pipeline._pool_blob
+        self.pool_label = pipeline._pool_label
+        try:
+            self._build(pipeline)
+        except BaseException:
+            self.close(graceful=False)
+            raise
+
+    # -- setup ---------------------------------------------------------------
+
+    def _build(self, pipeline: Pipeline) -> None:
+        segments = pipeline._segments
+        last = segments[-1][1][-1] if segments else None
+        self.sink = _Sink(last.batch_size if last else 64)
+        if self.pool_blob is not None:
+            for _ in range(pipeline._pool_size):
+                self.pool.append(self._spawn(self.pool_blob, self.pool_label, pool=True))
+        nxt: Any = self.sink
+        nodes: list[Any] = []
+        n_pool = pipeline._pool_size
+        for index in range(len(segments) - 1, -1, -1):
+            kind, specs, seg, blob = segments[index]
+            label = " + ".join(s.label for s in specs)
+            cap = specs[0].batch_size
+            if kind is Placement.MASTER:
+                node: Any = _MasterNode(self, index,
+                                        Chain([(s.label, s.func, s.window) for s in specs]), nxt)
+            elif kind is Placement.POOL:
+                node = _ProcessNode(self, index, seg, label, cap, max(1, cap // (2 * n_pool)),
+                                    specs[0].window, self.pool, nxt)
+            else:
+                worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
+                node = _ProcessNode(self, index, seg, label, cap, max(1, cap // 2), None,
+                                    [worker], nxt)
+            nodes.append(node)
+            nxt = node
+        nodes.reverse()
+        self.nodes = nodes
+        self.process_nodes = [n for n in reversed(nodes) if isinstance(n, _ProcessNode)]
+        self.first = nodes[0] if nodes else self.sink
+        chunks = [n.chunk for n in self.process_nodes]
+        self.pull_chunk = chunks[-1] if chunks else 64
+
+    def _spawn(self, blob: bytes, label: str, pool: bool) -> _Worker:
+        task_r, task_w = self.ctx.Pipe(duplex=False)
+        result_r, result_w = self.ctx.Pipe(duplex=False)
+        # Under fork the child inherits the parent's ends of every pipe, its own
+        # included; holding its own task pipe's write end, it would never see EOF.
+        close_fds = (*self.parent_fds, task_w.fileno(), result_r.fileno()) if self.fork else ()
+        proc = self.ctx.Process(target=worker_main, args=(task_r, result_w, blob, close_fds),
+                                name=f"blpipe {label}", daemon=True)
+        try:
+            proc.start()
+        finally:
+            task_r.close()
+            result_w.close()
+        worker = _Worker(proc, task_w, result_r, label, pool)
+        for fd in (task_w.fileno(), result_r.fileno()):
+            os.set_blocking(fd, False)
+            self.parent_fds.append(fd)
+        self.selector.register(result_r.fileno(), selectors.EVENT_READ, ("result", worker))
+        self.selector.register(proc.sentinel, selectors.EVENT_READ, ("death", worker))
+        self.workers.append(worker)
+        return worker
+
+    # -- the stream ------------------------------------------------------------
+
+    def results(self, it: Iterator[Any], pipeline: Pipeline) -> Iterator[Any]:
+        self.it = it
+        sink = self.sink
+        ready = sink.ready
+        ok = False
+        try:
+            while True:
+                self.pump()
+                if ready:
+                    while ready:
+                        yield ready.popleft()
+                        if pipeline._closed:
+                            raise RuntimeError("the Pipeline was closed while its output "
+                                               "was being read")
+                    self.wait(0)
+                    continue
+                if sink.failure is not None:
+                    raise sink.failure.exc
+                if self.finished():
+                    ok = True
+                    return
+                self.wait(None)
+        finally:
+            self.close(graceful=ok)
+
+    def pump(self) -> None:
+        """Move everything that can move: release, pull input, dispatch."""
+        nodes = self.process_nodes
+        while True:
+            moved = False
+            for node in nodes:
+                if node.release():
+                    moved = True
+            if self.pull():
+                moved = True
+            for node in nodes:
+                if node.dispatch(False):
+                    moved = True
+            if not moved:
+                break
+        for node in nodes:
+            node.dispatch(True)
+
+    def pull(self) -> bool:
+        if self.src_done or self.stop_upto >= 0:
+            return False
+        room = min(self.first.room(), self.pull_chunk)
+        if room <= 0:
+            return False
+        batch: list[Any] = []
+        failure = None
+        it = self.it
+        try:
+            while len(batch) < room:
+                x = next(it)  # type: ignore[arg-type]
+                if x is not None:
+                    batch.append(x)
+        except StopIteration:
+            self.src_done = True
+        except Exception as e:  # the input's own error, raised after earlier outputs
+            self.src_done = True
+            failure = _Failure(e)
+        if batch:
+            self.first.put(batch)
+        if failure is not None:
+            self.first.put_failure(failure)
+        return True
+
+    def finished(self) -> bool:
+        return self.src_done and all(n.idle() for n in self.process_nodes)
+
+    def stop(self, index: int) -> None:
+        """A failure at segment ``index``: what is upstream of it is later in the
+        stream and no longer needed, so stop feeding it."""
+        self.stop_upto = max(self.stop_upto, index)
+
+    # -- events ------------------------------------------------------------------
+
+    def send(self, worker: _Worker, node: _ProcessNode, rec: _Record) -> None:
+        worker.pending.append((node, rec))
+        if worker.outbox:
+            worker.outbox.put(rec.frame)  # type: ignore[arg-type]
+            return
+        try:
+            done = worker.outbox.put(rec.frame)  # type: ignore[arg-type]
+        except BrokenPipeError:
+            return  # the worker is gone; its sentinel reports it
+        if not done:
+            self.selector.register(worker.outbox.fd, selectors.EVENT_WRITE, ("write", worker))
+
+    def wait(self, timeout: float | None) -> None:
+        if timeout is None and not any(w.pending or w.outbox for w in self.workers):
+            raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
+                                 "stream is not finished; please report this with the stages")
+        for key, _ in self.selector.select(timeout):
+            kind, worker = key.data
+            if kind == "result":
+                self._read(worker)
+            elif kind == "write":
+                try:
+                    done = worker.outbox.flush()
+                except BrokenPipeError:
+                    done = True
+                if done:
+                    self.selector.unregister(worker.outbox.fd)
+            elif worker in self.workers:
+                self._on_death(worker)
+
+    def _read(self, worker: _Worker) -> None:
+        for word, payload in worker.inbox.read():
+            self._on_frame(worker, word, payload)
+        if worker.inbox.eof:
+            self.selector.unregister(worker.inbox.fd)
+
+    def _on_frame(self, worker: _Worker, word: int, payload: bytes | bytearray) -> None:
+        try:
+            msg = loads(word, payload)
+        except Exception as e:
+            node, rec = worker.pending.popleft()
+            exc = SerializationError(f"the results of {node.label} cannot be unpickled in the "
+                                     f"calling process: {type(e).__name__}: {e}")
+            exc.__cause__ = e
+            self._fail(node, rec, exc)
+            return
+        if msg[0] == "init":
+            broken = BrokenPipeline(f"{worker.label} could not be loaded in its worker "
+                                    f"process; see the traceback above. Under spawn and "
+                                    f"forkserver, stages must be importable or pickle by value")
+            broken.__cause__ = RemoteTraceback(msg[1])
+            self.stop(len(self.nodes))
+            self.sink.put_failure(_Failure(broken))
+            return
+        node, rec = worker.pending.popleft()
+        _, outputs, error = msg
+        rec.frame = None
+        rec.outs = [y for y in outputs if y is not None]
+        if error is not None:
+            rec.failure = _Failure(_rebuild(error))
+            self.stop(node.index)
+
+    def _fail(self, node: _ProcessNode, rec: _Record, exc: BaseException) -> None:
+        rec.frame = None
+        rec.outs = []
+        rec.failure = _Failure(exc)
+        self.stop(node.index)
+
+    def _on_death(self, worker: _Worker) -> None:
+        self._read(worker)  # what it wrote before dying still counts
+        worker.proc.join(_GRACE)
+        exitcode = worker.proc.exitcode
+        self._forget(worker)
+        pending = list(worker.pending)
+        worker.pending.clear()
+        if worker.pool and not self.closing:
+            self.pool.remove(worker)
+            # Earlier items may still need the pool (downstream segments): keep its size.
+            self.pool.append(self._spawn(self.pool_blob, self.pool_label,  # type: ignore[arg-type]
+                                         pool=True))
+        for i, (node, rec) in enumerate(pending):
+            if i == 0 or not worker.pool:
+                where = (short_repr(rec.first) if rec.n_in == 1 else
+                         f"{short_repr(rec.first)} (or one of the {rec.n_in - 1} after it)")
+                self._fail(node, rec, WorkerDied(node.label, exitcode, where))
+            else:  # never started: another worker can take it
+                self.send(node._pick(_PER_WORKER + 1) or self.pool[0], node, rec)
+
+    def _forget(self, worker: _Worker) -> None:
+        for fd in (worker.inbox.fd, worker.outbox.fd, worker.proc.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        self.workers.remove(worker)
+        worker.task.close()
+        worker.result.close()
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def close(self, graceful: bool) -> None:
+        """Stop every worker: let idle ones exit on end of file, terminate the rest."""
+        if self.closing:
+            return
+        self.closing = True
+        workers = list(self.workers)
+        for w in workers:
+            w.task.close()  # end of file: an idle worker exits by itself
+        procs = [w.proc for w in workers]
+        if graceful:
+            _join_all(procs, _GRACE)
+        for p in procs:
+            if p.exitcode is None:
+                p.terminate()
+        _join_all(procs, _GRACE)
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+        _join_all(procs, None)
+        for w in workers:
+            w.result.close()
+            w.proc.close()
+        self.workers.clear()
+        self.selector.close()
+
+
+def _join_all(procs: list[Any], timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    alive = [p for p in procs if p.exitcode is None]
+    while alive:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        wait_sentinels([p.sentinel for p in alive], left)
+        alive = [p for p in alive if p.exitcode is None]
+
+
+def _rebuild(error: RemoteError) -> BaseException:
+    """The worker's exception, with its traceback as ``__cause__`` and a note."""
+    label, input_repr, frame, tb, reason = error
+    note = f"raised by blpipe {label} on input {input_repr}"
+    exc: BaseException
+    if frame is None:
+        exc = SerializationError(f"{label} raised an exception that cannot be sent to the "
+                                 f"calling process ({reason}), on input {input_repr}; "
+                                 f"its traceback is above")
+    else:
+        exc = loads(HEADER.unpack(frame[0])[0], frame[1])
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""  ({note})')
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    return exc
+
+
+class Pipeline(PipelineBase):
+    """Run a chain of callables over a stream on every core, in order, with bounded memory.
+
+    >>> from blpipe import Pipeline, stage
+    >>> double = stage(lambda x: 2 * x, stateful=False, batch_size=8)
+    >>> with Pipeline([double], n_cpu=2) as p:
+    ...     list(p.apply(range(5)))
+    [0, 2, 4, 6, 8]
+
+    ``n_cpu`` is the total number of worker processes: the pool gets
+    ``max(1, n_cpu - D)`` where ``D`` counts the dedicated (stateful) stages.
+    Without it the pool gets every CPU this process may use. ``start_method``
+    is ``'fork'``, ``'spawn'`` or ``'forkserver'`` (default: the platform's).
+    """
+
+    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+                 start_method: str | None = None) -> None:
+        super().__init__(operations)
+        dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
+        self._pool_size = pool_size(n_cpu, dedicated)
+        if start_method is not None and start_method not in multiprocess.get_all_start_methods():
+            raise ValueError(f"start_method={start_method!r} is not available here; choose one "
+                             f"of {multiprocess.get_all_start_methods()}")
+        self._ctx = multiprocess.get_context(start_method)
+        self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
+        self._run: _Run | None = None
+
+    @property
+    def n_cpu(self) -> int:
+        """The number of processes in the shared pool."""
+        return self._pool_size
+
+    def __enter__(self) -> Pipeline:
+        self._check_open()
+        self._start()
+        return self
+
+    def _start(self) -> _Run:
+        if self._run is None:
+            self._run = _Run(self)
+        return self._run
+
+    def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
+        self._check_open()
+        run = self._start()
+        yield from run.results(it, self)
+
+    def close(self) -> None:
+        """Stop every process; safe to call any number of times."""
+        self._closed = True
+        if self._run is not None:
+            self._run.close(graceful=False)
+
+    def __del__(self) -> None:
+        run = getattr(self, "_run", None)
+        if run is not None and not self._closed:
+            warnings.warn(f"{self!r} was never closed; use it in a 'with' block or call "
+                          f"close()", ResourceWarning, stacklevel=2, source=self)
+            run.close(graceful=False)
+
+
+Segment = tuple[Placement, list[StageSpec], int, "bytes | None"]
+
+
+def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, str]:
+    """Cut the stages into segments and pickle what goes to workers.
+
+    Pickling here, at construction, reports an unpicklable stage before any
+    process starts, whatever the start method.
+    """
+    groups: list[tuple[Placement, list[StageSpec]]] = []
+    for s in stages:
+        prev = groups[-1] if groups else None
+        fuse_master = prev and s.placement is prev[0] is Placement.MASTER
+        fuse_pool = (prev and s.placement is prev[0] is Placement.POOL and s.window is None
+                     and s.batch_size == prev[1][0].batch_size)
+        if prev and (fuse_master or fuse_pool):
+            prev[1].append(s)
+        else:
+            groups.append((s.placement, [s]))
+
+    def pickled(s: StageSpec) -> tuple[str, bytes]:
+        try:
+            return s.label, dumps_stage(s.func)
+        except Exception as e:
+            raise SerializationError(
+                f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "
+                f"Stages that run outside the calling process must pickle (with dill): keep "
+                f"generators, open files and locks out of the object (create them lazily in "
+                f"__call__), or set run_in_master = True") from e
+
+    segments: list[Segment] = []
+    pool_steps: dict[int, tuple[list[tuple[str, bytes]], int | None]] = {}
+    for seg, (kind, specs) in enumerate(groups):
+        blob = None
+        if kind is Placement.POOL:
+            pool_steps[seg] = ([pickled(s) for s in specs], specs[0].window)
+        elif kind is Placement.DEDICATED:
+            blob = pickle.dumps({seg: ([pickled(s) for s in specs], None)}, PROTOCOL)
+        segments.append((kind, specs, seg, blob))
+    pool_blob = pickle.dumps(pool_steps, PROTOCOL) if pool_steps else None
+    pool_label = "the pool (" + ", ".join(
+        s.label for kind, specs, _, _ in segments if kind is Placement.POOL for s in specs) + ")"
+    return segments, pool_blob, pool_label

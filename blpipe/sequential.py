@@ -1,0 +1,45 @@
+"""``SequentialPipeline``: the same contract, all in the calling process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ._base import PipelineBase, annotate
+from ._chain import Chain
+
+
+class SequentialPipeline(PipelineBase):
+    """Runs every stage in the calling process, one item at a time.
+
+    It validates the same attributes and gives the same outputs, windows,
+    ``None`` dropping and errors as :class:`~blpipe.Pipeline`, so it is the
+    reference to test against and the place to debug a stage::
+
+        >>> from blpipe import SequentialPipeline, stage
+        >>> diff = stage(lambda w: w[1] - w[0], stateful=2)
+        >>> with SequentialPipeline([diff]) as p:
+        ...     list(p.apply([1, 4, None, 9]))
+        [3, 5]
+    """
+
+    def __init__(self, operations: Iterable[Any]) -> None:
+        super().__init__(operations)
+        self._chain = Chain([(s.label, s.func, s.window) for s in self.stages])
+
+    def __enter__(self) -> SequentialPipeline:
+        super().__enter__()
+        return self
+
+    def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
+        chain = self._chain
+        for x in it:
+            self._check_open()
+            if x is None:
+                continue
+            outputs, failure = chain.run((x,))
+            if failure is not None:
+                self._closed = True
+                raise annotate(failure)
+            if outputs[0] is not None:
+                yield outputs[0]

@@ -1,0 +1,216 @@
+"""Stage attributes: reading, validating and describing what each callable asks for.
+
+A stage is any callable. How it may run is read from plain attributes with
+``getattr``, so they can sit on a function, an instance or its class:
+
+==================  ===========  ==============================================
+attribute           default      meaning
+==================  ===========  ==============================================
+``stateful``        ``True``     ``True``: sequential, in a dedicated process;
+                                 ``False``/``None``: stateless, shared pool;
+                                 int ``k >= 1``: sliding windows of ``k``, pool
+``batch_size``      ``1``        at most this many inputs of the stage in flight
+``run_in_master``   absent       present and truthy: runs in the calling process
+==================  ===========  ==============================================
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import numbers
+import reprlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+__all__ = ["Placement", "StageSpec", "Stage", "stage", "read_stages", "describe", "short_repr"]
+
+_reprs = reprlib.Repr()
+_reprs.maxstring = 60
+_reprs.maxother = 60
+_reprs.maxlong = 40
+
+
+def short_repr(obj: object) -> str:
+    """A ``repr`` cut to a readable length, for error messages."""
+    try:
+        return _reprs.repr(obj)
+    except Exception as e:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__name__} (repr failed: {e!r})>"
+
+
+def describe(func: object) -> str:
+    """A short human name for a stage: its qualified name, else its ``repr``."""
+    wrapped = getattr(func, "__wrapped__", None)
+    if isinstance(func, Stage) and wrapped is not None:
+        return describe(wrapped)
+    qualname = getattr(func, "__qualname__", None)
+    if isinstance(qualname, str) and not isinstance(func, type):
+        return qualname
+    cls = type(func)
+    if cls.__repr__ is object.__repr__:
+        return f"{cls.__qualname__}()"
+    return short_repr(func)
+
+
+class Placement(enum.Enum):
+    """Where a stage runs."""
+
+    MASTER = "master"
+    DEDICATED = "dedicated"
+    POOL = "pool"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A validated stage: the callable and how it runs."""
+
+    index: int
+    func: Callable[[Any], Any]
+    name: str
+    placement: Placement
+    window: int | None
+    batch_size: int
+
+    @property
+    def label(self) -> str:
+        """``'stage 2 (Accumulator())'``: how messages name the stage."""
+        return f"stage {self.index} ({self.name})"
+
+
+def _positive_int(value: object) -> int | None:
+    """``int(value)`` for an integer that is not a bool, else ``None``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+def read_stage(index: int, func: object) -> StageSpec:
+    """Read and validate one stage's attributes; raise naming the stage."""
+    name = describe(func)
+    where = f"stage {index} ({name})"
+    if not callable(func):
+        raise TypeError(f"{where} is not callable: got {short_repr(func)} of type "
+                        f"{type(func).__name__}; a stage must be a function or an object "
+                        f"with __call__")
+
+    stateful = getattr(func, "stateful", True)
+    window: int | None = None
+    if stateful is True:
+        placement = Placement.DEDICATED
+    elif stateful is False or stateful is None:
+        placement = Placement.POOL
+    else:
+        k = _positive_int(stateful)
+        if k is None:
+            raise TypeError(f"{where}: stateful={stateful!r} is a {type(stateful).__name__}; "
+                            f"use True (stateful), False or None (stateless), or a window "
+                            f"size k >= 1 (an int)")
+        if k < 1:
+            raise ValueError(f"{where}: stateful={stateful!r} is not a valid window size; "
+                             f"a window needs k >= 1 inputs")
+        window = k
+        placement = Placement.POOL
+
+    raw_batch = getattr(func, "batch_size", 1)
+    batch_size = _positive_int(raw_batch)
+    if batch_size is None:
+        raise TypeError(f"{where}: batch_size={raw_batch!r} is a {type(raw_batch).__name__}; "
+                        f"it must be an int >= 1")
+    if batch_size < 1:
+        raise ValueError(f"{where}: batch_size={raw_batch!r}; it must be an int >= 1")
+
+    if hasattr(func, "run_in_master"):
+        flag = func.run_in_master
+        if not flag:
+            raise ValueError(
+                f"{where}: run_in_master={flag!r} is present but falsy. blllib ran such a "
+                f"stage in the master process anyway; blpipe does not guess: set it to True "
+                f"to run the stage in the calling process, or delete the attribute")
+        placement = Placement.MASTER
+
+    return StageSpec(index, func, name, placement, window, batch_size)
+
+
+def read_stages(operations: Iterable[object]) -> list[StageSpec]:
+    """Validate a sequence of stages."""
+    if isinstance(operations, (str, bytes)) or not hasattr(operations, "__iter__"):
+        raise TypeError(f"operations must be a sequence of callables, got "
+                        f"{type(operations).__name__}")
+    return [read_stage(i, f) for i, f in enumerate(operations)]
+
+
+class Stage:
+    """A callable with blpipe's attributes attached; see :func:`stage`.
+
+    It pickles whenever the wrapped callable does, so it can run in any
+    process.
+    """
+
+    stateful: bool | int | None
+    batch_size: int
+    __wrapped__: Callable[..., Any]
+
+    def __init__(self, func: Callable[..., Any], *, stateful: bool | int | None,
+                 batch_size: int, run_in_master: bool) -> None:
+        functools.update_wrapper(self, func, updated=())
+        self.stateful = stateful
+        self.batch_size = batch_size
+        if run_in_master:
+            self.run_in_master = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        extra = ", run_in_master=True" if hasattr(self, "run_in_master") else ""
+        return (f"stage({describe(self.__wrapped__)}, stateful={self.stateful!r}, "
+                f"batch_size={self.batch_size!r}{extra})")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_UNSET: Any = object()
+
+
+@overload
+def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
+          batch_size: int = ..., run_in_master: bool = ...) -> Stage: ...
+@overload
+def stage(func: None = None, /, *, stateful: bool | int | None = ...,
+          batch_size: int = ..., run_in_master: bool = ...,
+          ) -> Callable[[Callable[..., Any]], Stage]: ...
+
+
+def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
+          batch_size: int = _UNSET, run_in_master: bool = _UNSET,
+          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    """Attach blpipe's attributes to any callable, builtins included.
+
+    Use it as a function or as a decorator::
+
+        >>> from blpipe import stage
+        >>> n = stage(len, stateful=False, batch_size=64)
+        >>> n("abc"), n.stateful, n.batch_size
+        (3, False, 64)
+        >>> @stage(stateful=3)
+        ... def diff2(w):
+        ...     return w[2] - w[0]
+        >>> diff2((1, 4, 9))
+        8
+
+    Attributes not given keep the callable's own, else the defaults. The values
+    are validated at once, so a bad one fails here rather than in a pipeline.
+    """
+
+    def wrap(f: Callable[..., Any]) -> Stage:
+        inner = f.__wrapped__ if isinstance(f, Stage) else f
+        s = Stage(inner,
+                  stateful=getattr(f, "stateful", True) if stateful is _UNSET else stateful,
+                  batch_size=getattr(f, "batch_size", 1) if batch_size is _UNSET else batch_size,
+                  run_in_master=(bool(getattr(f, "run_in_master", False))
+                                 if run_in_master is _UNSET else run_in_master))
+        read_stage(0, s)
+        return s
+
+    return wrap if func is None else wrap(func)
