@@ -471,10 +471,13 @@ class _Run:
                 self._on_death(worker)
 
     def _read(self, worker: _Worker) -> None:
-        for word, payload in worker.inbox.read():
+        inbox = worker.inbox
+        if inbox.eof:
+            return
+        for word, payload in inbox.read():
             self._on_frame(worker, word, payload)
-        if worker.inbox.eof:
-            self.selector.unregister(worker.inbox.fd)
+        if inbox.eof:  # its sentinel will say why; stop selecting a closed pipe
+            self.selector.unregister(inbox.fd)
 
     def _on_frame(self, worker: _Worker, word: int, payload: bytes | bytearray) -> None:
         try:
@@ -650,7 +653,7 @@ class Pipeline(PipelineBase):
         if run is not None and not self._closed:
             warnings.warn(f"{self!r} was never closed; use it in a 'with' block or call "
                           f"close()", ResourceWarning, stacklevel=2, source=self)
-            run.close(graceful=False)
+            self.close()
 
 
 Segment = tuple[Placement, list[StageSpec], int, "bytes | None"]

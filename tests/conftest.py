@@ -1,0 +1,65 @@
+"""Shared fixtures: every test must leave no process and no blpipe thread behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import multiprocess
+import psutil
+import pytest
+
+START_METHODS = [m for m in ("fork", "spawn", "forkserver")
+                 if m in multiprocess.get_all_start_methods()]
+
+
+def _helpers(proc: psutil.Process) -> bool:
+    """multiprocess's own long-lived helpers, which are not blpipe's to stop.
+
+    The fork server is a direct child; the workers it forks share its command
+    line but are its children, so they still count.
+    """
+    try:
+        cmdline = " ".join(proc.cmdline())
+        direct = proc.ppid() == os.getpid()
+    except psutil.Error:
+        return True
+    return direct and ("resource_tracker" in cmdline or "forkserver" in cmdline)
+
+
+def live_children() -> list[psutil.Process]:
+    """Children of this process that are running, less multiprocess's helpers."""
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and not _helpers(child):
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_no_children(timeout: float = 3.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (left := live_children()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    threads = set(threading.enumerate())
+    yield
+    left = wait_no_children()
+    for child in left:
+        child.kill()
+    assert not left, f"processes left behind: {left}"
+    extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    assert not extra, f"threads left behind: {extra}"
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

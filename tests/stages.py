@@ -1,0 +1,135 @@
+"""Stages for the tests, at module level so that every start method can load them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+BIG = 1_000_003
+
+
+class Add:
+    """Stateless: ``x + k``."""
+
+    stateful = False
+
+    def __init__(self, k: int, batch_size: int = 1) -> None:
+        self.k = k
+        self.batch_size = batch_size
+
+    def __call__(self, x: int) -> int:
+        return (x + self.k) % BIG
+
+
+class DropMultiples:
+    """Stateless filter: ``None`` for multiples of ``m``."""
+
+    stateful = False
+
+    def __init__(self, m: int, batch_size: int = 1) -> None:
+        self.m = m
+        self.batch_size = batch_size
+
+    def __call__(self, x: int) -> int | None:
+        return None if x % self.m == 0 else x
+
+
+class RunningSum:
+    """Stateful: the sum so far (dedicated process)."""
+
+    def __init__(self, batch_size: int = 1) -> None:
+        self.total = 0
+        self.batch_size = batch_size
+
+    def __call__(self, x: int) -> int:
+        self.total = (self.total + x) % BIG
+        return self.total
+
+
+class Weighted:
+    """Window of ``k``: an order-sensitive sum, so a misordered window shows."""
+
+    def __init__(self, k: int, batch_size: int = 1) -> None:
+        self.stateful = k
+        self.batch_size = batch_size
+
+    def __call__(self, w: tuple[int, ...]) -> int:
+        return sum((i + 1) * v for i, v in enumerate(w)) % BIG
+
+
+class MasterScale:
+    """Runs in the caller; optionally windowed (then it sums the window)."""
+
+    run_in_master = True
+
+    def __init__(self, k: int, window: int | None = None) -> None:
+        self.k = k
+        if window is not None:
+            self.stateful = window
+
+    def __call__(self, x: Any) -> int:
+        if isinstance(x, tuple):
+            return (sum(x) * self.k) % BIG
+        return (x * self.k + 1) % BIG
+
+
+class Pid:
+    """Stateless by default: tags the item with the pid that handled it."""
+
+    def __init__(self, name: str, **attrs: Any) -> None:
+        self.name = name
+        self.stateful = False
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, item: Any) -> Any:
+        if isinstance(item, tuple) and item and isinstance(item[0], tuple):
+            item = item[-1]  # a window of tagged items: keep the newest
+        x, trace = item if isinstance(item, tuple) else (item, ())
+        return x, (*trace, (self.name, os.getpid()))
+
+
+class FailAt:
+    """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``; else returns ``x``."""
+
+    def __init__(self, at: int, **attrs: Any) -> None:
+        self.at = at
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: Any) -> Any:
+        value = x[-1] if isinstance(x, tuple) else x
+        if value == self.at:
+            raise ValueError(f"bad {value}", value)
+        return value
+
+
+class DieAt:
+    """Ends its own process on ``x == at``: ``exit`` code, or a signal when negative."""
+
+    def __init__(self, at: int, code: int, **attrs: Any) -> None:
+        self.at = at
+        self.code = code
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: int) -> int:
+        if x == self.at:
+            if self.code < 0:
+                os.kill(os.getpid(), -self.code)
+                time.sleep(5)
+            os._exit(self.code)
+        return x
+
+
+def slow_identity(x: int) -> int:
+    time.sleep(0.001)
+    return x
+
+
+slow_identity.stateful = False  # type: ignore[attr-defined]
+slow_identity.batch_size = 4  # type: ignore[attr-defined]
+
+SIGKILL = -signal.SIGKILL
