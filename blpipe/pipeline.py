@@ -31,6 +31,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import multiprocess
@@ -363,7 +364,7 @@ class _Run:
     # -- the stream ------------------------------------------------------------
 
     def results(self, it: Iterator[Any], pipeline: Pipeline) -> Iterator[Any]:
-        self.it = it
+        self.it = _guarded(it)
         sink = self.sink
         ready = sink.ready
         ok = False
@@ -411,19 +412,13 @@ class _Run:
         room = min(self.first.room(), self.pull_chunk)
         if room <= 0:
             return False
-        batch: list[Any] = []
+        raw = list(islice(self.it, room))  # type: ignore[arg-type]
         failure = None
-        it = self.it
-        try:
-            while len(batch) < room:
-                x = next(it)  # type: ignore[arg-type]
-                if x is not None:
-                    batch.append(x)
-        except StopIteration:
+        if len(raw) < room:
             self.src_done = True
-        except Exception as e:  # the input's own error, raised after earlier outputs
-            self.src_done = True
-            failure = _Failure(e)
+            if raw and type(raw[-1]) is _Failure:
+                failure = raw.pop()
+        batch = [x for x in raw if x is not None]
         if batch:
             self.first.put(batch)
         if failure is not None:
@@ -565,6 +560,15 @@ class _Run:
             w.proc.close()
         self.workers.clear()
         self.selector.close()
+
+
+def _guarded(it: Iterator[Any]) -> Iterator[Any]:
+    """The input, with its own error turned into a final marker, so that the
+    items pulled before it are kept and it is raised after their outputs."""
+    try:
+        yield from it
+    except Exception as e:
+        yield _Failure(e)
 
 
 def _join_all(procs: list[Any], timeout: float | None) -> None:
