@@ -6,26 +6,49 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn
 
+import multiprocess
+
 from ._chain import StageFailure
-from .stages import StageSpec, read_stages, short_repr
+from ._cpu import pool_size
+from .stages import Placement, StageSpec, read_stages, short_repr
 
 
 def annotate(failure: StageFailure) -> Exception:
     """The stage's own exception, with a note naming the stage and the input."""
     exc = failure.exc
     note = f"raised by blpipe {failure.label} on input {short_repr(failure.item)}"
-    if hasattr(exc, "add_note"):  # Python 3.11+
-        exc.add_note(note)
+    add_note(exc, note)
     return exc
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; on 3.10, which has no notes, the list alone is kept."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
 class PipelineBase:
     """Validation at construction, one ``apply`` per pipeline, idempotent ``close``."""
 
-    def __init__(self, operations: Iterable[Any]) -> None:
+    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+                 start_method: str | None = None) -> None:
         self._closed = False
         self._applied = False
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
+        dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
+        self._pool_size = pool_size(n_cpu, dedicated)
+        methods = multiprocess.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(f"start_method={start_method!r} is not available here; "
+                             f"choose one of {methods}")
+        self._start_method = start_method
+
+    @property
+    def n_cpu(self) -> int:
+        """The size of the shared pool (see the CPU budget rule)."""
+        return self._pool_size
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "applied" if self._applied else "ready"

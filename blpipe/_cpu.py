@@ -62,10 +62,10 @@ def pool_size(n_cpu: int | None, dedicated: int) -> int:
     pool gets what the ``dedicated`` stages leave: ``max(1, n_cpu - dedicated)``.
     Without it (``None`` or ``-1``) the pool gets every usable CPU.
     """
+    if n_cpu is not None and (isinstance(n_cpu, bool) or not isinstance(n_cpu, int)):
+        raise TypeError(f"n_cpu={n_cpu!r} must be an int (or None for every usable CPU)")
     if n_cpu is None or n_cpu == -1:
         return usable_cpu_count()
-    if isinstance(n_cpu, bool) or not isinstance(n_cpu, int):
-        raise TypeError(f"n_cpu={n_cpu!r} must be an int (or None for every usable CPU)")
     if n_cpu < 1:
         raise ValueError(f"n_cpu={n_cpu!r}: it must be >= 1, or -1/None for every usable CPU")
     return max(1, n_cpu - dedicated)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._chain import Chain, StageFailure, sliding
 from ._transport import HEADER, Frame, dumps, loads, loads_stage, read_frame, write_frame
+from .errors import SerializationError
 from .stages import short_repr
 
 # label, input repr, pickled exception (or None), formatted traceback, why it could not be pickled
@@ -52,11 +53,10 @@ def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
         try:
             dumps(out)
         except Exception as why:
-            exc = TypeError(f"{last_label} returned {short_repr(out)}, which cannot be sent "
-                            f"to the next stage: {type(why).__name__}: {why}")
+            exc = SerializationError(f"{last_label} returned {short_repr(out)}, which cannot "
+                                     f"leave its worker process: {type(why).__name__}: {why}")
             return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc)))
-    exc = TypeError(f"the error raised by {error[0] if error else last_label} "
-                    f"cannot be sent to the calling process")
+    exc = SerializationError(f"the outputs of {last_label} cannot leave its worker process")
     return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc)))
 
 

@@ -75,7 +75,7 @@ _HINTS = {
 
 
 def _death_message(stage: str, exitcode: int | None, input_repr: str | None) -> str:
-    what = f"the worker running stage {stage} died with {describe_exit(exitcode)}"
+    what = f"the worker running {stage} died with {describe_exit(exitcode)}"
     if input_repr is not None:
         what += f" while handling input {input_repr}"
     hint = _HINTS.get(exitcode or 0, "the stage (or native code it calls) ended the process; "

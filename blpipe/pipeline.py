@@ -37,9 +37,8 @@ from typing import Any
 import multiprocess
 from multiprocess.connection import wait as wait_sentinels
 
-from ._base import PipelineBase, annotate
+from ._base import PipelineBase, add_note, annotate
 from ._chain import Chain
-from ._cpu import pool_size
 from ._transport import HEADER, PROTOCOL, Frame, Inbox, Outbox, dumps, dumps_stage, loads
 from ._worker import RemoteError, worker_main
 from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
@@ -520,8 +519,9 @@ class _Run:
                                          pool=True))
         for i, (node, rec) in enumerate(pending):
             if i == 0 or not worker.pool:
-                where = (short_repr(rec.first) if rec.n_in == 1 else
-                         f"{short_repr(rec.first)} (or one of the {rec.n_in - 1} after it)")
+                where = short_repr(rec.first)
+                if rec.n_in > 1:
+                    where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
                 self._fail(node, rec, WorkerDied(node.label, exitcode, where))
             else:  # never started: another worker can take it
                 self.send(node._pick(_PER_WORKER + 1) or self.pool[0], node, rec)
@@ -594,8 +594,7 @@ def _rebuild(error: RemoteError) -> BaseException:
     else:
         exc = loads(HEADER.unpack(frame[0])[0], frame[1])
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""  ({note})')
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
+    add_note(exc, note)
     return exc
 
 
@@ -616,20 +615,10 @@ class Pipeline(PipelineBase):
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
                  start_method: str | None = None) -> None:
-        super().__init__(operations)
-        dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
-        self._pool_size = pool_size(n_cpu, dedicated)
-        if start_method is not None and start_method not in multiprocess.get_all_start_methods():
-            raise ValueError(f"start_method={start_method!r} is not available here; choose one "
-                             f"of {multiprocess.get_all_start_methods()}")
+        super().__init__(operations, n_cpu, start_method=start_method)
         self._ctx = multiprocess.get_context(start_method)
         self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
         self._run: _Run | None = None
-
-    @property
-    def n_cpu(self) -> int:
-        """The number of processes in the shared pool."""
-        return self._pool_size
 
     def __enter__(self) -> Pipeline:
         self._check_open()
@@ -687,8 +676,8 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
             raise SerializationError(
                 f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "
                 f"Stages that run outside the calling process must pickle (with dill): keep "
-                f"generators, open files and locks out of the object (create them lazily in "
-                f"__call__), or set run_in_master = True") from e
+                f"generators, open files and sockets out of the object (create them on the "
+                f"first call instead), or set run_in_master = True") from e
 
     segments: list[Segment] = []
     pool_steps: dict[int, tuple[list[tuple[str, bytes]], int | None]] = {}

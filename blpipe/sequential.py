@@ -23,8 +23,11 @@ class SequentialPipeline(PipelineBase):
         [3, 5]
     """
 
-    def __init__(self, operations: Iterable[Any]) -> None:
-        super().__init__(operations)
+    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+                 start_method: str | None = None) -> None:
+        """``n_cpu`` and ``start_method`` are validated as by ``Pipeline`` and
+        otherwise unused, so either class can replace the other."""
+        super().__init__(operations, n_cpu, start_method=start_method)
         self._chain = Chain([(s.label, s.func, s.window) for s in self.stages])
 
     def __enter__(self) -> SequentialPipeline:

@@ -86,10 +86,13 @@ def _positive_int(value: object) -> int | None:
     return None
 
 
-def read_stage(index: int, func: object) -> StageSpec:
-    """Read and validate one stage's attributes; raise naming the stage."""
+def read_stage(index: int | None, func: object) -> StageSpec:
+    """Read and validate one stage's attributes; raise naming the stage.
+
+    ``index`` is the stage's position, or ``None`` when validating alone.
+    """
     name = describe(func)
-    where = f"stage {index} ({name})"
+    where = f"stage({name})" if index is None else f"stage {index} ({name})"
     if not callable(func):
         raise TypeError(f"{where} is not callable: got {short_repr(func)} of type "
                         f"{type(func).__name__}; a stage must be a function or an object "
@@ -130,7 +133,7 @@ def read_stage(index: int, func: object) -> StageSpec:
                 f"to run the stage in the calling process, or delete the attribute")
         placement = Placement.MASTER
 
-    return StageSpec(index, func, name, placement, window, batch_size)
+    return StageSpec(index or 0, func, name, placement, window, batch_size)
 
 
 def read_stages(operations: Iterable[object]) -> list[StageSpec]:
@@ -150,6 +153,7 @@ class Stage:
 
     stateful: bool | int | None
     batch_size: int
+    run_in_master: object
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], *, stateful: bool | int | None,
@@ -208,9 +212,10 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
         s = Stage(inner,
                   stateful=getattr(f, "stateful", True) if stateful is _UNSET else stateful,
                   batch_size=getattr(f, "batch_size", 1) if batch_size is _UNSET else batch_size,
-                  run_in_master=(bool(getattr(f, "run_in_master", False))
-                                 if run_in_master is _UNSET else run_in_master))
-        read_stage(0, s)
+                  run_in_master=run_in_master is not _UNSET and run_in_master)
+        if run_in_master is _UNSET and hasattr(f, "run_in_master"):
+            s.run_in_master = f.run_in_master  # a falsy one is refused just below
+        read_stage(None, s)
         return s
 
     return wrap if func is None else wrap(func)

@@ -101,21 +101,30 @@ def test_unpicklable_stage_is_fine_in_master_and_sequential() -> None:
         assert list(q.apply([1, 2])) == [1, 2]
 
 
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
 @pytest.mark.parametrize("n_cpu", [0, -2])
-def test_bad_n_cpu(n_cpu: int) -> None:
+def test_bad_n_cpu(cls: type, n_cpu: int) -> None:
     with pytest.raises(ValueError, match=f"n_cpu={n_cpu}"):
-        Pipeline([with_attrs(stateful=False)], n_cpu=n_cpu)
+        cls([with_attrs(stateful=False)], n_cpu=n_cpu)
 
 
-@pytest.mark.parametrize("n_cpu", [2.0, "4", True])
-def test_n_cpu_type(n_cpu: Any) -> None:
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
+@pytest.mark.parametrize("n_cpu", [2.0, -1.0, "4", True])
+def test_n_cpu_type(cls: type, n_cpu: Any) -> None:
     with pytest.raises(TypeError, match="n_cpu"):
-        Pipeline([with_attrs(stateful=False)], n_cpu=n_cpu)
+        cls([with_attrs(stateful=False)], n_cpu=n_cpu)
 
 
-def test_bad_start_method() -> None:
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
+def test_bad_start_method(cls: type) -> None:
     with pytest.raises(ValueError, match="start_method='threads'"):
-        Pipeline([with_attrs(stateful=False)], start_method="threads")
+        cls([with_attrs(stateful=False)], start_method="threads")
+
+
+def test_sequential_takes_the_same_arguments() -> None:
+    ops = [with_attrs(stateful=False), with_attrs()]
+    seq = SequentialPipeline(ops, n_cpu=4, start_method="spawn")
+    assert seq.n_cpu == Pipeline(ops, n_cpu=4, start_method="spawn").n_cpu == 3
 
 
 def test_operations_must_be_a_sequence() -> None:
@@ -143,10 +152,12 @@ def test_stage_helper() -> None:
 
 
 def test_stage_helper_validates_at_once() -> None:
-    with pytest.raises(ValueError, match="batch_size=0"):
+    with pytest.raises(ValueError, match=r"stage\(len\): batch_size=0"):
         stage(len, batch_size=0)
     with pytest.raises(TypeError, match="stateful='x'"):
         stage(stateful="x")(len)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="run_in_master=False"):
+        stage(with_attrs(run_in_master=False), batch_size=2)
 
 
 def test_stage_helper_keeps_existing_attributes() -> None:
