@@ -46,6 +46,7 @@ from .stages import Placement, StageSpec, short_repr
 
 _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
 _GRACE = 1.0     # seconds a worker gets to exit by itself before it is terminated
+_TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
 
 class _Failure:
@@ -367,15 +368,23 @@ class _Run:
         sink = self.sink
         ready = sink.ready
         ok = False
+        clock = time.monotonic
         try:
             while True:
                 self.pump()
                 if ready:
+                    polled = clock()
                     while ready:
                         yield ready.popleft()
                         if pipeline._closed:
                             raise RuntimeError("the Pipeline was closed while its output "
                                                "was being read")
+                        if clock() - polled > _TOP_UP:
+                            # The consumer took a while: move finished work on and
+                            # refill the queues before its next step.
+                            self.wait(0)
+                            self.pump()
+                            polled = clock()
                     self.wait(0)
                     continue
                 if sink.failure is not None:

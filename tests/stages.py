@@ -124,6 +124,19 @@ class DieAt:
         return x
 
 
+class Stamp:
+    """Tags an item with when each stage finished it: ``(x, (t0, t1, ...))``."""
+
+    def __init__(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, item: Any) -> tuple[Any, tuple[float, ...]]:
+        x, times = item if isinstance(item, tuple) else (item, ())
+        time.sleep(0.001)
+        return x, (*times, time.monotonic())
+
+
 def slow_identity(x: int) -> int:
     time.sleep(0.001)
     return x

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from blpipe import Pipeline
-from tests.stages import Add, MasterScale, RunningSum, Weighted
+from tests.stages import Add, MasterScale, RunningSum, Stamp, Weighted
 
 
 def test_lead_is_bounded(start_method: str) -> None:
@@ -36,15 +36,18 @@ def test_lead_is_bounded(start_method: str) -> None:
 
 
 def test_consumer_overlaps_with_workers() -> None:
-    """While the consumer sleeps on one output, the next ones are being computed."""
-    from tests.stages import slow_identity  # 1 ms per item, batch_size 4
-
-    with Pipeline([slow_identity], n_cpu=2) as p:
+    """While the consumer holds an output, each stage computes the work queued to it."""
+    with Pipeline([Stamp(stateful=False, batch_size=4), Stamp(batch_size=4)], n_cpu=3) as p:
         out = p.apply(range(400))
-        next(out)
-        time.sleep(0.3)
-        start = time.perf_counter()
-        got = [next(out) for _ in range(3)]  # were computed during the sleep
-        assert time.perf_counter() - start < 0.05
-        assert got == [1, 2, 3]
-        assert list(out) == list(range(4, 400))
+        for _ in range(10):  # a slow consumer: each step lets the queues fill
+            next(out)
+            time.sleep(0.01)
+        time.sleep(0.5)
+        resumed = time.monotonic()  # system-wide on Linux, so comparable across processes
+        got = [next(out) for _ in range(8)]
+        assert [x for x, _ in got] == list(range(10, 18))
+        # Finished through both stages while the consumer slept: at least the 3 left in
+        # the output buffer and 3 of the last stage's 4 in flight (one slot may still be
+        # held by a result not yet handed on). Without the top-up only 4 or 5 are.
+        assert sum(times[-1] < resumed for _, times in got) >= 6
+        assert [x for x, _ in out] == list(range(18, 400))
