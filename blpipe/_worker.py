@@ -68,6 +68,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     under fork: holding them would keep those pipes open after the parent dies.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
     if close_fds:
         # dup2 over them rather than close, so a stale object closing its
         # inherited fd later cannot close a descriptor the stage opened.
