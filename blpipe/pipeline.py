@@ -628,6 +628,7 @@ class Pipeline(PipelineBase):
         self._ctx = multiprocess.get_context(start_method)
         self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
         self._run: _Run | None = None
+        self._built = True  # only a fully built pipeline can be left unclosed
 
     def __enter__(self) -> Pipeline:
         self._check_open()
@@ -651,8 +652,7 @@ class Pipeline(PipelineBase):
             self._run.close(graceful=False)
 
     def __del__(self) -> None:
-        run = getattr(self, "_run", None)
-        if run is not None and not self._closed:
+        if getattr(self, "_built", False) and not self._closed:
             warnings.warn(f"{self!r} was never closed; use it in a 'with' block or call "
                           f"close()", ResourceWarning, stacklevel=2, source=self)
             self.close()

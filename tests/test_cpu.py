@@ -32,10 +32,12 @@ def test_cgroup_quota_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("n_cpu", "expected"), [(8, 6), (3, 1), (2, 1), (1, 1)])
 def test_n_cpu_counts_dedicated_stages(n_cpu: int, expected: int) -> None:
     ops = [Add(1), RunningSum(), RunningSum(), Add(2)]
-    assert Pipeline(ops, n_cpu=n_cpu).n_cpu == expected
+    with Pipeline(ops, n_cpu=n_cpu) as p:
+        assert p.n_cpu == expected
 
 
 @pytest.mark.parametrize("n_cpu", [None, -1])
 def test_default_pool_takes_every_usable_cpu(n_cpu: int | None) -> None:
     ops = [Add(1), RunningSum(), Add(2)]
-    assert Pipeline(ops, n_cpu=n_cpu).n_cpu == usable_cpu_count()
+    with Pipeline(ops, n_cpu=n_cpu) as p:
+        assert p.n_cpu == usable_cpu_count()

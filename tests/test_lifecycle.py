@@ -106,18 +106,24 @@ def test_unclosed_pipeline_warns() -> None:
         p.__del__()
 
 
-def test_unstarted_pipeline_does_not_warn() -> None:
+def test_unstarted_pipeline_warns_too() -> None:
+    p = Pipeline(fresh())
+    with pytest.warns(ResourceWarning, match="never closed"):
+        p.__del__()
+
+
+def test_failed_construction_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        p = Pipeline(fresh())
-        del p
+        with pytest.raises(ValueError, match="batch_size"):
+            Pipeline([Add(1, batch_size=0)])
         gc.collect()
 
 
 @pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
 def test_pipelines_do_not_pickle(cls: type) -> None:
-    with pytest.raises(TypeError, match="cannot be pickled"):
-        pickle.dumps(cls(fresh()))
+    with cls(fresh()) as p, pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(p)
 
 
 def test_apply_needs_an_iterable() -> None:

@@ -62,7 +62,8 @@ def test_attributes_on_class_and_instance(cls: type) -> None:
         cls([Bad()])
     ok = Bad()
     ok.batch_size = 3  # the instance wins over the class
-    assert cls([ok]).stages[0].batch_size == 3
+    with cls([ok]) as p:
+        assert p.stages[0].batch_size == 3
 
 
 def test_class_attributes_and_defaults() -> None:
@@ -124,7 +125,8 @@ def test_bad_start_method(cls: type) -> None:
 def test_sequential_takes_the_same_arguments() -> None:
     ops = [with_attrs(stateful=False), with_attrs()]
     seq = SequentialPipeline(ops, n_cpu=4, start_method="spawn")
-    assert seq.n_cpu == Pipeline(ops, n_cpu=4, start_method="spawn").n_cpu == 3
+    with Pipeline(ops, n_cpu=4, start_method="spawn") as p:
+        assert seq.n_cpu == p.n_cpu == 3
 
 
 def test_operations_must_be_a_sequence() -> None:
