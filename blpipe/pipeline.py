@@ -24,6 +24,7 @@ inputs is yielded before it is raised.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import selectors
@@ -46,6 +47,7 @@ from .stages import Placement, StageSpec, short_repr
 
 _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
 _GRACE = 1.0     # seconds a worker gets to exit by itself before it is terminated
+_PIPE_SIZE = 1 << 20
 _TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
 
@@ -355,6 +357,10 @@ class _Run:
         worker = _Worker(proc, task_w, result_r, label, pool)
         for fd in (task_w.fileno(), result_r.fileno()):
             os.set_blocking(fd, False)
+            # Linux pipes hold 64 KiB; a larger one takes a large item in fewer
+            # round trips. Best effort: the limit is /proc/sys/fs/pipe-max-size.
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             self.parent_fds.append(fd)
         self.selector.register(result_r.fileno(), selectors.EVENT_READ, ("result", worker))
         self.selector.register(proc.sentinel, selectors.EVENT_READ, ("death", worker))
