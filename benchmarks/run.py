@@ -1,0 +1,639 @@
+"""Benchmark driver: blpipe against serial code, multiprocessing.Pool and peer libraries.
+
+Run from the repository root::
+
+    python benchmarks/run.py                      # everything, 5 repeats
+    python benchmarks/run.py --quick --repeats 1  # smoke run
+    python benchmarks/run.py --workloads W1,W3 --systems blpipe,pool --markdown
+
+Every measurement runs in a fresh interpreter (``_child.py``) under a
+timeout; a run that does not finish in time is reported as ``hang`` and its
+whole process tree is killed. Repeats are interleaved: repeat 1 runs every
+row of W1, then every row of W2, ..., then repeat 2 starts, so machine noise
+spreads evenly over the systems. While a child runs, a thread here samples
+the resident set size of the child and all its descendants every 10 ms and
+keeps the largest sum. Wall time is measured inside the child around the
+timed region only. Each child checks its output against the serial
+reference and reports ``wrong`` when it differs.
+
+Tables go to standard output, progress to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # a blpipe checkout
+
+import psutil
+import systems
+import workloads as wl
+from systems import Row
+from workloads import WORKLOADS, Workload
+
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "_child.py"
+PEERS = ("pool", "blllib", "pypeln", "mpire")
+SAMPLE_INTERVAL = 0.01
+RESCAN_EVERY = 5  # look for new descendants every 5th sample (50 ms)
+STRAGGLER_GRACE = 2.0  # seconds a child's helpers get to exit after it
+
+
+# --- timeouts ---------------------------------------------------------------
+
+
+def row_timeout(workload: Workload, row: Row, args: argparse.Namespace) -> float:
+    """The timeout for one run: ``--timeout``, capped for workloads that should be short.
+
+    W5 does almost nothing, so a run past 30 s (10 s with ``--quick``) has
+    hung. blllib is known to hang at exit when a stateful stage has seen
+    all its input (W3, W5), so it gets 60 s (20 s) on W3.
+    """
+    limit = args.timeout
+    if workload.name == "W5":
+        limit = min(limit, 10 if args.quick else 30)
+    if row.system == "blllib" and workload.name == "W3":
+        limit = min(limit, 20 if args.quick else 60)
+    return limit
+
+
+# --- running one child under watch ----------------------------------------
+
+
+class TreeMonitor(threading.Thread):
+    """Samples the summed RSS of a process and all its descendants; keeps the peak.
+
+    Every process ever seen in the tree is remembered, so ones that outlive
+    the root (orphans) can still be found and killed afterwards.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, psutil.Process] = {pid: self.root}
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        tick = 0
+        while not self._stop_event.is_set():
+            if tick % RESCAN_EVERY == 0:
+                self._rescan()
+            self._sample()
+            tick += 1
+            self._stop_event.wait(SAMPLE_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def _rescan(self) -> None:
+        try:
+            for p in self.root.children(recursive=True):
+                self.seen.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+
+    def _sample(self) -> None:
+        total = 0
+        for p in list(self.seen.values()):
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak = max(self.peak, total)
+
+    def alive(self) -> list[psutil.Process]:
+        """Processes of the tree still running (not counting the zombie root)."""
+        out = []
+        for pid, p in self.seen.items():
+            if pid == self.root.pid:
+                continue
+            if _running(p):
+                out.append(p)
+        return out
+
+
+@dataclass
+class ChildOutcome:
+    timed_out: bool
+    returncode: int | None
+    peak_rss: int
+    leftovers: int
+    wall: float
+
+
+def _group_members(pgid: int, exclude: int) -> list[psutil.Process]:
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != exclude and os.getpgid(p.pid) == pgid:
+                members.append(p)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def _kill(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=1)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _reap_stragglers(monitor: TreeMonitor, pgid: int) -> int:
+    """Kill what the exited child left running; return how many processes that was.
+
+    Helpers such as the forkserver and the resource tracker exit by
+    themselves once the child is gone, so they get a short grace period
+    before they count as left behind.
+    """
+    stragglers = {p.pid: p for p in monitor.alive()}
+    stragglers.update((p.pid, p) for p in _group_members(pgid, pgid))
+    deadline = time.perf_counter() + STRAGGLER_GRACE
+    alive = [p for p in stragglers.values() if _running(p)]
+    while alive and time.perf_counter() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
+    _kill(alive)
+    return len(alive)
+
+
+def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any) -> ChildOutcome:
+    """Run ``cmd`` in its own session; on timeout kill its whole process tree.
+
+    The child is waited for without being reaped (``WNOWAIT``), so its pid,
+    and with it its process group, cannot be reused while stragglers in that
+    group are looked for and killed; only then is it reaped.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    monitor = TreeMonitor(proc.pid)
+    monitor.start()
+    timed_out = False
+    try:
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.perf_counter() - t0 > timeout:
+                timed_out = True
+                break
+            time.sleep(SAMPLE_INTERVAL)
+    finally:
+        wall = time.perf_counter() - t0
+        monitor.stop()
+        leftovers = 0
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # Descendants that moved to another process group, if any.
+            _kill([p for pid, p in monitor.seen.items() if pid != proc.pid])
+        else:
+            leftovers = _reap_stragglers(monitor, proc.pid)
+            proc.wait()
+    return ChildOutcome(timed_out, proc.returncode, monitor.peak, leftovers, wall)
+
+
+# --- one measurement --------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of one row, as recorded in the JSON output."""
+
+    workload: str
+    row: str
+    system: str
+    repeat: int
+    status: str  # ok | wrong | error | hang
+    seconds: float | None = None
+    first_output_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    wall_seconds: float | None = None
+    leftovers: int = 0
+    note: str = ""
+
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
+
+
+def measure_once(workload: Workload, row: Row, repeat: int, cfg: Config,
+                 args: argparse.Namespace, scratch: Path) -> Run:
+    result_path = scratch / "result.json"
+    consumed_path = scratch / "result.json.consumed"
+    result_path.unlink(missing_ok=True)
+    consumed_path.unlink(missing_ok=True)
+    n = workload.n(args.quick)
+    cmd = [sys.executable, str(CHILD), row.label, workload.name, "--n", str(n),
+           "--iterations", str(cfg.iterations.get(workload.name, 0)),
+           "--expect", cfg.references[workload.name], "--result", str(result_path)]
+    timeout = row_timeout(workload, row, args)
+    with open(scratch / "stdout", "w+b") as out, open(scratch / "stderr", "w+b") as err:
+        outcome = run_child(cmd, timeout, out, err)
+        err.seek(0)
+        err_tail = err.read()[-2000:].decode(errors="replace").strip()
+    result: dict[str, Any] = {}
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+    run = Run(workload.name, row.label, row.system, repeat, status="error",
+              peak_rss_mb=outcome.peak_rss / 2**20, wall_seconds=outcome.wall,
+              leftovers=outcome.leftovers)
+    if outcome.timed_out:
+        run.status = "hang"
+        if result:
+            run.note = f"finished ({result['status']}) but did not exit within {timeout:g} s"
+        elif consumed_path.exists():
+            consumed = json.loads(consumed_path.read_text())
+            verdict = "right" if consumed["ok"] else f"wrong: {consumed['digest']}"
+            run.note = (f"all outputs consumed ({verdict}), then shutting down "
+                        f"did not finish within {timeout:g} s")
+        else:
+            run.note = f"not all outputs within {timeout:g} s"
+    elif not result:
+        last = err_tail.splitlines()[-1] if err_tail else ""
+        run.note = f"exit code {outcome.returncode}, no result: {last}"
+    else:
+        run.status = str(result["status"])
+        run.seconds = result.get("seconds")
+        run.first_output_seconds = result.get("first_output_seconds")
+        if run.status == "wrong":
+            run.note = f"got {result['digest']}, expected {result['expected']}"
+        if outcome.returncode:
+            run.add_note(f"exit code {outcome.returncode} after the result")
+    if outcome.leftovers:
+        run.add_note(f"left {outcome.leftovers} process(es) running (killed)")
+    return run
+
+
+# --- configuration shared by all runs ---------------------------------------
+
+
+@dataclass
+class Config:
+    iterations: dict[str, int] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)
+
+
+def environment() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("blpipe", "blllib", "pypeln", "mpire", "psutil"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    import multiprocessing
+
+    return {
+        "cores": str(systems.usable_cores()),
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "platform": platform.platform(),
+        "default_start_method": multiprocessing.get_start_method(),
+        **{f"{k}_version": v for k, v in versions.items()},
+    }
+
+
+def env_line(env: dict[str, str]) -> str:
+    cores = env["cores"]
+    if env["cpu_count"] != cores:
+        cores += f" (os.cpu_count(): {env['cpu_count']})"
+    return (f"cores: {cores} | Python {env['python']} | {env['date']} | "
+            f"{env['platform']} | default start method: {env['default_start_method']}")
+
+
+def versions_line(env: dict[str, str]) -> str:
+    return " | ".join(f"{d} {env[f'{d}_version']}"
+                      for d in ("blpipe", "blllib", "pypeln", "mpire"))
+
+
+# --- summary ----------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    workload: str
+    row: str
+    system: str
+    match: str | None
+    status: str
+    runs: int
+    ok_runs: int
+    median_seconds: float | None
+    items_per_second: float | None
+    speedup_vs_serial: float | None
+    blpipe_ratio: float | None  # blpipe's throughput / this row's (peers only)
+    peak_rss_mb: float | None
+    median_first_output_seconds: float | None
+    notes: list[str]
+
+
+def summarize(workload: Workload, rows: list[Row], runs: list[Run], n: int) -> list[Summary]:
+    out: list[Summary] = []
+    for row in rows:
+        mine = [r for r in runs if r.row == row.label]
+        if row.na:
+            out.append(Summary(workload.name, row.label, row.system, row.match, "n/a", 0, 0,
+                               None, None, None, None, None, None, [row.na]))
+            continue
+        if not mine:
+            continue
+        counts = {s: sum(r.status == s for r in mine) for s in ("hang", "error", "wrong", "ok")}
+        status = next((s for s in ("hang", "error", "wrong") if counts[s]), "ok")
+        if status != "ok":
+            status += f" {counts[status]}/{len(mine)}"
+        timed = [r.seconds for r in mine if r.seconds is not None and r.status in ("ok", "wrong")]
+        first = [r.first_output_seconds for r in mine
+                 if r.first_output_seconds is not None and r.status in ("ok", "wrong")]
+        rss = [r.peak_rss_mb for r in mine if r.peak_rss_mb and r.status in ("ok", "wrong")]
+        median = statistics.median(timed) if timed else None
+        notes = sorted({r.note for r in mine if r.note})
+        out.append(Summary(
+            workload.name, row.label, row.system, row.match, status, len(mine), counts["ok"],
+            median, n / median if median and n > 1 else None, None, None,
+            max(rss) if rss else None, statistics.median(first) if first else None, notes))
+    serial = next((s for s in out if s.system == "serial" and s.status == "ok"), None)
+    for s in out:
+        if n == 1:
+            break  # a speed-up over a plain function call on one item means nothing
+        if serial and serial.median_seconds and s.median_seconds and s.status == "ok":
+            s.speedup_vs_serial = serial.median_seconds / s.median_seconds
+    for s in out:
+        if s.system in PEERS and s.status == "ok" and s.median_seconds:
+            best = best_blpipe(out, s.match)
+            if best and best.median_seconds:
+                s.blpipe_ratio = s.median_seconds / best.median_seconds
+    return out
+
+
+def _fastest(candidates: list[Summary]) -> Summary | None:
+    ok = [s for s in candidates if s.status == "ok" and s.median_seconds]
+    return min(ok, key=lambda s: s.median_seconds or 0.0, default=None)
+
+
+def best_blpipe(summaries: list[Summary], match: str | None) -> Summary | None:
+    """The fastest correct blpipe row, with the same start method when rows have one."""
+    mine = [s for s in summaries if s.system == "blpipe"]
+    same = [s for s in mine if s.match == match]
+    return _fastest(same or mine)
+
+
+def best_peers(summaries: list[Summary], blpipe_row: Summary) -> list[tuple[str, Summary]]:
+    """Per peer system its fastest correct row comparable with ``blpipe_row``."""
+    found = []
+    for system in PEERS:
+        rows = [s for s in summaries if s.system == system]
+        same = [s for s in rows if s.match == blpipe_row.match]
+        best = _fastest(same or rows)
+        if best:
+            found.append((system, best))
+    return found
+
+
+# --- rendering --------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else format(value, spec) + suffix
+
+
+def _fmt_ratio(value: float | None) -> str:
+    """A ratio with two significant digits past leading zeros, never in exponent form."""
+    if value is None:
+        return "—"
+    decimals = max(2, 1 - math.floor(math.log10(value))) if value > 0 else 2
+    return f"{value:.{decimals}f}x"
+
+
+def _fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+COLUMNS = ("row", "status", "runs", "median s", "items/s", "vs serial",
+           "blpipe ÷ row", "peak RSS MB", "1st output s")
+
+
+def table_rows(summaries: list[Summary]) -> list[tuple[str, ...]]:
+    return [(s.row, s.status, str(s.runs) if s.runs else "—", _fmt(s.median_seconds, ".3f"),
+             _fmt_rate(s.items_per_second), _fmt_ratio(s.speedup_vs_serial),
+             _fmt_ratio(s.blpipe_ratio), _fmt(s.peak_rss_mb, ".0f"),
+             _fmt(s.median_first_output_seconds, ".3f")) for s in summaries]
+
+
+def comparison_lines(summaries: list[Summary]) -> list[str]:
+    lines = []
+    for b in summaries:
+        if b.system != "blpipe" or b.status != "ok":
+            continue
+        peers = best_peers(summaries, b)
+        if not peers:
+            continue
+        each = ", ".join(f"{sys_} {(p.median_seconds or 0) / (b.median_seconds or 1):.2f}x"
+                         f" ({p.row})" for sys_, p in peers)
+        top = min((p for _, p in peers), key=lambda p: p.median_seconds or 0.0)
+        ratio = (top.median_seconds or 0) / (b.median_seconds or 1)
+        lines.append(f"{b.row}: {ratio:.2f}x the best peer ({top.row}); per peer: {each}")
+    return lines
+
+
+def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cfg: Config,
+           n: int, markdown: bool) -> str:
+    what = f"{workload.name} {workload.title}: {workload.summary}; n = {n:,}"
+    if workload.name in cfg.iterations:
+        what += (f"; CPU stage ≈ {workload.spin_seconds * 1e3:g} ms "
+                 f"({cfg.iterations[workload.name]:,} iterations)")
+    header = [env_line(env), versions_line(env), what]
+    body = table_rows(summaries)
+    notes = [f"{s.row}: {note}" for s in summaries for note in s.notes]
+    comparisons = comparison_lines(summaries)
+    lines: list[str] = []
+    if markdown:
+        lines.append(f"### {workload.name} — {workload.title}")
+        lines.append("")
+        lines += [f"{h}  " for h in header[:-1]] + [header[-1], ""]
+        lines.append("| " + " | ".join(COLUMNS) + " |")
+        lines.append("|" + "|".join(["---"] + ["--:"] * (len(COLUMNS) - 1)) + "|")
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        if comparisons:
+            lines += ["", *(f"- {c}" for c in comparisons)]
+        if notes:
+            lines += ["", *(f"- {note}" for note in notes)]
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]
+        lines += [*header, ""]
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(COLUMNS, widths, strict=True))))
+        lines.append("  ".join("-" * w for w in widths))
+        for cells in body:
+            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=True))))
+        if comparisons:
+            lines += ["", *(f"  {c}" for c in comparisons)]
+        if notes:
+            lines += ["", *(f"  note: {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+# --- driver -----------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark blpipe against serial code, multiprocessing.Pool, "
+                    "blllib, pypeln and mpire.")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per row (default 5)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated, e.g. W1,W3 (default: all)")
+    parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
+                        help="comma-separated, e.g. blpipe,pool (serial is always run)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds before a run counts as a hang "
+                             "(default 120, 30 with --quick; W5 and blllib on W3 less)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the items: smoke run")
+    parser.add_argument("--slow", type=float, default=60.0,
+                        help="a row whose first run takes longer than this many seconds "
+                             "is not repeated (default 60)")
+    parser.add_argument("--retry-hangs", action="store_true",
+                        help="run a row again in later repeats after it hung or failed")
+    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = 30.0 if args.quick else 120.0
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    for s in args.systems:
+        if s not in systems.SYSTEMS:
+            parser.error(f"unknown system {s!r}; choose from {', '.join(systems.SYSTEMS)}")
+    if "serial" not in args.systems:
+        args.systems.insert(0, "serial")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def importable(system: str) -> bool:
+    """Whether the library behind ``system`` can be imported (serial and pool always can)."""
+    if system in ("serial", "pool"):
+        return True
+    try:
+        return importlib.util.find_spec(system) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare(args: argparse.Namespace) -> Config:
+    """Calibrate the CPU stages and compute the serial reference digests."""
+    cfg = Config()
+    for name in args.workloads:
+        w = WORKLOADS[name]
+        if w.spin_seconds is not None:
+            cfg.iterations[name] = wl.calibrate_spin(w.spin_seconds)
+    for name in args.workloads:
+        t0 = time.perf_counter()
+        cfg.references[name] = wl.reference_digest(name, WORKLOADS[name].n(args.quick),
+                                                   cfg.iterations.get(name, 0))
+        log(f"reference {name}: {cfg.references[name]} ({time.perf_counter() - t0:.1f} s)")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = environment()
+    log(env_line(env))
+    log(versions_line(env))
+    cfg = prepare(args)
+    missing = {s: f"{s} is not installed" for s in args.systems if not importable(s)}
+    plan = {name: [dataclasses.replace(r, na=missing.get(r.system))
+                   for r in systems.rows_for(WORKLOADS[name]) if r.system in args.systems]
+            for name in args.workloads}
+    runs: list[Run] = []
+    dropped: set[tuple[str, str]] = set()  # rows not repeated (hung, failed or slow)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="blpipe-bench-") as tmp:
+        scratch = Path(tmp)
+        for repeat in range(1, args.repeats + 1):
+            for name in args.workloads:
+                workload = WORKLOADS[name]
+                if workload.max_repeats is not None and repeat > workload.max_repeats:
+                    continue
+                for row in plan[name]:
+                    if row.na or (name, row.label) in dropped:
+                        continue
+                    run = measure_once(workload, row, repeat, cfg, args, scratch)
+                    runs.append(run)
+                    shown = f"{run.seconds:.3f} s" if run.seconds is not None else "-"
+                    log(f"[{repeat}/{args.repeats}] {name} {row.label}: {run.status} {shown} "
+                        f"peak {run.peak_rss_mb:.0f} MB {run.note}".rstrip())
+                    last = repeat == min(args.repeats, workload.max_repeats or args.repeats)
+                    if run.status in ("hang", "error") and not args.retry_hangs:
+                        dropped.add((name, row.label))
+                        if not last:
+                            run.add_note("not retried")
+                    elif run.wall_seconds and run.wall_seconds > args.slow and repeat == 1:
+                        dropped.add((name, row.label))
+                        if not last:
+                            run.add_note(f"measured once (first run took over {args.slow:g} s)")
+    log(f"total {time.perf_counter() - started:.0f} s")
+
+    all_summaries: list[Summary] = []
+    for name in args.workloads:
+        workload = WORKLOADS[name]
+        n = workload.n(args.quick)
+        summaries = summarize(workload, plan[name], [r for r in runs if r.workload == name], n)
+        all_summaries += summaries
+        print(render(workload, summaries, env, cfg, n, args.markdown))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "environment": env,
+            "arguments": {k: (str(v) if isinstance(v, Path) else v)
+                          for k, v in vars(args).items()},
+            "calibration": cfg.iterations,
+            "references": cfg.references,
+            "runs": [asdict(r) for r in runs],
+            "summary": [asdict(s) for s in all_summaries],
+        }, indent=2))
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Benchmark workloads: the stage functions, their inputs and the serial reference.
+
+Everything a worker process may have to unpickle lives at module level here,
+so the workloads run under the ``fork``, ``spawn`` and ``forkserver`` start
+methods alike. Stage functions carry no ``stateful``/``batch_size``
+attributes of their own; each system wraps them with the settings it needs
+(see ``systems.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+ITEM_BYTES = 1 << 20
+"""Size of one W4 item (1 MiB)."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark workload.
+
+    ``items`` is the number of inputs (W1-W3, W5) or of outputs taken from
+    the endless source (W4, W4big); ``quick_items`` is the same for
+    ``--quick``. ``spin_seconds`` is the target CPU time of one call of the
+    calibrated stage, or ``None`` when the workload has none. ``max_repeats``
+    caps ``--repeats`` for a workload too long to repeat.
+    """
+
+    name: str
+    title: str
+    items: int
+    quick_items: int
+    spin_seconds: float | None
+    summary: str
+    max_repeats: int | None = None
+
+    def n(self, quick: bool) -> int:
+        return self.quick_items if quick else self.items
+
+    @property
+    def endless(self) -> bool:
+        """Whether the input is an endless source cut short by the consumer."""
+        return self.name.startswith("W4")
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("W1", "overhead", 200_000, 20_000, None,
+                 "one stateless stage x+1 on small ints: per-item overhead"),
+        Workload("W2", "CPU-bound", 1_000, 100, 2e-3,
+                 "one stateless stage of ~2 ms pure-Python CPU per item: parallel speedup"),
+        Workload("W3", "chain", 20_000, 2_000, 2e-4,
+                 "stateless ~0.2 ms CPU -> stateful running sum -> window-3 difference "
+                 "-> stateless x*2: mixed pipeline"),
+        Workload("W4", "large items", 3_000, 300, None,
+                 "endless source of 1 MiB bytes -> stateless len, stop after N outputs: "
+                 "transfer cost and bounded memory"),
+        Workload("W4big", "large items, long", 30_000, 3_000, None,
+                 "W4 with ten times the outputs: peak memory should stay flat",
+                 max_repeats=1),
+        Workload("W5", "start-stop", 1, 1, None,
+                 "stateless -> stateful -> stateless on one input: "
+                 "entering and leaving the pipeline"),
+    )
+}
+
+
+# --- stage functions -------------------------------------------------------
+
+
+def add_one(x: int) -> int:
+    """W1's stage."""
+    return x + 1
+
+
+def spin(x: int, iterations: int) -> int:
+    """Deterministic pure-Python CPU work: ``iterations`` steps of an LCG seeded by ``x``."""
+    acc = x
+    for _ in range(iterations):
+        acc = (acc * 1103515245 + 12345) & 0x7FFFFFFF
+    return acc
+
+
+class Spin:
+    """Picklable callable running :func:`spin` with a fixed iteration count (W2, W3)."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+
+    def __call__(self, x: int) -> int:
+        return spin(x, self.iterations)
+
+    def __repr__(self) -> str:
+        return f"Spin({self.iterations})"
+
+
+class RunningSum:
+    """Stateful stage: the running sum of its inputs so far (W3)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def __call__(self, x: int) -> int:
+        self.total += x
+        return self.total
+
+
+def window_diff(window: tuple[int, ...]) -> int:
+    """Window-3 stage: the difference across the window, ``w[2] - w[0]`` (W3)."""
+    return window[2] - window[0]
+
+
+def double(x: int) -> int:
+    """W3's last stage."""
+    return x * 2
+
+
+def identity(x: Any) -> Any:
+    """A trivial stateless stage (W5)."""
+    return x
+
+
+class CountingIdentity:
+    """A trivial stateful stage: passes its input on and counts calls (W5)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: Any) -> Any:
+        self.calls += 1
+        return x
+
+
+def big_items(size: int = ITEM_BYTES) -> Iterator[bytes]:
+    """Endless source of distinct ``size``-byte ``bytes`` objects (W4).
+
+    Random bytes are drawn once; each item is a fresh copy whose last byte
+    is the item's index modulo 256. One allocation per item keeps the
+    source itself cheap next to what is measured.
+    """
+    head = memoryview(os.urandom(size))[:-1]
+    for i in itertools.count():
+        yield b"".join((head, bytes((i % 256,))))
+
+
+# --- helpers shared by the systems -----------------------------------------
+
+
+def sliding_windows(iterable: Iterable[Any], k: int) -> Iterator[tuple[Any, ...]]:
+    """Tuples of ``k`` consecutive items: ``(x0..xk-1), (x1..xk), ...``."""
+    window: collections.deque[Any] = collections.deque(maxlen=k)
+    for x in iterable:
+        window.append(x)
+        if len(window) == k:
+            yield tuple(window)
+
+
+def calibrate_spin(seconds: float, trials: int = 5) -> int:
+    """Iterations of :func:`spin` that take about ``seconds`` on this machine.
+
+    Uses the fastest of a few trials, so a busy machine makes the
+    calibrated work longer rather than shorter than requested.
+    """
+    probe = 20_000
+    best = float("inf")
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        spin(1, probe)
+        best = min(best, time.perf_counter() - t0)
+    return max(1, round(probe * seconds / best))
+
+
+# --- the serial reference --------------------------------------------------
+
+
+def serial_stream(name: str, n: int, iterations: int) -> Iterator[Any]:
+    """The workload's outputs computed in this process, in order.
+
+    For W4/W4big this is endless; the consumer stops after ``n`` outputs.
+    """
+    if name == "W1":
+        return map(add_one, range(n))
+    if name == "W2":
+        return map(Spin(iterations), range(n))
+    if name == "W3":
+        summed = map(RunningSum(), map(Spin(iterations), range(n)))
+        return map(double, map(window_diff, sliding_windows(summed, 3)))
+    if name in ("W4", "W4big"):
+        return map(len, big_items())
+    if name == "W5":
+        return map(identity, map(CountingIdentity(), map(identity, range(n))))
+    raise KeyError(name)
+
+
+class Collector:
+    """Consumes a pipeline's output: records the first-output time and the result.
+
+    ``take`` stops consumption after that many outputs (W4). The outputs are
+    kept as a list, or only counted and summed when ``count_only`` is set.
+    """
+
+    def __init__(self, take: int | None = None, count_only: bool = False) -> None:
+        self.take = take
+        self.count_only = count_only
+        self.outputs: list[Any] = []
+        self.count = 0
+        self.total = 0
+        self.first_output_at: float | None = None
+        self.on_consumed: Callable[[Collector], None] | None = None
+
+    def consume(self, iterable: Iterable[Any]) -> None:
+        take = self.take
+        for y in iterable:
+            if self.first_output_at is None:
+                self.first_output_at = time.perf_counter()
+            self.count += 1
+            if self.count_only:
+                self.total += y
+            else:
+                self.outputs.append(y)
+            if take is not None and self.count >= take:
+                break
+        if self.on_consumed is not None:
+            self.on_consumed(self)
+
+    def digest(self) -> str:
+        """A short fingerprint of the result, compared with the reference's."""
+        if self.count_only:
+            return f"count={self.count} sum={self.total}"
+        h = hashlib.sha256(repr(self.outputs).encode()).hexdigest()[:16]
+        return f"count={self.count} sha256={h}"
+
+
+def new_collector(workload: Workload, n: int) -> Collector:
+    """The collector a system uses for ``workload`` with ``n`` items."""
+    if workload.endless:
+        return Collector(take=n, count_only=True)
+    return Collector()
+
+
+def reference_digest(name: str, n: int, iterations: int) -> str:
+    """The serial reference's digest.
+
+    W4's outputs are the lengths of ``n`` items of :data:`ITEM_BYTES` each,
+    so its count and sum are known without generating 30 GB of bytes.
+    """
+    workload = WORKLOADS[name]
+    collector = new_collector(workload, n)
+    if workload.endless:
+        collector.count, collector.total = n, n * ITEM_BYTES
+        return collector.digest()
+    collector.consume(serial_stream(name, n, iterations))
+    return collector.digest()
+
