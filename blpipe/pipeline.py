@@ -46,7 +46,8 @@ from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerD
 from .stages import Placement, StageSpec, short_repr
 
 _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
-_GRACE = 1.0     # seconds a worker gets to exit by itself before it is terminated
+_GRACE = 1.0     # seconds an idle worker gets to exit on end of file after a normal run
+_KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
 _PIPE_SIZE = 1 << 20
 _TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
@@ -522,7 +523,7 @@ class _Run:
 
     def _on_death(self, worker: _Worker) -> None:
         self._read(worker)  # what it wrote before dying still counts
-        worker.proc.join(_GRACE)
+        worker.proc.join(_KILL_AFTER)  # its sentinel fired: only the exit status is missing
         exitcode = worker.proc.exitcode
         self._forget(worker)
         pending = list(worker.pending)
@@ -565,7 +566,7 @@ class _Run:
         for p in procs:
             if p.exitcode is None:
                 p.terminate()
-        _join_all(procs, _GRACE)
+        _join_all(procs, _KILL_AFTER)
         for p in procs:
             if p.exitcode is None:
                 p.kill()

@@ -137,6 +137,37 @@ class Stamp:
         return x, (*times, time.monotonic())
 
 
+class Sleepy:
+    """Sleeps ``seconds`` on input ``at`` (every input when ``at`` is None)."""
+
+    def __init__(self, seconds: float, at: int | None = None, **attrs: Any) -> None:
+        self.seconds = seconds
+        self.at = at
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: Any) -> Any:
+        if self.at is None or x == self.at:
+            time.sleep(self.seconds)
+        return x
+
+
+class Segfault:
+    """Crashes its process with SIGSEGV on ``x == at``."""
+
+    stateful = False
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def __call__(self, x: int) -> int:
+        if x == self.at:
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0
+        return x
+
+
 def slow_identity(x: int) -> int:
     time.sleep(0.001)
     return x

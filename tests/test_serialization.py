@@ -58,6 +58,7 @@ def test_main_script_under_each_start_method(tmp_path: Path, start_method: str) 
     done = subprocess.run([sys.executable, str(script), start_method], capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert not done.stderr, done.stderr  # no warning, no leak report
     assert done.stdout.strip() == "[(1, 3), (2, 3), (3, 3), (4, 3)]"
 
 

@@ -75,5 +75,6 @@ def test_signal_stops_everything(tmp_path: Path, start_method: str, how: str,
     assert took < 3, took
     assert err.count(expected) == 1, err  # the caller's only: no storm from workers
     assert err.count("Traceback") <= 1, err
+    assert "resource_tracker" not in err, err  # no leaked semaphore or shared memory
     _, alive = psutil.wait_procs(workers, timeout=2)
     assert not alive

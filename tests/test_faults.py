@@ -1,0 +1,191 @@
+"""Faults that must never hang: crashes, early stops, huge items, and the same in a loop."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from blpipe import Pipeline, SequentialPipeline, WorkerDied
+from tests.conftest import wait_no_children
+from tests.stages import (
+    SIGKILL,
+    Add,
+    DieAt,
+    FailAt,
+    RunningSum,
+    Segfault,
+    Sleepy,
+    Weighted,
+)
+
+STRESS_ROUNDS = int(os.environ.get("BLPIPE_STRESS_ROUNDS", "20"))
+
+
+def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
+    got = []
+    try:
+        for x in it:
+            got.append(x)
+    except BaseException as e:
+        return got, e
+    return got, None
+
+
+def test_segfault_is_named(start_method: str) -> None:
+    with Pipeline([Add(0, batch_size=4), Segfault(7)], n_cpu=2,
+                  start_method=start_method) as p:
+        got, err = drain(p.apply(range(100)))
+    assert got == list(range(7))
+    assert isinstance(err, WorkerDied)
+    assert "SIGSEGV(-11)" in str(err)
+    assert "native code" in str(err)
+
+
+def test_pool_survives_to_deliver_earlier_items() -> None:
+    """A pool worker dies in one segment; another segment's earlier items still finish."""
+    ops = [Add(0, batch_size=16), RunningSum(batch_size=8), DieAt(300, SIGKILL, stateful=False)]
+    with Pipeline(ops, n_cpu=3) as p:
+        got, err = drain(p.apply(itertools.repeat(1)))
+    assert got == list(range(1, 300))
+    assert isinstance(err, WorkerDied)
+
+
+def test_busy_stage_elsewhere_does_not_delay_an_error(start_method: str) -> None:
+    # The dedicated stage sleeps 30 s on input 20, which is later than the failing input 3.
+    ops = [Sleepy(30, at=20, batch_size=8), FailAt(3, stateful=False, batch_size=4)]
+    with Pipeline(ops, n_cpu=3, start_method=start_method) as p:
+        out = p.apply(range(100))
+        assert [next(out) for _ in range(3)] == [0, 1, 2]
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="bad 3"):
+            next(out)
+        assert time.monotonic() - start < 0.5
+    assert not wait_no_children(1.0)
+
+
+@pytest.mark.parametrize("where", ["pool", "dedicated"])
+def test_early_stop_while_stages_are_busy(where: str, start_method: str) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    busy = Sleepy(0.2, stateful=where == "dedicated", batch_size=4)
+    with Pipeline([Add(0, batch_size=8), busy], n_cpu=3, start_method=start_method) as p:
+        out = p.apply(endless())
+        next(out)
+        seen = pulled
+        time.sleep(0.05)  # every stage is now inside a sleep, or blocked behind one
+        assert pulled == seen  # nothing is pulled while the consumer is away
+    start = time.monotonic()
+    assert not wait_no_children(1.0)
+    assert time.monotonic() - start < 1.0
+    del out
+
+
+def test_early_stop_while_a_worker_is_blocked_writing() -> None:
+    """A stage's big results fill the pipe while the consumer is away."""
+    def big(x: int) -> bytes:
+        return bytes(4 << 20)
+
+    big.stateful = False  # type: ignore[attr-defined]
+    big.batch_size = 8  # type: ignore[attr-defined]
+    with Pipeline([big], n_cpu=2) as p:
+        out = p.apply(itertools.count())
+        next(out)
+        time.sleep(0.2)
+    assert not wait_no_children(1.0)
+    del out
+
+
+def test_huge_items_go_through(start_method: str) -> None:
+    def double(b: bytes) -> bytes:
+        return b + b
+
+    double.stateful = False  # type: ignore[attr-defined]
+    sizes = [len(b) for b in (b"a" * (64 << 20), b"b", b"c" * (96 << 20))]
+    with Pipeline([double, len], start_method=start_method) as p:
+        got = list(p.apply(b"x" * n for n in sizes))
+    assert got == [2 * n for n in sizes]
+
+
+FAULTS: dict[str, tuple[list[Any], type[BaseException]]] = {
+    "pool raises": ([Add(0, batch_size=8), FailAt(50, stateful=False, batch_size=8)],
+                    ValueError),
+    "window raises": ([Add(0, batch_size=8), FailAt(50, stateful=2, batch_size=8)],
+                      ValueError),
+    "dedicated raises": ([Add(0, batch_size=8), FailAt(50, batch_size=8)], ValueError),
+    "master raises": ([Add(0, batch_size=8), FailAt(50, run_in_master=True)], ValueError),
+    "pool dies": ([Add(0, batch_size=8), DieAt(50, 1, stateful=False)], WorkerDied),
+    "dedicated killed": ([Add(0, batch_size=8), DieAt(50, SIGKILL, batch_size=4)],
+                         WorkerDied),
+}
+
+
+def one_round(name: str, start_method: str) -> None:
+    ops, error = FAULTS[name]
+    with Pipeline(ops, n_cpu=3, start_method=start_method) as p:
+        got, err = drain(p.apply(range(200)))
+    # a window of 2 has no output for the first input
+    assert got == list(range(1 if "window" in name else 0, 50)), name
+    assert isinstance(err, error), (name, err)
+
+
+@pytest.mark.timeout(600)
+def test_stress_faults_in_a_row() -> None:
+    """Every fault, STRESS_ROUNDS times in a row, under fork and spawn: flush out races."""
+    for r in range(STRESS_ROUNDS):
+        for name in FAULTS:
+            one_round(name, "fork")
+            if r % 10 == 0:
+                one_round(name, "spawn")
+        with Pipeline([Add(0, batch_size=8), RunningSum(batch_size=4)], n_cpu=2) as p:
+            for n, _ in enumerate(p.apply(itertools.count())):  # and an early stop
+                if n == 100:
+                    break
+        assert not wait_no_children(1.0)
+
+
+class Jitter:
+    """Identity with a random tiny delay on a few items, so timings interleave."""
+
+    def __init__(self, seed: int, **attrs: Any) -> None:
+        self.rng = random.Random(seed)
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: Any) -> Any:
+        if self.rng.random() < 0.002:
+            time.sleep(0.001)
+        return x
+
+
+@pytest.mark.timeout(600)
+def test_soak_exact_output_and_flat_memory() -> None:
+    n = 300_000
+
+    def ops() -> list[Any]:
+        return [Jitter(1, stateful=False, batch_size=256), RunningSum(batch_size=256),
+                Weighted(3, batch_size=256), Jitter(2, batch_size=64),
+                Add(5, batch_size=256)]
+
+    expected = SequentialPipeline(ops()).apply(range(n))
+    me = psutil.Process()
+    rss: list[int] = []
+    with Pipeline(ops(), n_cpu=4) as p:
+        for i, (got, want) in enumerate(zip(p.apply(range(n)), expected, strict=True)):
+            assert got == want
+            if i % 20_000 == 0:
+                rss.append(me.memory_info().rss)
+    warm = rss[2]  # after 40,000 items
+    assert max(rss[2:]) <= warm * 1.10, [r >> 20 for r in rss]
