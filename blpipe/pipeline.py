@@ -107,7 +107,8 @@ class _Sink:
         self.ready.extend(items)
 
     def put_failure(self, failure: _Failure) -> None:
-        self.failure = failure
+        if self.failure is None:  # the first is the earliest in the stream
+            self.failure = failure
 
 
 class _MasterNode:
@@ -133,8 +134,9 @@ class _MasterNode:
             self.put_failure(_Failure(annotate(failure)))
 
     def put_failure(self, failure: _Failure) -> None:
-        self.dead = True
-        self.next.put_failure(failure)
+        if not self.dead:  # a later failure changes nothing
+            self.dead = True
+            self.next.put_failure(failure)
 
 
 class _ProcessNode:
@@ -167,8 +169,9 @@ class _ProcessNode:
         self.in_buf.extend(items)
 
     def put_failure(self, failure: _Failure) -> None:
-        self.upstream_failure = failure
-        self.closed = True
+        if not self.closed:  # once closed, anything later is later in the stream
+            self.upstream_failure = failure
+            self.closed = True
 
     def idle(self) -> bool:
         return not (self.in_buf or self.records or self.upstream_failure)
@@ -207,8 +210,8 @@ class _ProcessNode:
         """Send chunks to workers: full ones while workers can queue them; with
         ``final``, also a partial one to a worker that would otherwise idle.
 
-        A partial chunk goes only while the segment has room, that is when
-        upstream has nothing more to give. A full segment waits for its
+        A partial chunk goes only when upstream has nothing more to give: the
+        segment has room, or takes no more input. A full segment waits for its
         results to free room instead: sending what trickles in then would
         lock the stream into one-item round trips.
         """
@@ -218,7 +221,7 @@ class _ProcessNode:
         in_buf = self.in_buf
         while in_buf:
             full = len(in_buf) >= self.chunk
-            if not (full or (final and self.room() > 0)):
+            if not (full or (final and (self.closed or self.room() > 0))):
                 break
             worker = self._pick(_PER_WORKER if full else 1)
             if worker is None:
@@ -416,10 +419,12 @@ class _Run:
             for node in nodes:
                 if node.dispatch(False):
                     moved = True
-            if not moved:
-                break
-        for node in nodes:
-            node.dispatch(True)
+            if not moved:  # stalled on full chunks: send partial ones, then go on
+                for node in nodes:
+                    if node.dispatch(True):
+                        moved = True
+                if not moved:
+                    break
 
     def pull(self) -> bool:
         if self.src_done or self.stop_upto >= 0:
@@ -429,10 +434,11 @@ class _Run:
             return False
         raw = list(islice(self.it, room))  # type: ignore[arg-type]
         failure = None
-        if len(raw) < room:
+        if raw and type(raw[-1]) is _Failure:  # the input's error ends it, full batch or not
+            failure = raw.pop()
             self.src_done = True
-            if raw and type(raw[-1]) is _Failure:
-                failure = raw.pop()
+        elif len(raw) < room:
+            self.src_done = True
         batch = [x for x in raw if x is not None]
         if batch:
             self.first.put(batch)

@@ -115,7 +115,8 @@ class DieAt:
         for key, value in attrs.items():
             setattr(self, key, value)
 
-    def __call__(self, x: int) -> int:
+    def __call__(self, x: Any) -> Any:
+        x = x[-1] if isinstance(x, tuple) else x  # a window: its newest input
         if x == self.at:
             if self.code < 0:
                 os.kill(os.getpid(), -self.code)

@@ -71,26 +71,28 @@ def test_error_is_not_held_back_by_a_slow_stage() -> None:
     assert time.monotonic() - start < 2
 
 
-def test_input_iterator_error_surfaces_unchanged() -> None:
+@pytest.mark.parametrize("n", [0, 1, 37, 50])  # 37: a partial chunk is left when it raises
+def test_input_iterator_error_surfaces_unchanged(n: int) -> None:
     class Broken(Exception):
         pass
 
     def source() -> Iterator[int]:
-        yield from range(50)
+        yield from range(n)
         raise Broken("source")
 
-    with Pipeline([Add(1, batch_size=8), RunningSum(batch_size=4)]) as p:
+    with Pipeline([Add(1, batch_size=64), RunningSum(batch_size=4), Add(0, batch_size=16)],
+                  n_cpu=3) as p:
         got, err = drain(p.apply(source()))
-    assert got == list(SequentialPipeline([Add(1), RunningSum()]).apply(range(50)))
+    assert got == list(SequentialPipeline([Add(1), RunningSum()]).apply(range(n)))
     assert type(err) is Broken
     assert err.args == ("source",)
     assert err.__cause__ is None
 
 
-@pytest.mark.parametrize("kind", ["pool", "dedicated"])
+@pytest.mark.parametrize("kind", ["pool", "window", "dedicated"])
 @pytest.mark.parametrize(("code", "shown"), [(3, "exit code 3"), (SIGKILL, "SIGKILL(-9)")])
 def test_dead_worker_is_named(kind: str, code: int, shown: str, start_method: str) -> None:
-    attrs = {"stateful": kind == "dedicated", "batch_size": 1}
+    attrs = {"stateful": {"pool": False, "window": 1, "dedicated": True}[kind], "batch_size": 1}
     start = time.monotonic()
     with Pipeline([Add(0, batch_size=4), DieAt(40, code, **attrs)], n_cpu=2,
                   start_method=start_method) as p:
@@ -107,14 +109,16 @@ def test_dead_worker_is_named(kind: str, code: int, shown: str, start_method: st
 
 
 class Unpicklable:
-    stateful = False
+    def __init__(self, stateful: bool) -> None:
+        self.stateful = stateful
 
     def __call__(self, x: int) -> Any:
         return (i for i in range(x)) if x == 5 else x
 
 
-def test_unpicklable_result_names_stage_and_input() -> None:
-    with Pipeline([Unpicklable()], n_cpu=2) as p:
+@pytest.mark.parametrize("stateful", [False, True])
+def test_unpicklable_result_names_stage_and_input(stateful: bool) -> None:
+    with Pipeline([Unpicklable(stateful)], n_cpu=2) as p:
         got, err = drain(p.apply(range(10)))
     assert got == [0, 1, 2, 3, 4]
     assert isinstance(err, SerializationError)

@@ -72,3 +72,65 @@ def test_empty_input_and_no_stages() -> None:
 def test_short_input_gives_no_partial_window() -> None:
     with Pipeline([Weighted(4, batch_size=8)], n_cpu=2) as p:
         assert list(p.apply([1, 2, 3])) == []
+
+
+class Broken(Exception):
+    pass
+
+
+def failing_source(data: list[int | None], raise_after: int | None) -> Any:
+    yield from data[:raise_after] if raise_after is not None else data
+    if raise_after is not None:
+        raise Broken("input", raise_after)
+
+
+fail_kinds = st.sampled_from([
+    {"stateful": False}, {"stateful": 2}, {"stateful": True}, {"run_in_master": True}])
+
+
+def outcome(p: Any, source: Any) -> tuple[list[Any], Any]:
+    got = []
+    try:
+        for x in p.apply(source):
+            got.append(x)
+    except (ValueError, Broken) as e:
+        return got, (type(e), e.args)
+    return got, None
+
+
+faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), fail_kinds,
+          st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(*faults)
+def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
+                                 position: int, kind: dict[str, Any], at: int, size: int,
+                                 raise_after: int | None) -> None:
+    """A stage failing anywhere, or the input raising: same outputs first, same error."""
+    check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "fork")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(*faults)
+def test_faults_match_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int,
+                                       position: int, kind: dict[str, Any], at: int,
+                                       size: int, raise_after: int | None) -> None:
+    check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "spawn")
+
+
+def check_fault(recipe: list[Any], data: list[Any], n_cpu: int, position: int,
+                kind: dict[str, Any], at: int, size: int, raise_after: int | None,
+                start_method: str) -> None:
+    from tests.stages import FailAt
+
+    def ops() -> list[Any]:
+        stages = build(recipe)
+        attrs = dict(kind, **({} if "run_in_master" in kind else {"batch_size": size}))
+        stages.insert(min(position, len(stages)), FailAt(at, **attrs))
+        return stages
+
+    with SequentialPipeline(ops()) as ref:
+        expected = outcome(ref, failing_source(data, raise_after))
+    with Pipeline(ops(), n_cpu=n_cpu, start_method=start_method) as p:
+        assert outcome(p, failing_source(data, raise_after)) == expected
