@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,9 +50,13 @@ def wait_no_children(timeout: float = 3.0) -> list[psutil.Process]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_leaks(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
     threads = set(threading.enumerate())
     yield
+    out, err = capfd.readouterr()
+    sys.stdout.write(out)  # hand the test's output back to pytest's report
+    sys.stderr.write(err)
+    assert "resource_tracker" not in err, err  # it reports leaked semaphores and segments
     left = wait_no_children()
     for child in left:
         child.kill()

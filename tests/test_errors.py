@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +50,8 @@ def test_stage_error_keeps_type_and_earlier_outputs(kind: str, start_method: str
         got, err = drain(p.apply(range(200)))
         with pytest.raises(RuntimeError):
             p.apply([])  # one-shot, and broken anyway
+        p.close()
+        p.close()
     assert got == got_ref
     assert got[-1] == 60  # the output of input 59, the last before the failure
     assert type(err) is type(ref_err) is ValueError
@@ -72,7 +77,7 @@ def test_error_is_not_held_back_by_a_slow_stage() -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, 37, 50])  # 37: a partial chunk is left when it raises
-def test_input_iterator_error_surfaces_unchanged(n: int) -> None:
+def test_input_iterator_error_surfaces_unchanged(n: int, start_method: str) -> None:
     class Broken(Exception):
         pass
 
@@ -81,7 +86,7 @@ def test_input_iterator_error_surfaces_unchanged(n: int) -> None:
         raise Broken("source")
 
     with Pipeline([Add(1, batch_size=64), RunningSum(batch_size=4), Add(0, batch_size=16)],
-                  n_cpu=3) as p:
+                  n_cpu=3, start_method=start_method) as p:
         got, err = drain(p.apply(source()))
     assert got == list(SequentialPipeline([Add(1), RunningSum()]).apply(range(n)))
     assert type(err) is Broken
@@ -117,8 +122,8 @@ class Unpicklable:
 
 
 @pytest.mark.parametrize("stateful", [False, True])
-def test_unpicklable_result_names_stage_and_input(stateful: bool) -> None:
-    with Pipeline([Unpicklable(stateful)], n_cpu=2) as p:
+def test_unpicklable_result_names_stage_and_input(stateful: bool, start_method: str) -> None:
+    with Pipeline([Unpicklable(stateful)], n_cpu=2, start_method=start_method) as p:
         got, err = drain(p.apply(range(10)))
     assert got == [0, 1, 2, 3, 4]
     assert isinstance(err, SerializationError)
@@ -140,14 +145,43 @@ def raise_odd(x: int) -> int:
 raise_odd.stateful = False  # type: ignore[attr-defined]
 
 
-def test_exception_that_cannot_unpickle() -> None:
-    with Pipeline([raise_odd], n_cpu=2) as p:
+def test_exception_that_cannot_unpickle(start_method: str) -> None:
+    with Pipeline([raise_odd], n_cpu=2, start_method=start_method) as p:
         got, err = drain(p.apply(range(10)))
     assert got == [0, 1, 2]
     assert isinstance(err, SerializationError)
     assert "raise_odd" in str(err)
     assert "3" in str(err)
     assert "OddError" in str(err.__cause__)
+
+
+class StampThenDie:
+    """Writes the time to ``path``, then kills its own process, on input 30."""
+
+    def __init__(self, path: str, stateful: bool) -> None:
+        self.path = path
+        self.stateful = stateful
+        self.batch_size = 4
+
+    def __call__(self, x: int) -> int:
+        if x == 30:
+            with open(self.path, "w") as f:
+                f.write(repr(time.monotonic()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_death_surfaces_within_a_second(tmp_path: Path, stateful: bool,
+                                        start_method: str) -> None:
+    stamp = tmp_path / "died"
+    with Pipeline([Add(0, batch_size=8), StampThenDie(str(stamp), stateful)], n_cpu=3,
+                  start_method=start_method) as p:
+        got, err = drain(p.apply(range(10_000)))
+        caught = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+    assert got == list(range(30))
+    assert isinstance(err, WorkerDied)
+    assert caught - float(stamp.read_text()) < 1.0
 
 
 def test_unpicklable_input_to_a_pool_stage() -> None:
