@@ -159,6 +159,7 @@ class _ProcessNode:
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
         self.upstream_failure: _Failure | None = None
         self.closed = False  # takes no more input
+        self.lost: tuple[int | None] | None = None  # exit code of a dedicated worker that died idle
 
     def room(self) -> int:
         if self.closed:
@@ -217,6 +218,15 @@ class _ProcessNode:
         """
         if self.index <= self.run.stop_upto:
             return False
+        if self.lost is not None and self.in_buf:  # its state died with its process
+            first = self.in_buf[0]
+            self.in_buf.clear()
+            died = WorkerDied(self.label, self.lost[0], short_repr(first) + " (the next input "
+                              "after the death: the stage's state was lost)")
+            self.records.append(_Record(1, first, outs=[], failure=_Failure(died)))
+            self.inflight += 1
+            self.run.stop(self.index)
+            return True
         sent = False
         in_buf = self.in_buf
         while in_buf:
@@ -539,6 +549,11 @@ class _Run:
             # Earlier items may still need the pool (downstream segments): keep its size.
             self.pool.append(self._spawn(self.pool_blob, self.pool_label,  # type: ignore[arg-type]
                                          pool=True))
+        elif not worker.pool:
+            for node in self.process_nodes:
+                if worker in node.workers:
+                    node.workers.remove(worker)
+                    node.lost = (exitcode,)
         for i, (node, rec) in enumerate(pending):
             if i == 0 or not worker.pool:
                 where = short_repr(rec.first)

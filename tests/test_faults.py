@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from tests.stages import (
     Add,
     DieAt,
     FailAt,
+    Pid,
     RunningSum,
     Segfault,
     Sleepy,
@@ -189,3 +191,33 @@ def test_soak_exact_output_and_flat_memory() -> None:
                 rss.append(me.memory_info().rss)
     warm = rss[2]  # after 40,000 items
     assert max(rss[2:]) <= warm * 1.10, [r >> 20 for r in rss]
+
+
+def test_idle_pool_worker_killed_from_outside_loses_nothing(start_method: str) -> None:
+    """The OOM killer may pick a worker between items: it is replaced, the stream goes on."""
+    with Pipeline([Pid("pool", batch_size=4)], n_cpu=2, start_method=start_method) as p:
+        out = p.apply(range(2000))
+        got = [next(out) for _ in range(10)]
+        time.sleep(0.2)  # every worker has finished its queue
+        victim = got[-1][1][0][1]
+        os.kill(victim, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(victim)], timeout=2)
+        got += list(out)
+    assert [x for x, _ in got] == list(range(2000))
+
+
+def test_idle_dedicated_worker_killed_from_outside(start_method: str) -> None:
+    """A stateful stage's state dies with its process: its next input fails, named."""
+    # The slow pool stage keeps the dedicated one idle, with nothing queued, when it dies.
+    ops = [Sleepy(0.3, stateful=False), Pid("total", stateful=True)]
+    with Pipeline(ops, n_cpu=2, start_method=start_method) as p:
+        out = p.apply(range(20))
+        first = next(out)
+        os.kill(first[1][0][1], signal.SIGKILL)
+        got, err = drain(out)
+    assert first[0] == 0
+    assert got == []
+    assert isinstance(err, WorkerDied)
+    assert "stage 1 (Pid())" in str(err)
+    assert "SIGKILL(-9)" in str(err)
+    assert "1 (the next input after the death: the stage's state was lost)" in str(err)
