@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import multiprocess
 import psutil
@@ -47,6 +48,31 @@ def wait_no_children(timeout: float = 3.0) -> list[psutil.Process]:
     while (left := live_children()) and time.monotonic() < deadline:
         time.sleep(0.02)
     return left
+
+
+class Endless:
+    """``0, 1, 2, ...`` forever, counting how many items were pulled."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        self.pulled += 1
+        return self.pulled - 1
+
+
+def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
+    """The outputs until the stream ends, and the exception that ended it, if any."""
+    got = []
+    try:
+        for x in it:
+            got.append(x)
+    except BaseException as e:
+        return got, e
+    return got, None
 
 
 @pytest.fixture(autouse=True)

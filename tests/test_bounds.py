@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
 
 from blpipe import Pipeline
+from tests.conftest import Endless
 from tests.stages import Add, MasterScale, RunningSum, Stamp, Weighted
 
 
 def test_lead_is_bounded(start_method: str) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
+    source = Endless()
 
     ops = [Add(1, batch_size=8), RunningSum(batch_size=4), Weighted(3, batch_size=8),
            Add(2, batch_size=8), MasterScale(1)]
@@ -25,14 +18,14 @@ def test_lead_is_bounded(start_method: str) -> None:
     # plus k - 1 for the window, plus the output buffer (last stage: batch_size 1)
     bound = 8 + 4 + 8 + (3 - 1) + 1
     with Pipeline(ops, n_cpu=3, start_method=start_method) as p:
-        out = p.apply(endless())
+        out = p.apply(source)
         for n, _ in enumerate(out, 1):
             if n in (10, 1000, 5000):
                 time.sleep(0.2)  # let every stage fill up to its bound
-                assert pulled - n <= bound, (n, pulled)
+                assert source.pulled - n <= bound, (n, source.pulled)
             if n == 5000:
                 break
-    assert pulled - 5000 <= bound
+    assert source.pulled - 5000 <= bound
 
 
 def test_consumer_overlaps_with_workers() -> None:

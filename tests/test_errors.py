@@ -20,7 +20,8 @@ from blpipe import (
     SerializationError,
     WorkerDied,
 )
-from tests.stages import SIGKILL, Add, DieAt, FailAt, RunningSum
+from tests.conftest import drain
+from tests.stages import SIGKILL, Add, DieAt, FailAt, RunningSum, slow_identity
 
 KINDS = {
     "pool": {"stateful": False, "batch_size": 8},
@@ -28,16 +29,6 @@ KINDS = {
     "dedicated": {"stateful": True, "batch_size": 8},
     "master": {"run_in_master": True},
 }
-
-
-def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
-    got = []
-    try:
-        for x in it:
-            got.append(x)
-    except BaseException as e:
-        return got, e
-    return got, None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -67,8 +58,6 @@ def test_stage_error_keeps_type_and_earlier_outputs(kind: str, start_method: str
 
 
 def test_error_is_not_held_back_by_a_slow_stage() -> None:
-    from tests.stages import slow_identity
-
     start = time.monotonic()
     with Pipeline([FailAt(0, stateful=False), slow_identity], n_cpu=2) as p:
         _, err = drain(p.apply(range(10_000)))

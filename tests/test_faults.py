@@ -7,14 +7,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.conftest import wait_no_children
+from tests.conftest import Endless, drain, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
@@ -28,16 +27,6 @@ from tests.stages import (
 )
 
 STRESS_ROUNDS = int(os.environ.get("BLPIPE_STRESS_ROUNDS", "20"))
-
-
-def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
-    got = []
-    try:
-        for x in it:
-            got.append(x)
-    except BaseException as e:
-        return got, e
-    return got, None
 
 
 def test_segfault_is_named(start_method: str) -> None:
@@ -74,21 +63,14 @@ def test_busy_stage_elsewhere_does_not_delay_an_error(start_method: str) -> None
 
 @pytest.mark.parametrize("where", ["pool", "dedicated"])
 def test_early_stop_while_stages_are_busy(where: str, start_method: str) -> None:
-    pulled = 0
-
-    def endless() -> Iterator[int]:
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
+    source = Endless()
     busy = Sleepy(0.2, stateful=where == "dedicated", batch_size=4)
     with Pipeline([Add(0, batch_size=8), busy], n_cpu=3, start_method=start_method) as p:
-        out = p.apply(endless())
+        out = p.apply(source)
         next(out)
-        seen = pulled
+        seen = source.pulled
         time.sleep(0.05)  # every stage is now inside a sleep, or blocked behind one
-        assert pulled == seen  # nothing is pulled while the consumer is away
+        assert source.pulled == seen  # nothing is pulled while the consumer is away
     start = time.monotonic()
     assert not wait_no_children(1.0)
     assert time.monotonic() - start < 1.0

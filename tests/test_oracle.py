@@ -42,13 +42,13 @@ def check(recipe: list[tuple[str, int, Any]], data: list[int | None], n_cpu: int
         assert list(p.apply(data)) == expected
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(recipes, inputs, st.integers(1, 4))
 def test_matches_sequential_fork(recipe: list[Any], data: list[Any], n_cpu: int) -> None:
     check(recipe, data, n_cpu, "fork")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(recipes, inputs, st.integers(1, 3))
 def test_matches_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int) -> None:
     check(recipe, data, n_cpu, "spawn")
@@ -102,7 +102,7 @@ faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), fail_kinds,
           st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(*faults)
 def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
                                  position: int, kind: dict[str, Any], at: int, size: int,
@@ -111,7 +111,7 @@ def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
     check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "fork")
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(*faults)
 def test_faults_match_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int,
                                        position: int, kind: dict[str, Any], at: int,
