@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .stages import Stage
+
 # (label for messages, the callable, window size k or None)
 Step = tuple[str, Callable[[Any], Any], "int | None"]
 
@@ -40,6 +42,9 @@ class Chain:
     __slots__ = ("_steps", "_windows", "_single")
 
     def __init__(self, steps: Sequence[Step]) -> None:
+        # A Stage only delegates: calling what it wraps saves a Python call per item.
+        steps = [(label, func.__wrapped__ if isinstance(func, Stage) else func, k)
+                 for label, func, k in steps]
         self._steps = [(label, func) for label, func, _ in steps]
         self._windows: list[deque[Any] | None] = [deque(maxlen=k) if k else None
                                                   for _, _, k in steps]
@@ -63,16 +68,15 @@ class Chain:
     def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None]:
         """Outputs for ``items`` (``None`` where dropped), up to the first failure."""
         out: list[Any] = []
-        append = out.append
-        if self._single is not None:  # the common case, kept tight
+        if self._single is not None:  # the common case, at C speed
             label, func, _ = self._single
-            for x in items:
-                try:
-                    y = func(x)
-                except Exception as e:
-                    return out, StageFailure(label, x, e)
-                append(y)
+            items = items if isinstance(items, list) else list(items)
+            try:
+                out.extend(map(func, items))  # keeps what it appended before a raise
+            except Exception as e:
+                return out, StageFailure(label, items[len(out)], e)
             return out, None
+        append = out.append
         try:
             for x in items:
                 append(self(x))

@@ -1,9 +1,10 @@
 """The loop each worker process runs, pool and dedicated alike.
 
 A worker reads ``(segment, items)`` chunks from its task pipe, runs the
-segment's chain over them and writes ``("ok", outputs, error)`` back, in
-order. End of file on the task pipe means stop. A stateful stage keeps its
-state simply because its process lives as long as the pipeline.
+segment's chain over them and writes ``("ok", outputs, error, seconds)``
+back, in order; ``seconds`` is the time spent in the stages. End of file on
+the task pipe means stop. A stateful stage keeps its state simply because its
+process lives as long as the pipeline.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import traceback
 from typing import Any
 
@@ -42,10 +44,10 @@ def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
 
 
 def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
-            last_label: str) -> Frame:
+            last_label: str, busy: float) -> Frame:
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
     try:
-        return dumps(("ok", outputs, error))
+        return dumps(("ok", outputs, error, busy))
     except Exception:
         pass
     # Some output cannot be pickled: send the ones before it, then say which.
@@ -55,9 +57,9 @@ def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
         except Exception as why:
             exc = SerializationError(f"{last_label} returned {short_repr(out)}, which cannot "
                                      f"leave its worker process: {type(why).__name__}: {why}")
-            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc)))
+            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc), busy))
     exc = SerializationError(f"the outputs of {last_label} cannot leave its worker process")
-    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc)))
+    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc), busy))
 
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
@@ -92,5 +94,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         seg, payload = loads(*frame)
         chain, window = segments[seg]
         items = sliding(payload, window) if window else payload
+        start = time.perf_counter()
         outputs, failure = chain.run(items)
-        write_frame(result_fd, _encode(outputs, failure, items, labels[seg]))
+        busy = time.perf_counter() - start
+        write_frame(result_fd, _encode(outputs, failure, items, labels[seg], busy))

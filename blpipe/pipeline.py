@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import pickle
 import selectors
@@ -48,6 +49,7 @@ from .stages import Placement, StageSpec, short_repr
 _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
 _GRACE = 1.0     # seconds an idle worker gets to exit on end of file after a normal run
 _KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
+_CHUNK_WORK = 0.0002  # seconds of stage work a chunk aims at
 _PIPE_SIZE = 1 << 20
 _TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
@@ -93,18 +95,20 @@ class _Worker:
 
 
 class _Sink:
-    """Outputs ready for the consumer."""
+    """Outputs ready for the consumer, kept in the chunks they came in."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.ready: deque[Any] = deque()
+        self.chunks: deque[list[Any]] = deque()
+        self.held = 0  # items in chunks, not yet handed to the consumer
         self.failure: _Failure | None = None
 
     def room(self) -> int:
-        return self.cap - len(self.ready)
+        return self.cap - self.held
 
     def put(self, items: list[Any]) -> None:
-        self.ready.extend(items)
+        self.chunks.append(items)
+        self.held += len(items)
 
     def put_failure(self, failure: _Failure) -> None:
         if self.failure is None:  # the first is the earliest in the stream
@@ -142,18 +146,21 @@ class _MasterNode:
 class _ProcessNode:
     """A segment that runs in worker processes: the pool's or a dedicated one."""
 
-    def __init__(self, run: _Run, index: int, seg: int, label: str, cap: int, chunk: int,
-                 window: int | None, workers: list[_Worker], nxt: Any) -> None:
+    def __init__(self, run: _Run, index: int, seg: int, label: str, cap: int,
+                 chunks: tuple[int, int], window: int | None, workers: list[_Worker],
+                 nxt: Any) -> None:
         self.run = run
         self.index = index
         self.seg = seg
         self.label = label
         self.cap = cap
-        self.chunk = chunk
+        self.min_chunk, self.max_chunk = chunks
+        self.chunk = self.min_chunk
+        self.per_item: float | None = None  # seconds of stage work per input, smoothed
         self.window = window
         self.workers = workers
         self.next = nxt
-        self.in_buf: deque[Any] = deque()
+        self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.records: deque[_Record] = deque()
         self.inflight = 0
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
@@ -173,6 +180,18 @@ class _ProcessNode:
         if not self.closed:  # once closed, anything later is later in the stream
             self.upstream_failure = failure
             self.closed = True
+
+    def observe(self, n_in: int, seconds: float) -> None:
+        """Size chunks to about ``_CHUNK_WORK`` of stage work, within the bounds.
+
+        The hub's cost is per chunk, so cheap items want large chunks; costly
+        ones want small chunks, spread over every worker.
+        """
+        if n_in:
+            per = seconds / n_in
+            self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
+            want = math.ceil(_CHUNK_WORK / max(self.per_item, 1e-9))
+            self.chunk = max(self.min_chunk, min(self.max_chunk, want))
 
     def idle(self) -> bool:
         return not (self.in_buf or self.records or self.upstream_failure)
@@ -237,7 +256,9 @@ class _ProcessNode:
             if worker is None:
                 break
             n = min(len(in_buf), self.chunk)
-            self._send(worker, [in_buf.popleft() for _ in range(n)])
+            items = in_buf[:n]
+            del in_buf[:n]
+            self._send(worker, items)
             sent = True
         if not in_buf and self.upstream_failure is not None:
             self.records.append(_Record(0, None, outs=[], failure=self.upstream_failure))
@@ -340,11 +361,14 @@ class _Run:
                 node: Any = _MasterNode(self, index,
                                         Chain([(s.label, s.func, s.window) for s in specs]), nxt)
             elif kind is Placement.POOL:
-                node = _ProcessNode(self, index, seg, label, cap, max(1, cap // (2 * n_pool)),
-                                    specs[0].window, self.pool, nxt)
+                # from every worker with one chunk queued, to two chunks in all
+                chunks = (max(1, cap // (2 * n_pool)), max(1, cap // 2))
+                node = _ProcessNode(self, index, seg, label, cap, chunks, specs[0].window,
+                                    self.pool, nxt)
             else:
                 worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
-                node = _ProcessNode(self, index, seg, label, cap, max(1, cap // 2), None,
+                half = max(1, cap // 2)  # one chunk running, one queued
+                node = _ProcessNode(self, index, seg, label, cap, (half, half), None,
                                     [worker], nxt)
             nodes.append(node)
             nxt = node
@@ -352,8 +376,9 @@ class _Run:
         self.nodes = nodes
         self.process_nodes = [n for n in reversed(nodes) if isinstance(n, _ProcessNode)]
         self.first = nodes[0] if nodes else self.sink
-        chunks = [n.chunk for n in self.process_nodes]
-        self.pull_chunk = chunks[-1] if chunks else 64
+        # input is pulled a chunk of the first process segment at a time
+        self.pull_from: _ProcessNode | None = (self.process_nodes[-1] if self.process_nodes
+                                               else None)
 
     def _spawn(self, blob: bytes, label: str, pool: bool) -> _Worker:
         task_r, task_w = self.ctx.Pipe(duplex=False)
@@ -383,39 +408,6 @@ class _Run:
 
     # -- the stream ------------------------------------------------------------
 
-    def results(self, it: Iterator[Any], pipeline: Pipeline) -> Iterator[Any]:
-        self.it = _guarded(it)
-        sink = self.sink
-        ready = sink.ready
-        ok = False
-        clock = time.monotonic
-        try:
-            while True:
-                self.pump()
-                if ready:
-                    polled = clock()
-                    while ready:
-                        yield ready.popleft()
-                        if pipeline._closed:
-                            raise RuntimeError("the Pipeline was closed while its output "
-                                               "was being read")
-                        if clock() - polled > _TOP_UP:
-                            # The consumer took a while: move finished work on and
-                            # refill the queues before its next step.
-                            self.wait(0)
-                            self.pump()
-                            polled = clock()
-                    self.wait(0)
-                    continue
-                if sink.failure is not None:
-                    raise sink.failure.exc
-                if self.finished():
-                    ok = True
-                    return
-                self.wait(None)
-        finally:
-            self.close(graceful=ok)
-
     def pump(self) -> None:
         """Move everything that can move: release, pull input, dispatch."""
         nodes = self.process_nodes
@@ -439,7 +431,7 @@ class _Run:
     def pull(self) -> bool:
         if self.src_done or self.stop_upto >= 0:
             return False
-        room = min(self.first.room(), self.pull_chunk)
+        room = min(self.first.room(), self.pull_from.chunk if self.pull_from else 64)
         if room <= 0:
             return False
         raw = list(islice(self.it, room))  # type: ignore[arg-type]
@@ -524,7 +516,8 @@ class _Run:
             self.sink.put_failure(_Failure(broken))
             return
         node, rec = worker.pending.popleft()
-        _, outputs, error = msg
+        _, outputs, error, seconds = msg
+        node.observe(rec.n_in, seconds)
         rec.frame = None
         rec.outs = [y for y in outputs if y is not None]
         if error is not None:
@@ -599,6 +592,65 @@ class _Run:
         self.selector.close()
 
 
+def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
+    """The outputs of ``apply``: the hub's event loop, run by the consumer's ``next``.
+
+    Processes start at the first ``next`` (or at ``__enter__``), so an output
+    iterator that is never used starts nothing.
+    """
+    pipeline._check_open()
+    run = pipeline._start()
+    run.it = it if type(it) in _CANNOT_RAISE else _guarded(it)
+    sink = run.sink
+    chunks = sink.chunks
+    clock = time.monotonic
+    slow = False  # the consumer takes a while per output: watch each one
+    ok = False
+    try:
+        while True:
+            run.pump()
+            if chunks:
+                while chunks:
+                    chunk = chunks.popleft()
+                    started = polled = clock()
+                    if not slow:
+                        yield from chunk  # at C speed; nothing enters the sink meanwhile
+                        sink.held -= len(chunk)
+                    else:
+                        for x in chunk:
+                            sink.held -= 1
+                            yield x
+                            if clock() - polled > _TOP_UP:
+                                # The consumer took a while: move finished work on
+                                # and refill the queues before its next step.
+                                _check_not_closed(pipeline)
+                                run.wait(0)
+                                run.pump()
+                                polled = clock()
+                    slow = clock() - started > _TOP_UP
+                    _check_not_closed(pipeline)
+                run.wait(0)
+                continue
+            if sink.failure is not None:
+                raise sink.failure.exc
+            if run.finished():
+                ok = True
+                return
+            run.wait(None)
+    finally:
+        run.close(graceful=ok)
+
+
+# Iterators of builtin sequences never raise, so they need no guard.
+_CANNOT_RAISE = {type(iter([])), type(iter(())), type(iter(range(0))),
+                 type(iter(range(1 << 64)))}
+
+
+def _check_not_closed(pipeline: Pipeline) -> None:
+    if pipeline._closed:
+        raise RuntimeError("the Pipeline was closed while its output was being read")
+
+
 def _guarded(it: Iterator[Any]) -> Iterator[Any]:
     """The input, with its own error turned into a final marker, so that the
     items pulled before it are kept and it is raised after their outputs."""
@@ -669,9 +721,7 @@ class Pipeline(PipelineBase):
         return self._run
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
-        self._check_open()
-        run = self._start()
-        yield from run.results(it, self)
+        return _stream(self, it)
 
     def close(self) -> None:
         """Stop every process; safe to call any number of times."""
