@@ -166,7 +166,8 @@ class _ProcessNode:
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
         self.upstream_failure: _Failure | None = None
         self.closed = False  # takes no more input
-        self.lost: tuple[int | None] | None = None  # exit code of a dedicated worker that died idle
+        self.lost = False  # its dedicated worker died with nothing in flight
+        self.lost_exitcode: int | None = None
 
     def room(self) -> int:
         if self.closed:
@@ -237,13 +238,12 @@ class _ProcessNode:
         """
         if self.index <= self.run.stop_upto:
             return False
-        if self.lost is not None and self.in_buf:  # its state died with its process
+        if self.lost and self.in_buf:  # its state died with its process
             first = self.in_buf[0]
             self.in_buf.clear()
-            died = WorkerDied(self.label, self.lost[0], short_repr(first) + " (the next input "
-                              "after the death: the stage's state was lost)")
-            self.records.append(_Record(1, first, outs=[], failure=_Failure(died)))
-            self.inflight += 1
+            died = WorkerDied(self.label, self.lost_exitcode, short_repr(first) + " (the next "
+                              "input after the death: the stage's state was lost)")
+            self._track(_Record(1, first, outs=[], failure=_Failure(died)))
             self.run.stop(self.index)
             return True
         sent = False
@@ -261,7 +261,7 @@ class _ProcessNode:
             self._send(worker, items)
             sent = True
         if not in_buf and self.upstream_failure is not None:
-            self.records.append(_Record(0, None, outs=[], failure=self.upstream_failure))
+            self._track(_Record(0, None, outs=[], failure=self.upstream_failure))
             self.upstream_failure = None
             sent = True
         return sent
@@ -288,10 +288,14 @@ class _ProcessNode:
         except Exception:
             self._send_unpicklable(worker, items, payload)
             return
-        rec = _Record(len(items), items[0], frame)
+        self._track(_Record(len(items), items[0], frame), worker)
+
+    def _track(self, rec: _Record, worker: _Worker | None = None) -> None:
+        """Count a chunk against the bound, in order; send it if it has a worker."""
         self.records.append(rec)
         self.inflight += rec.n_in
-        self.run.send(worker, self, rec)
+        if worker is not None:
+            self.run.send(worker, self, rec)
 
     def _send_unpicklable(self, worker: _Worker, items: list[Any], payload: list[Any]) -> None:
         """Send what pickles before the first item that does not, then fail there."""
@@ -304,18 +308,13 @@ class _ProcessNode:
         else:  # no single item is at fault; report the chunk
             bad, err = 0, TypeError("the chunk as a whole cannot be pickled")
         # The segment stops at the bad item, so its window history no longer matters.
-        head = items[:bad]
-        if head:
+        if bad:
             frame = dumps((self.seg, payload[:len(payload) - len(items) + bad]))
-            rec = _Record(len(head), head[0], frame)
-            self.records.append(rec)
-            self.inflight += rec.n_in
-            self.run.send(worker, self, rec)
+            self._track(_Record(bad, items[0], frame), worker)
         exc = SerializationError(f"input {short_repr(items[bad])} for {self.label} cannot be "
                                  f"sent to its worker process: {type(err).__name__}: {err}")
         exc.__cause__ = err
-        self.records.append(_Record(1, items[bad], outs=[], failure=_Failure(exc)))
-        self.inflight += 1
+        self._track(_Record(1, items[bad], outs=[], failure=_Failure(exc)))
         self.run.stop(self.index)
 
 
@@ -460,14 +459,12 @@ class _Run:
 
     def send(self, worker: _Worker, node: _ProcessNode, rec: _Record) -> None:
         worker.pending.append((node, rec))
-        if worker.outbox:
-            worker.outbox.put(rec.frame)  # type: ignore[arg-type]
-            return
+        waiting = bool(worker.outbox)  # already registered for writability
         try:
             done = worker.outbox.put(rec.frame)  # type: ignore[arg-type]
         except BrokenPipeError:
             return  # the worker is gone; its sentinel reports it
-        if not done:
+        if not done and not waiting:
             self.selector.register(worker.outbox.fd, selectors.EVENT_WRITE, ("write", worker))
 
     def wait(self, timeout: float | None) -> None:
@@ -546,7 +543,7 @@ class _Run:
             for node in self.process_nodes:
                 if worker in node.workers:
                     node.workers.remove(worker)
-                    node.lost = (exitcode,)
+                    node.lost, node.lost_exitcode = True, exitcode
         for i, (node, rec) in enumerate(pending):
             if i == 0 or not worker.pool:
                 where = short_repr(rec.first)

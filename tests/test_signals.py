@@ -72,7 +72,7 @@ def test_signal_stops_everything(tmp_path: Path, start_method: str, how: str,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert took < 3, took
+    assert took < 1.0, took  # measured: ~35 ms, interpreter exit included
     assert err.count(expected) == 1, err  # the caller's only: no storm from workers
     assert err.count("Traceback") <= 1, err
     assert "resource_tracker" not in err, err  # no leaked semaphore or shared memory
