@@ -181,9 +181,9 @@ def test_idle_pool_worker_killed_from_outside_loses_nothing(start_method: str) -
         out = p.apply(range(2000))
         got = [next(out) for _ in range(10)]
         time.sleep(0.2)  # every worker has finished its queue
-        victim = got[-1][1][0][1]
-        os.kill(victim, signal.SIGKILL)
-        psutil.wait_procs([psutil.Process(victim)], timeout=2)
+        victim = psutil.Process(got[-1][1][0][1])  # before the kill: it may be reaped at once
+        victim.kill()
+        psutil.wait_procs([victim], timeout=2)
         got += list(out)
     assert [x for x, _ in got] == list(range(2000))
 
