@@ -6,8 +6,10 @@ and many times slower. Stages always go through dill with ``recurse=True``, so
 functions that use names of ``__main__`` work under spawn; the settings are
 passed per call and the user's global dill settings are left alone.
 
-A frame is an 8-byte little-endian header, ``(length << 1) | used_dill``,
-followed by the pickle. Workers use blocking I/O. The parent never blocks on a
+A frame is an 8-byte little-endian header, ``(length << 2) | flags``,
+followed by the payload: the pickle, made by dill when ``flags & 1``; with
+``flags & 2``, a pickle of ``(meta, pickle)`` whose large buffers wait in
+shared memory (:mod:`blpipe._shm`). Workers use blocking I/O. The parent never blocks on a
 pipe: it writes through an :class:`Outbox` and reads through an
 :class:`Inbox`, both non-blocking, so it cannot deadlock against a worker that
 is itself blocked writing a large result.
@@ -23,7 +25,11 @@ from typing import Any
 
 import dill
 
+from ._shm import Slots, Views, pickle_out_of_band
+
 PROTOCOL = 5
+_DILL = 1
+_OUT_OF_BAND = 2
 HEADER = struct.Struct("<Q")
 _READ_SIZE = 1 << 18
 _IOV_MAX = 512
@@ -38,8 +44,26 @@ def dumps(obj: Any) -> Frame:
         flag = 0
     except Exception:
         payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
-        flag = 1
-    return HEADER.pack(len(payload) << 1 | flag), payload
+        flag = _DILL
+    return HEADER.pack(len(payload) << 2 | flag), payload
+
+
+def dumps_chunk(obj: Any, slots: Slots | None) -> tuple[Frame, int | None]:
+    """Like :func:`dumps`, with large buffers through one of ``slots``.
+
+    Returns the frame and the id of the slot it uses, to be released once
+    the receiver has loaded the frame.
+    """
+    if slots is None:
+        return dumps(obj), None
+    try:
+        data, meta = pickle_out_of_band(obj, slots)
+    except Exception:
+        return dumps(obj), None
+    if meta is None:
+        return (HEADER.pack(len(data) << 2), data), None
+    payload = pickle.dumps((meta, data), PROTOCOL)
+    return (HEADER.pack(len(payload) << 2 | _OUT_OF_BAND), payload), meta[1]
 
 
 def dumps_stage(obj: Any) -> bytes:
@@ -51,9 +75,16 @@ def loads_stage(data: bytes) -> Any:
     return dill.loads(data)
 
 
-def loads(header: int, payload: bytes | bytearray | memoryview) -> Any:
-    """Unpickle a frame's payload; ``header`` is the decoded header word."""
-    return (dill.loads if header & 1 else pickle.loads)(payload)
+def loads(header: int, payload: bytes | bytearray | memoryview, views: Views | None = None) -> Any:
+    """Unpickle a frame's payload; ``header`` is the decoded header word.
+
+    ``views`` maps the sender's slots for a frame with out-of-band buffers;
+    it raises :class:`~blpipe._shm.SlotGone` when the sender has exited.
+    """
+    if header & _OUT_OF_BAND:
+        meta, data = pickle.loads(payload)
+        return (views or Views()).load(data, meta)
+    return (dill.loads if header & _DILL else pickle.loads)(payload)
 
 
 # -- blocking side (workers) -------------------------------------------------
@@ -88,7 +119,7 @@ def read_frame(fd: int) -> tuple[int, bytearray] | None:
     if head is None:
         return None
     word = HEADER.unpack(head)[0]
-    body = _read_exact(fd, word >> 1)
+    body = _read_exact(fd, word >> 2)
     if body is None:
         return None
     return word, body
@@ -180,7 +211,7 @@ class Inbox:
         size = HEADER.size
         while len(buf) - pos >= size:
             word = HEADER.unpack_from(buf, pos)[0]
-            length = word >> 1
+            length = word >> 2
             start = pos + size
             if len(buf) - start >= length:
                 frames.append((word, bytes(buf[start:start + length])))

@@ -1,8 +1,9 @@
 """The loop each worker process runs, pool and dedicated alike.
 
-A worker reads ``(segment, items)`` chunks from its task pipe, runs the
-segment's chain over them and writes ``("ok", outputs, error, seconds)``
-back, in order; ``seconds`` is the time spent in the stages. End of file on
+A worker reads ``(segment, items, freed)`` chunks from its task pipe, runs
+the segment's chain over them and writes ``("ok", outputs, error, seconds)``
+back, in order; ``seconds`` is the time spent in the stages, and ``freed``
+names the shared memory slots of earlier results that the parent has read. End of file on
 the task pipe means stop. A stateful stage keeps its state simply because its
 process lives as long as the pipeline.
 """
@@ -17,7 +18,17 @@ import traceback
 from typing import Any
 
 from ._chain import Chain, StageFailure, sliding
-from ._transport import HEADER, Frame, dumps, loads, loads_stage, read_frame, write_frame
+from ._shm import AVAILABLE, Slots, Views, mark_large
+from ._transport import (
+    HEADER,
+    Frame,
+    dumps,
+    dumps_chunk,
+    loads,
+    loads_stage,
+    read_frame,
+    write_frame,
+)
 from .errors import SerializationError
 from .stages import short_repr
 
@@ -44,12 +55,13 @@ def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
 
 
 def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
-            last_label: str, busy: float) -> Frame:
+            last_label: str, busy: float, slots: Slots | None) -> Frame:
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
-    try:
-        return dumps(("ok", outputs, error, busy))
-    except Exception:
-        pass
+    for every in (False, True):  # then also memoryviews, and buffers mid-chunk
+        try:
+            return dumps_chunk(("ok", mark_large(outputs, every), error, busy), slots)[0]
+        except Exception:
+            pass
     # Some output cannot be pickled: send the ones before it, then say which.
     for j, out in enumerate(outputs):
         try:
@@ -90,11 +102,17 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     except BaseException:
         write_frame(result_fd, dumps(("init", traceback.format_exc())))
         return
+    slots = Slots() if AVAILABLE else None
+    views = Views()
+    pid = os.getpid()
     while (frame := read_frame(task_fd)) is not None:
-        seg, payload = loads(*frame)
+        seg, payload, freed = loads(*frame, views)
+        for owner, ident in freed:
+            if owner == pid and slots is not None:  # a resent chunk may carry another's
+                slots.release(ident)
         chain, window = segments[seg]
         items = sliding(payload, window) if window else payload
         start = time.perf_counter()
         outputs, failure = chain.run(items)
         busy = time.perf_counter() - start
-        write_frame(result_fd, _encode(outputs, failure, items, labels[seg], busy))
+        write_frame(result_fd, _encode(outputs, failure, items, labels[seg], busy, slots))

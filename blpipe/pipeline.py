@@ -41,7 +41,18 @@ from multiprocess.connection import wait as wait_sentinels
 
 from ._base import PipelineBase, add_note, annotate
 from ._chain import Chain
-from ._transport import HEADER, PROTOCOL, Frame, Inbox, Outbox, dumps, dumps_stage, loads
+from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
+from ._transport import (
+    HEADER,
+    PROTOCOL,
+    Frame,
+    Inbox,
+    Outbox,
+    dumps,
+    dumps_chunk,
+    dumps_stage,
+    loads,
+)
 from ._worker import RemoteError, worker_main
 from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
 from .stages import Placement, StageSpec, short_repr
@@ -64,15 +75,20 @@ class _Failure:
 
 
 class _Record:
-    """A chunk in flight: ``outs`` is set (``None`` dropped) once its results are in."""
+    """A chunk in flight: ``outs`` is set (``None`` dropped) once its results are in.
 
-    __slots__ = ("n_in", "first", "frame", "outs", "pos", "failure")
+    ``slot`` is the shared memory slot that holds its large inputs, if any.
+    """
+
+    __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure")
 
     def __init__(self, n_in: int, first: Any, frame: Frame | None = None,
-                 outs: list[Any] | None = None, failure: _Failure | None = None) -> None:
+                 outs: list[Any] | None = None, failure: _Failure | None = None,
+                 slot: int | None = None) -> None:
         self.n_in = n_in
         self.first = first
         self.frame = frame
+        self.slot = slot
         self.outs = outs
         self.pos = 0
         self.failure = failure
@@ -81,7 +97,8 @@ class _Record:
 class _Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
-    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "label", "pool")
+    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "label", "pool",
+                 "freed")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str, pool: bool) -> None:
         self.proc = proc
@@ -92,6 +109,7 @@ class _Worker:
         self.pending: deque[tuple[_ProcessNode, _Record]] = deque()
         self.label = label
         self.pool = pool
+        self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
 
 
 class _Sink:
@@ -284,11 +302,12 @@ class _ProcessNode:
             if len(payload) < self.window:  # type: ignore[operator]
                 return  # not a full window yet: nothing to compute
         try:
-            frame = dumps((self.seg, payload))
+            frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
         except Exception:
             self._send_unpicklable(worker, items, payload)
             return
-        self._track(_Record(len(items), items[0], frame), worker)
+        worker.freed = []
+        self._track(_Record(len(items), items[0], frame, slot=slot), worker)
 
     def _track(self, rec: _Record, worker: _Worker | None = None) -> None:
         """Count a chunk against the bound, in order; send it if it has a worker."""
@@ -309,7 +328,7 @@ class _ProcessNode:
             bad, err = 0, TypeError("the chunk as a whole cannot be pickled")
         # The segment stops at the bad item, so its window history no longer matters.
         if bad:
-            frame = dumps((self.seg, payload[:len(payload) - len(items) + bad]))
+            frame = dumps((self.seg, payload[:len(payload) - len(items) + bad], []))
             self._track(_Record(bad, items[0], frame), worker)
         exc = SerializationError(f"input {short_repr(items[bad])} for {self.label} cannot be "
                                  f"sent to its worker process: {type(err).__name__}: {err}")
@@ -334,6 +353,8 @@ class _Run:
         self.it: Iterator[Any] | None = None
         self.pool_blob = pipeline._pool_blob
         self.pool_label = pipeline._pool_label
+        self.slots = Slots() if AVAILABLE else None  # for large inputs
+        self.views = Views()  # the workers' slots, for large results
         try:
             self._build(pipeline)
         except BaseException:
@@ -495,8 +516,16 @@ class _Run:
             self.selector.unregister(inbox.fd)
 
     def _on_frame(self, worker: _Worker, word: int, payload: bytes | bytearray) -> None:
+        views = self.views
+        views.last = None
         try:
-            msg = loads(word, payload)
+            msg = loads(word, payload, views)
+        except SlotGone:  # it died after writing: its sentinel is about to fire
+            node, rec = worker.pending.popleft()
+            worker.proc.join(_KILL_AFTER)
+            self._fail(node, rec, WorkerDied(node.label, worker.proc.exitcode,
+                                             short_repr(rec.first)))
+            return
         except Exception as e:
             node, rec = worker.pending.popleft()
             exc = SerializationError(f"the results of {node.label} cannot be unpickled in the "
@@ -512,17 +541,25 @@ class _Run:
             self.stop(len(self.nodes))
             self.sink.put_failure(_Failure(broken))
             return
+        if views.last is not None:
+            worker.freed.append(views.last)
         node, rec = worker.pending.popleft()
         _, outputs, error, seconds = msg
         node.observe(rec.n_in, seconds)
-        rec.frame = None
+        self._done(rec)
         rec.outs = [y for y in outputs if y is not None]
         if error is not None:
             rec.failure = _Failure(_rebuild(error))
             self.stop(node.index)
 
-    def _fail(self, node: _ProcessNode, rec: _Record, exc: BaseException) -> None:
+    def _done(self, rec: _Record) -> None:
         rec.frame = None
+        if rec.slot is not None:
+            self.slots.release(rec.slot)  # type: ignore[union-attr]
+            rec.slot = None
+
+    def _fail(self, node: _ProcessNode, rec: _Record, exc: BaseException) -> None:
+        self._done(rec)
         rec.outs = []
         rec.failure = _Failure(exc)
         self.stop(node.index)
@@ -554,6 +591,7 @@ class _Run:
                 self.send(node._pick(_PER_WORKER + 1) or self.pool[0], node, rec)
 
     def _forget(self, worker: _Worker) -> None:
+        self.views.forget(worker.proc.pid)
         for fd in (worker.inbox.fd, worker.outbox.fd, worker.proc.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(fd)
@@ -587,6 +625,9 @@ class _Run:
             w.proc.close()
         self.workers.clear()
         self.selector.close()
+        self.views.close()
+        if self.slots is not None:
+            self.slots.close()
 
 
 def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
@@ -655,6 +696,14 @@ def _guarded(it: Iterator[Any]) -> Iterator[Any]:
         yield from it
     except Exception as e:
         yield _Failure(e)
+
+
+def _pack(seg: int, payload: list[Any], freed: list[tuple[int, int]],
+          slots: Slots | None) -> tuple[Frame, int | None]:
+    try:
+        return dumps_chunk((seg, mark_large(payload), freed), slots)
+    except Exception:  # a memoryview, or a large buffer in the middle of the chunk
+        return dumps_chunk((seg, mark_large(payload, every=True), freed), slots)
 
 
 def _join_all(procs: list[Any], timeout: float | None) -> None:

@@ -180,3 +180,63 @@ slow_identity.stateful = False  # type: ignore[attr-defined]
 slow_identity.batch_size = 4  # type: ignore[attr-defined]
 
 SIGKILL = -signal.SIGKILL
+
+
+class Blob:
+    """A buffer that pickles out of band (as NumPy arrays do) and whose rebuild
+    keeps the buffer it is given, so an aliased shared memory slot would show."""
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if protocol >= 5:
+            import pickle
+            return Blob._rebuild, (pickle.PickleBuffer(self.data),)
+        return Blob, (self.data,)
+
+    @staticmethod
+    def _rebuild(buf: Any) -> Blob:
+        blob = Blob.__new__(Blob)
+        blob.data = buf  # whatever the unpickler passed: no copy
+        return blob
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Blob) and bytes(self.data) == bytes(other.data)
+
+    def __hash__(self) -> int:
+        return hash(bytes(self.data))
+
+
+class Echo:
+    """Returns its input; ``stateful`` and ``batch_size`` as given."""
+
+    def __init__(self, stateful: Any = False, batch_size: int = 1) -> None:
+        self.stateful = stateful
+        self.batch_size = batch_size
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+class Measure:
+    """Stateless: a large buffer's length and first byte, with the worker's pid."""
+
+    stateful = False
+
+    def __init__(self, batch_size: int = 1) -> None:
+        self.batch_size = batch_size
+
+    def __call__(self, x: Any) -> tuple[int, int, int]:
+        return len(x), x[0], os.getpid()
+
+
+class Newest:
+    """Window of ``k``: returns the newest input of the window."""
+
+    def __init__(self, k: int, batch_size: int = 1) -> None:
+        self.stateful = k
+        self.batch_size = batch_size
+
+    def __call__(self, w: tuple[Any, ...]) -> Any:
+        return w[-1]

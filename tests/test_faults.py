@@ -175,13 +175,27 @@ def test_soak_exact_output_and_flat_memory() -> None:
     assert max(rss[2:]) <= warm * 1.10, [r >> 20 for r in rss]
 
 
+def _wait_idle(proc: psutil.Process, quiet: float = 0.3, limit: float = 10.0) -> None:
+    """Wait until ``proc`` has used no CPU for ``quiet`` seconds (a loaded machine may
+    take a while to run what it was sent)."""
+    deadline = time.monotonic() + limit
+    last = sum(proc.cpu_times()[:2])
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = sum(proc.cpu_times()[:2])
+        if now == last and proc.status() == psutil.STATUS_SLEEPING:
+            return
+        last = now
+    raise AssertionError(f"{proc} never went idle")
+
+
 def test_idle_pool_worker_killed_from_outside_loses_nothing(start_method: str) -> None:
     """The OOM killer may pick a worker between items: it is replaced, the stream goes on."""
     with Pipeline([Pid("pool", batch_size=4)], n_cpu=2, start_method=start_method) as p:
         out = p.apply(range(2000))
         got = [next(out) for _ in range(10)]
-        time.sleep(0.2)  # every worker has finished its queue
         victim = psutil.Process(got[-1][1][0][1])  # before the kill: it may be reaped at once
+        _wait_idle(victim)  # it has answered every chunk it was sent
         victim.kill()
         psutil.wait_procs([victim], timeout=2)
         got += list(out)
