@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = list(sp.apply(lines(args.lines)))
     same = outputs == expected
     print(f"matches SequentialPipeline: {'yes' if same else 'NO'}")
+    print()
+    print(p.report())
     return 0 if same else 1
 
 

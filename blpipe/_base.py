@@ -1,4 +1,4 @@
-"""What every pipeline shares: validation, the one-shot ``apply`` and closing."""
+"""What every pipeline shares: validation, the one-shot ``apply``, statistics and closing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any, NoReturn
 import multiprocess
 
 from ._chain import StageFailure
-from ._cpu import pool_size
+from ._cpu import pool_size, usable_cpu_count
+from ._progress import EVERY, make_progress
 from .stages import Placement, StageSpec, read_stages, short_repr
+from .statistics import Recorder, Statistics
 
 
 def annotate(failure: StageFailure) -> Exception:
@@ -33,7 +35,7 @@ class PipelineBase:
     """Validation at construction, one ``apply`` per pipeline, idempotent ``close``."""
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, progress: Any = None) -> None:
         self._closed = False
         self._applied = False
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
@@ -44,6 +46,9 @@ class PipelineBase:
             raise ValueError(f"start_method={start_method!r} is not available here; "
                              f"choose one of {methods}")
         self._start_method = start_method
+        self._progress = make_progress(progress)
+        self._next_progress = 0.0
+        self._recorder = Recorder(self.stages, self._pool_size, usable_cpu_count())
 
     @property
     def n_cpu(self) -> int:
@@ -54,6 +59,33 @@ class PipelineBase:
         state = "closed" if self._closed else "applied" if self._applied else "ready"
         names = ", ".join(s.name for s in self.stages)
         return f"<{type(self).__name__} [{names}] {state}>"
+
+    def statistics(self) -> Statistics:
+        """What each stage did so far; callable at any time, from any thread."""
+        rec = self._recorder
+        running = rec.started is not None and rec.ended is None
+        return rec.snapshot(self._live, running)
+
+    def report(self) -> str:
+        """``statistics()`` as a table, with the bottleneck and advice."""
+        return self.statistics().report()
+
+    def _live(self, segment: int) -> tuple[int, int, float, float, float]:
+        """A segment's in flight, peak, starved, blocked and local serialization."""
+        return 0, 0, 0.0, 0.0, 0.0
+
+    def _tick_progress(self, now: float, final: bool = False) -> None:
+        """Feed ``progress`` at most every ``EVERY`` seconds, and once at the end."""
+        if self._progress is not None and (final or now >= self._next_progress):
+            self._next_progress = now + EVERY
+            self._progress(self.statistics())
+
+    def _finish(self) -> None:
+        """The run is over: stop the clock, tell ``progress``."""
+        rec = self._recorder
+        if rec.started is not None and rec.ended is None:
+            rec.end()
+            self._tick_progress(0.0, final=True)
 
     def __enter__(self) -> PipelineBase:
         self._check_open()

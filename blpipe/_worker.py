@@ -1,9 +1,12 @@
 """The loop each worker process runs, pool and dedicated alike.
 
 A worker reads ``(segment, items, freed)`` chunks from its task pipe, runs
-the segment's chain over them and writes ``("ok", outputs, error, seconds)``
-back, in order; ``seconds`` is the time spent in the stages, and ``freed``
-names the shared memory slots of earlier results that the parent has read. End of file on
+the segment's chain over them and writes ``("ok", outputs, error, stats,
+seconds)`` back, in order: ``stats`` holds each stage's busy seconds and item
+counts, ``seconds`` the time spent unpickling this chunk and pickling the
+previous result, and ``freed`` names the shared memory slots of earlier
+results that the parent has read. The figures ride on the results: no
+message is sent for them alone. End of file on
 the task pipe means stop. A stateful stage keeps its state simply because its
 process lives as long as the pipeline.
 """
@@ -55,11 +58,11 @@ def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
 
 
 def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
-            last_label: str, busy: float, slots: Slots | None) -> Frame:
+            last_label: str, stats: Any, slots: Slots | None) -> Frame:
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
     for every in (False, True):  # then also memoryviews, and buffers mid-chunk
         try:
-            return dumps_chunk(("ok", mark_large(outputs, every), error, busy), slots)[0]
+            return dumps_chunk(("ok", mark_large(outputs, every), error, *stats), slots)[0]
         except Exception:
             pass
     # Some output cannot be pickled: send the ones before it, then say which.
@@ -69,9 +72,10 @@ def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
         except Exception as why:
             exc = SerializationError(f"{last_label} returned {short_repr(out)}, which cannot "
                                      f"leave its worker process: {type(why).__name__}: {why}")
-            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc), busy))
+            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc), *stats))
     exc = SerializationError(f"the outputs of {last_label} cannot leave its worker process")
-    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc), busy))
+    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc),
+                  *stats))
 
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
@@ -105,14 +109,20 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     slots = Slots() if AVAILABLE else None
     views = Views()
     pid = os.getpid()
+    clock = time.perf_counter
+    pickling = 0.0  # of the previous result
     while (frame := read_frame(task_fd)) is not None:
+        start = clock()
         seg, payload, freed = loads(*frame, views)
         for owner, ident in freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
         chain, window = segments[seg]
         items = sliding(payload, window) if window else payload
-        start = time.perf_counter()
-        outputs, failure = chain.run(items)
-        busy = time.perf_counter() - start
-        write_frame(result_fd, _encode(outputs, failure, items, labels[seg], busy, slots))
+        loaded = clock()
+        outputs, failure, stats = chain.run(items)
+        done = clock()
+        result = _encode(outputs, failure, items, labels[seg],
+                         (stats, loaded - start + pickling), slots)
+        pickling = clock() - done
+        write_frame(result_fd, result)

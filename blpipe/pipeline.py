@@ -34,6 +34,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from time import perf_counter
 from typing import Any
 
 import multiprocess
@@ -136,9 +137,10 @@ class _Sink:
 class _MasterNode:
     """Master stages, run synchronously in the caller as items arrive."""
 
-    def __init__(self, run: _Run, index: int, chain: Chain, nxt: Any) -> None:
+    def __init__(self, run: _Run, index: int, first: int, chain: Chain, nxt: Any) -> None:
         self.run = run
         self.index = index
+        self.first = first  # its first stage's index
         self.chain = chain
         self.next = nxt
         self.dead = False
@@ -147,8 +149,9 @@ class _MasterNode:
         return 0 if self.dead else int(self.next.room())
 
     def put(self, items: list[Any]) -> None:
-        outputs, failure = self.chain.run(items)
+        outputs, failure, stats = self.chain.run(items)
         outs = [y for y in outputs if y is not None]
+        self.run.rec.add(self.first, stats, len(items), len(outs), 0.0)
         if outs:
             self.next.put(outs)
         if failure is not None:
@@ -164,12 +167,13 @@ class _MasterNode:
 class _ProcessNode:
     """A segment that runs in worker processes: the pool's or a dedicated one."""
 
-    def __init__(self, run: _Run, index: int, seg: int, label: str, cap: int,
+    def __init__(self, run: _Run, index: int, seg: int, first: int, label: str, cap: int,
                  chunks: tuple[int, int], window: int | None, workers: list[_Worker],
                  nxt: Any) -> None:
         self.run = run
         self.index = index
         self.seg = seg
+        self.first = first  # its first stage's index
         self.label = label
         self.cap = cap
         self.min_chunk, self.max_chunk = chunks
@@ -186,6 +190,12 @@ class _ProcessNode:
         self.closed = False  # takes no more input
         self.lost = False  # its dedicated worker died with nothing in flight
         self.lost_exitcode: int | None = None
+        # statistics: written here only, read by statistics() from any thread
+        self.peak = 0
+        self.starved = 0.0
+        self.blocked = 0.0
+        self.serialize = 0.0  # pickling inputs and unpickling results, in this process
+        self.state = 0  # at the last tick: 1 starved, 2 blocked
 
     def room(self) -> int:
         if self.closed:
@@ -300,12 +310,16 @@ class _ProcessNode:
             payload = [*self.history, *items]
             self.history.extend(items)
             if len(payload) < self.window:  # type: ignore[operator]
-                return  # not a full window yet: nothing to compute
+                # not a full window yet: nothing to compute, but the inputs count
+                self.run.rec.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
+                return
+        start = perf_counter()
         try:
             frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
         except Exception:
             self._send_unpicklable(worker, items, payload)
             return
+        self.serialize += perf_counter() - start
         worker.freed = []
         self._track(_Record(len(items), items[0], frame, slot=slot), worker)
 
@@ -313,6 +327,8 @@ class _ProcessNode:
         """Count a chunk against the bound, in order; send it if it has a worker."""
         self.records.append(rec)
         self.inflight += rec.n_in
+        if self.inflight > self.peak:
+            self.peak = self.inflight
         if worker is not None:
             self.run.send(worker, self, rec)
 
@@ -353,6 +369,8 @@ class _Run:
         self.it: Iterator[Any] | None = None
         self.pool_blob = pipeline._pool_blob
         self.pool_label = pipeline._pool_label
+        self.rec = pipeline._recorder
+        self.last_tick = time.monotonic()
         self.slots = Slots() if AVAILABLE else None  # for large inputs
         self.views = Views()  # the workers' slots, for large results
         try:
@@ -377,23 +395,27 @@ class _Run:
             kind, specs, seg, blob = segments[index]
             label = " + ".join(s.label for s in specs)
             cap = specs[0].batch_size
+            first = specs[0].index
+            for s in specs:
+                self.rec.segment[s.index] = index
             if kind is Placement.MASTER:
-                node: Any = _MasterNode(self, index,
+                node: Any = _MasterNode(self, index, first,
                                         Chain([(s.label, s.func, s.window) for s in specs]), nxt)
             elif kind is Placement.POOL:
                 # from every worker with one chunk queued, to two chunks in all
                 chunks = (max(1, cap // (2 * n_pool)), max(1, cap // 2))
-                node = _ProcessNode(self, index, seg, label, cap, chunks, specs[0].window,
-                                    self.pool, nxt)
+                node = _ProcessNode(self, index, seg, first, label, cap, chunks,
+                                    specs[0].window, self.pool, nxt)
             else:
                 worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
                 half = max(1, cap // 2)  # one chunk running, one queued
-                node = _ProcessNode(self, index, seg, label, cap, (half, half), None,
+                node = _ProcessNode(self, index, seg, first, label, cap, (half, half), None,
                                     [worker], nxt)
             nodes.append(node)
             nxt = node
         nodes.reverse()
         self.nodes = nodes
+        self.by_segment = dict(enumerate(nodes))
         self.process_nodes = [n for n in reversed(nodes) if isinstance(n, _ProcessNode)]
         self.first = nodes[0] if nodes else self.sink
         # input is pulled a chunk of the first process segment at a time
@@ -454,7 +476,9 @@ class _Run:
         room = min(self.first.room(), self.pull_from.chunk if self.pull_from else 64)
         if room <= 0:
             return False
+        start = perf_counter()
         raw = list(islice(self.it, room))  # type: ignore[arg-type]
+        self.rec.input += perf_counter() - start
         failure = None
         if raw and type(raw[-1]) is _Failure:  # the input's error ends it, full batch or not
             failure = raw.pop()
@@ -475,6 +499,36 @@ class _Run:
         """A failure at segment ``index``: what is upstream of it is later in the
         stream and no longer needed, so stop feeding it."""
         self.stop_upto = max(self.stop_upto, index)
+
+    def tick(self) -> None:
+        """Sample which segments wait, at most once a millisecond.
+
+        The time since the last sample is put down to what each segment was
+        doing then: starved (nothing to do while more input may come) or
+        blocked (a finished chunk held back by a full downstream bound).
+        """
+        now = time.monotonic()
+        dt = now - self.last_tick
+        if dt < 0.001:
+            return
+        self.last_tick = now
+        more = not self.src_done and self.stop_upto < 0
+        for node in self.nodes:
+            if not isinstance(node, _ProcessNode):
+                continue
+            if node.state == 1:
+                node.starved += dt
+            elif node.state == 2:
+                node.blocked += dt
+            records = node.records
+            busy = bool(node.in_buf or records)
+            if records and records[0].outs is not None:
+                node.state = 2
+            elif not busy and more and not node.closed:
+                node.state = 1
+            else:
+                node.state = 0
+            more = more or busy
 
     # -- events ------------------------------------------------------------------
 
@@ -518,6 +572,7 @@ class _Run:
     def _on_frame(self, worker: _Worker, word: int, payload: bytes | bytearray) -> None:
         views = self.views
         views.last = None
+        start = perf_counter()
         try:
             msg = loads(word, payload, views)
         except SlotGone:  # it died after writing: its sentinel is about to fire
@@ -544,10 +599,12 @@ class _Run:
         if views.last is not None:
             worker.freed.append(views.last)
         node, rec = worker.pending.popleft()
-        _, outputs, error, seconds = msg
-        node.observe(rec.n_in, seconds)
+        _, outputs, error, stats, seconds = msg
+        node.observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(x[0] for x in stats))
         self._done(rec)
         rec.outs = [y for y in outputs if y is not None]
+        node.serialize += perf_counter() - start
+        self.rec.add(node.first, stats, rec.n_in, len(rec.outs), seconds)
         if error is not None:
             rec.failure = _Failure(_rebuild(error))
             self.stop(node.index)
@@ -641,7 +698,9 @@ def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
     run.it = it if type(it) in _CANNOT_RAISE else _guarded(it)
     sink = run.sink
     chunks = sink.chunks
+    rec = run.rec
     clock = time.monotonic
+    progress = pipeline._progress is not None
     slow = False  # the consumer takes a while per output: watch each one
     ok = False
     try:
@@ -651,6 +710,7 @@ def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
                 while chunks:
                     chunk = chunks.popleft()
                     started = polled = clock()
+                    hub = 0.0  # time spent on the hub between outputs
                     if not slow:
                         yield from chunk  # at C speed; nothing enters the sink meanwhile
                         sink.held -= len(chunk)
@@ -662,20 +722,32 @@ def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
                                 # The consumer took a while: move finished work on
                                 # and refill the queues before its next step.
                                 _check_not_closed(pipeline)
+                                t = clock()
                                 run.wait(0)
                                 run.pump()
                                 polled = clock()
-                    slow = clock() - started > _TOP_UP
+                                hub += polled - t
+                    held = clock() - started
+                    rec.yielded += len(chunk)
+                    rec.consumer += held - hub
+                    slow = held > _TOP_UP
                     _check_not_closed(pipeline)
                 run.wait(0)
+                run.tick()
+                if progress:
+                    pipeline._tick_progress(clock())
                 continue
             if sink.failure is not None:
                 raise sink.failure.exc
             if run.finished():
                 ok = True
                 return
+            run.tick()
+            if progress:
+                pipeline._tick_progress(clock())
             run.wait(None)
     finally:
+        pipeline._finish()
         run.close(graceful=ok)
 
 
@@ -749,8 +821,8 @@ class Pipeline(PipelineBase):
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None) -> None:
-        super().__init__(operations, n_cpu, start_method=start_method)
+                 start_method: str | None = None, progress: Any = None) -> None:
+        super().__init__(operations, n_cpu, start_method=start_method, progress=progress)
         self._ctx = multiprocess.get_context(start_method)
         self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
         self._run: _Run | None = None
@@ -763,8 +835,15 @@ class Pipeline(PipelineBase):
 
     def _start(self) -> _Run:
         if self._run is None:
+            self._recorder.start()
             self._run = _Run(self)
         return self._run
+
+    def _live(self, segment: int) -> tuple[int, int, float, float, float]:
+        node = self._run.by_segment.get(segment) if self._run is not None else None
+        if not isinstance(node, _ProcessNode):
+            return 0, 0, 0.0, 0.0, 0.0
+        return node.inflight, node.peak, node.starved, node.blocked, node.serialize
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         return _stream(self, it)
@@ -774,6 +853,7 @@ class Pipeline(PipelineBase):
         self._closed = True
         if self._run is not None:
             self._run.close(graceful=False)
+        self._finish()
 
     def __del__(self) -> None:
         if getattr(self, "_built", False) and not self._closed:

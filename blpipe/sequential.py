@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,10 +25,10 @@ class SequentialPipeline(PipelineBase):
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, progress: Any = None) -> None:
         """``n_cpu`` and ``start_method`` are validated as by ``Pipeline`` and
         otherwise unused, so either class can replace the other."""
-        super().__init__(operations, n_cpu, start_method=start_method)
+        super().__init__(operations, n_cpu, start_method=start_method, progress=progress)
         self._chain = Chain([(s.label, s.func, s.window) for s in self.stages])
 
     def __enter__(self) -> SequentialPipeline:
@@ -36,13 +37,38 @@ class SequentialPipeline(PipelineBase):
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         chain = self._chain
-        for x in it:
-            self._check_open()
-            if x is None:
-                continue
-            outputs, failure = chain.run((x,))
-            if failure is not None:
-                self._closed = True
-                raise annotate(failure)
-            if outputs[0] is not None:
-                yield outputs[0]
+        rec = self._recorder
+        clock = time.monotonic
+        rec.start()
+        try:
+            while True:
+                self._check_open()
+                t = clock()
+                x = next(it, _END)
+                now = clock()
+                rec.input += now - t
+                self._tick_progress(now)
+                if x is _END:
+                    return
+                if x is None:
+                    continue
+                outputs, failure, stats = chain.run([x])
+                y = outputs[0] if outputs else None
+                rec.add(0, stats, 1, y is not None, 0.0)
+                if failure is not None:
+                    self._closed = True
+                    raise annotate(failure)
+                if y is not None:
+                    rec.yielded += 1
+                    t = clock()
+                    yield y
+                    rec.consumer += clock() - t
+        finally:
+            self._finish()
+
+    def close(self) -> None:
+        super().close()
+        self._finish()
+
+
+_END = object()

@@ -240,3 +240,18 @@ class Newest:
 
     def __call__(self, w: tuple[Any, ...]) -> Any:
         return w[-1]
+
+
+class Spin:
+    """Burns ``seconds`` of CPU per input (no sleeping), then returns it."""
+
+    def __init__(self, seconds: float, **attrs: Any) -> None:
+        self.seconds = seconds
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: Any) -> Any:
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass
+        return x

@@ -1,0 +1,327 @@
+"""Per-stage figures, the bottleneck, and advice built from them.
+
+Every figure is counted as the pipeline runs, at a cost of a few list appends
+per chunk: workers time each stage over a whole chunk and send the figures
+with the chunk's results, and the calling process samples which stages wait
+at most once a millisecond. :meth:`blpipe.Pipeline.statistics` returns a
+:class:`Statistics` record, :meth:`blpipe.Pipeline.report` a table of it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .stages import Placement, StageSpec
+
+__all__ = ["StageStatistics", "Statistics"]
+
+
+@dataclass(frozen=True)
+class StageStatistics:
+    """What one stage did so far."""
+
+    name: str
+    """The stage as messages name it: ``'stage 1 (Accumulator())'``."""
+    placement: str
+    """Where it runs: ``'master'``, ``'dedicated'`` or ``'pool'``."""
+    window: int | None
+    """``k`` for a stage that receives windows of ``k`` inputs, else ``None``."""
+    batch_size: int
+    """At most this many of its inputs are in flight."""
+    segment: int
+    """Stages with the same segment are fused: they run together in one task,
+    and share the segment's in-flight, starved, blocked and serialization
+    figures."""
+    workers: int
+    """Processes that may run it: the pool's size, 1 for a dedicated stage,
+    0 for a stage in the calling process."""
+    items_in: int
+    """Inputs it has finished with (a window stage counts its inputs, not
+    its windows)."""
+    items_out: int
+    """Outputs it passed on, after ``None`` was dropped (a window stage of
+    ``k`` over ``n`` inputs gives ``n - k + 1``)."""
+    busy_seconds: float
+    """Time inside the stage's callable, summed over the processes running it."""
+    starved_seconds: float
+    """Time its segment had nothing to do while the stream went on: it waited
+    for input. ``0.0`` for stages in the calling process, which run when
+    their input arrives."""
+    blocked_seconds: float
+    """Time finished outputs of its segment waited because the next stage's
+    ``batch_size`` bound (or the consumer's buffer) was full."""
+    serialize_seconds: float
+    """Time spent pickling and unpickling the segment's chunks on both sides
+    of the process boundary; ``0.0`` in the calling process."""
+    in_flight: int
+    """Inputs of its segment sent out or queued, not yet passed on."""
+    peak_in_flight: int
+    """The most inputs of its segment ever in flight at once."""
+    throughput: float
+    """Outputs per second of the run so far."""
+    utilization: float
+    """``busy_seconds`` over the time it could have been busy: the run's
+    elapsed time times the processes it can keep busy (``min(workers,
+    batch_size)``, 1 in the calling process). Near 1.0, it limits the run."""
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of a pipeline's figures; ``report()`` renders it."""
+
+    stages: tuple[StageStatistics, ...]
+    """One record per stage, in order."""
+    elapsed_seconds: float
+    """Time since the run started (the first ``next`` or ``__enter__``), up to
+    its end when it has ended."""
+    items_yielded: int
+    """Outputs handed to the consumer."""
+    consumer_seconds: float
+    """Time the consumer held the output generator between outputs: the code
+    in its ``for`` loop. A slow consumer holds the whole pipeline up."""
+    input_seconds: float
+    """Time spent pulling items from the input iterable."""
+    running: bool
+    """Whether the run has started and not ended."""
+    pool_size: int
+    """Processes in the shared pool."""
+    usable_cpus: int
+    """CPUs this process may use (affinity and cgroup quota)."""
+
+    def bottleneck(self) -> str | None:
+        """The name of what limits the run: a stage, ``'the consumer'`` or
+        ``'the input'``; ``None`` when nothing was busy half the time."""
+        if self.elapsed_seconds <= 0:
+            return None
+        candidates = [(s.utilization, s.name) for s in self.stages]
+        candidates.append((self.consumer_seconds / self.elapsed_seconds, "the consumer"))
+        candidates.append((self.input_seconds / self.elapsed_seconds, "the input"))
+        load, name = max(candidates)
+        return name if load >= 0.5 else None
+
+    def advice(self) -> list[str]:
+        """Concrete changes that the figures call for; empty when none."""
+        return _advice(self)
+
+    def report(self) -> str:
+        """A fixed-width table of the figures, the bottleneck and the advice."""
+        return _report(self)
+
+
+# -- counting ------------------------------------------------------------------
+
+class Recorder:
+    """The running totals of one pipeline.
+
+    Chunk figures are appended by the thread that runs the stream and folded
+    into totals under a lock, by that thread every few hundred chunks and by
+    :meth:`snapshot`, so a snapshot taken from another thread is consistent
+    (no stage shows more out than in) while appending costs no lock.
+    """
+
+    _FOLD_EVERY = 256
+
+    def __init__(self, stages: Sequence[StageSpec], pool_size: int, usable_cpus: int) -> None:
+        n = len(stages)
+        self.specs = tuple(stages)
+        self.pool_size = pool_size
+        self.usable_cpus = usable_cpus
+        self.segment = list(range(n))  # set by the pipeline that fuses
+        self.raw: list[tuple[int, list[Any], int, int, float]] = []
+        self.busy = [0.0] * n
+        self.n_in = [0] * n
+        self.n_out = [0] * n
+        self.serialize = [0.0] * n  # per first stage of a segment
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.yielded = 0
+        self.consumer = 0.0
+        self.input = 0.0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def end(self) -> None:
+        if self.started is not None and self.ended is None:
+            self.ended = time.monotonic()
+
+    def add(self, first: int, stats: list[Any], n_in: int, n_out: int, seconds: float) -> None:
+        """A chunk's figures: per stage ``[busy, in, out]`` from ``first`` on, the
+        segment's inputs and outputs, and its serialization seconds."""
+        raw = self.raw
+        raw.append((first, stats, n_in, n_out, seconds))
+        if len(raw) >= self._FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        with self._lock:
+            raw = self.raw
+            k = len(raw)  # appends racing with this land after k and stay
+            busy, n_in, n_out, ser = self.busy, self.n_in, self.n_out, self.serialize
+            for first, stats, seg_in, seg_out, seconds in raw[:k]:
+                ser[first] += seconds
+                last = len(stats) - 1
+                for j, (b, i, o) in enumerate(stats):
+                    busy[first + j] += b
+                    n_in[first + j] += seg_in if j == 0 else i
+                    n_out[first + j] += seg_out if j == last else o
+            del raw[:k]
+
+    def snapshot(self, live: Callable[[int], tuple[int, int, float, float, float]],
+                 running: bool) -> Statistics:
+        """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
+        in flight, starved s, blocked s, serialization s in this process)``."""
+        self.fold()
+        with self._lock:
+            busy, n_in, n_out = list(self.busy), list(self.n_in), list(self.n_out)
+            serialize = list(self.serialize)
+        end = self.ended or time.monotonic()
+        elapsed = 0.0 if self.started is None else end - self.started
+        stages = []
+        first_of: dict[int, int] = {}
+        for i, seg in enumerate(self.segment):
+            first_of.setdefault(seg, i)
+        for i, spec in enumerate(self.specs):
+            seg = self.segment[i]
+            inflight, peak, starved, blocked, here = live(seg)
+            workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
+                       Placement.MASTER: 0}[spec.placement]
+            can_run = max(1, min(workers, spec.batch_size))
+            stages.append(StageStatistics(
+                name=spec.label, placement=spec.placement.value, window=spec.window,
+                batch_size=spec.batch_size, segment=seg, workers=workers,
+                items_in=n_in[i], items_out=n_out[i],
+                busy_seconds=busy[i], starved_seconds=starved, blocked_seconds=blocked,
+                serialize_seconds=serialize[first_of[seg]] + here, in_flight=inflight,
+                peak_in_flight=peak,
+                throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
+                utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0))
+        return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
+                          items_yielded=self.yielded, consumer_seconds=self.consumer,
+                          input_seconds=self.input, running=running,
+                          pool_size=self.pool_size, usable_cpus=self.usable_cpus)
+
+
+# -- advice --------------------------------------------------------------------
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _advice(st: Statistics) -> list[str]:
+    out: list[str] = []
+    elapsed = st.elapsed_seconds
+    if elapsed <= 0 or not st.stages:
+        return out
+    pool = [s for s in st.stages if s.placement == "pool"]
+    dedicated = [s for s in st.stages if s.placement == "dedicated"]
+    for s in pool:
+        if s.batch_size < st.pool_size and s.utilization >= 0.5:
+            out.append(
+                f"{s.name} has batch_size={s.batch_size}, so at most {s.batch_size} of the "
+                f"{st.pool_size} pool workers run it at once and it was busy "
+                f"{_pct(s.utilization)} of that: set batch_size = {4 * st.pool_size} "
+                f"(4 x the pool) to spread it over the whole pool.")
+    for s in [*dedicated, *(s for s in st.stages if s.placement == "master")]:
+        if s.utilization >= 0.8 and s.items_in:
+            rate = s.items_in / s.busy_seconds if s.busy_seconds > 0 else math.inf
+            where = "its dedicated process" if s.placement == "dedicated" else "this process"
+            out.append(
+                f"{s.name} was busy {_pct(s.utilization)} of the run, one item at a time in "
+                f"{where}: it caps the pipeline at about {rate:,.0f} items/s "
+                f"({1e3 / rate:.3g} ms per item). Move the work that needs no state into a "
+                f"stateless stage before or after it; if it needs only the last k inputs, "
+                f"make it a window (stateful = k) so that the pool runs it.")
+    if pool and st.pool_size > 1 and elapsed >= 0.2:
+        used = sum(s.busy_seconds for s in pool) / (elapsed * st.pool_size)
+        if used < 0.25:
+            need = max(1, math.ceil(sum(s.busy_seconds for s in pool) / elapsed * 2))
+            out.append(
+                f"the pool's {st.pool_size} workers were busy {_pct(used)} of the run: the "
+                f"pool does not limit it (see the bottleneck), and n_cpu = "
+                f"{need + len(dedicated)} would leave {st.pool_size - need} CPU(s) free "
+                f"for other work.")
+    busy_dedicated = [s for s in dedicated if s.utilization >= 0.5]
+    if busy_dedicated and pool:
+        # the busy processes need more CPUs than there are, and they keep them all busy
+        cpus = sum(s.busy_seconds for s in [*pool, *dedicated]) / elapsed
+        if (st.pool_size + len(busy_dedicated) > st.usable_cpus
+                and cpus >= 0.75 * st.usable_cpus):
+            fit = max(1, st.usable_cpus - len(dedicated))
+            out.append(
+                f"{st.pool_size} pool workers and {len(busy_dedicated)} busy dedicated "
+                f"stage(s) compete for {st.usable_cpus} usable CPUs: pass n_cpu = "
+                f"{st.usable_cpus} so that the pool gets {fit} and each busy process has "
+                f"a CPU of its own.")
+    if st.consumer_seconds / elapsed >= 0.5:
+        out.append(
+            f"the consumer held the pipeline {_pct(st.consumer_seconds / elapsed)} of the "
+            f"run: the code in the loop over apply() is the bottleneck. Move that work "
+            f"into a stage of its own (stateless if it can be) so that it runs alongside "
+            f"the others.")
+    firsts: dict[int, StageStatistics] = {}
+    for s in st.stages:
+        firsts.setdefault(s.segment, s)
+    for s in firsts.values():
+        if (s.placement != "master" and s.serialize_seconds >= 0.05
+                and s.serialize_seconds > 0.5 * _segment_busy(st, s.segment)):
+            out.append(
+                f"moving items in and out of {s.name} took {s.serialize_seconds:.2f} s "
+                f"against {_segment_busy(st, s.segment):.2f} s of work: its items are large "
+                f"for what it does. Send something smaller (a path or an index instead of "
+                f"the data), or give each item more work.")
+    return out
+
+
+def _segment_busy(st: Statistics, segment: int) -> float:
+    return sum(s.busy_seconds for s in st.stages if s.segment == segment)
+
+
+# -- the report ----------------------------------------------------------------
+
+_COLUMNS = (("stage", 28, "<"), ("where", 9, "<"), ("win", 3, ">"), ("batch", 5, ">"),
+            ("in", 9, ">"), ("out", 9, ">"), ("busy s", 8, ">"), ("util", 5, ">"),
+            ("starved s", 9, ">"), ("blocked s", 9, ">"), ("flight", 6, ">"),
+            ("peak", 5, ">"), ("items/s", 10, ">"))
+
+
+def _row(cells: Sequence[str]) -> str:
+    parts = []
+    for (_, width, align), cell in zip(_COLUMNS, cells, strict=True):
+        if len(cell) > width:
+            cell = cell[:width - 1] + "~"
+        parts.append(f"{cell:{align}{width}}")
+    return "  ".join(parts).rstrip()
+
+
+def _report(st: Statistics) -> str:
+    state = "running" if st.running else "ended" if st.elapsed_seconds else "not started"
+    lines = [f"blpipe: {st.elapsed_seconds:.3f} s ({state}), {st.items_yielded:,} outputs, "
+             f"pool of {st.pool_size} on {st.usable_cpus} usable CPU(s)"]
+    lines.append(_row([c[0] for c in _COLUMNS]))
+    lines.append(_row(["-" * c[1] for c in _COLUMNS]))
+    for s in st.stages:
+        lines.append(_row([
+            s.name, s.placement, str(s.window or "-"), str(s.batch_size), f"{s.items_in:,}",
+            f"{s.items_out:,}", f"{s.busy_seconds:.3f}", _pct(s.utilization),
+            f"{s.starved_seconds:.3f}", f"{s.blocked_seconds:.3f}", str(s.in_flight),
+            str(s.peak_in_flight), f"{s.throughput:,.0f}"]))
+    elapsed = st.elapsed_seconds or math.inf
+    lines.append(f"input: {st.input_seconds:.3f} s pulling items "
+                 f"({_pct(st.input_seconds / elapsed)}); consumer: {st.consumer_seconds:.3f} s "
+                 f"between outputs ({_pct(st.consumer_seconds / elapsed)})")
+    neck = st.bottleneck()
+    lines.append(f"bottleneck: {neck}" if neck else
+                 "bottleneck: none clear (nothing was busy half the run)")
+    advice = st.advice()
+    if advice:
+        lines.append("advice:")
+        lines.extend(f"  - {a}" for a in advice)
+    return "\n".join(lines)
