@@ -70,9 +70,9 @@ class PipelineBase:
         """``statistics()`` as a table, with the bottleneck and advice."""
         return self.statistics().report()
 
-    def _live(self, segment: int) -> tuple[int, int, float, float, float]:
-        """A segment's in flight, peak, starved, blocked and local serialization."""
-        return 0, 0, 0.0, 0.0, 0.0
+    def _live(self, segment: int) -> tuple[int, int, float, float]:
+        """A segment's in flight, peak in flight, starved and blocked seconds."""
+        return 0, 0, 0.0, 0.0
 
     def _tick_progress(self, now: float, final: bool = False) -> None:
         """Feed ``progress`` at most every ``EVERY`` seconds, and once at the end."""

@@ -40,7 +40,7 @@ class Chain:
     it, so it keeps that many values between chunks.
     """
 
-    __slots__ = ("_steps", "_windows")
+    __slots__ = ("_steps", "_windows", "_single")
 
     def __init__(self, steps: Sequence[Step]) -> None:
         # A Stage only delegates: calling what it wraps saves a Python call per item.
@@ -49,6 +49,7 @@ class Chain:
         self._steps = [(label, func) for label, func, _ in steps]
         self._windows: list[deque[Any] | None] = [deque(maxlen=k) if k else None
                                                   for _, _, k in steps]
+        self._single = self._steps[0] if len(steps) == 1 and not steps[0][2] else None
 
     def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any]]:
         """Run the steps over a chunk, one step at a time over all of it.
@@ -64,6 +65,16 @@ class Chain:
         stream than an earlier step's.
         """
         items = items if isinstance(items, list) else list(items)
+        if self._single is not None:  # one step, no window: the common case, kept short
+            label, func = self._single
+            done: list[Any] = []
+            start = perf_counter()
+            try:
+                done.extend(map(func, items))
+            except Exception as e:
+                return done, StageFailure(label, items[len(done)], e), [
+                    [perf_counter() - start, len(items), -1]]
+            return done, None, [[perf_counter() - start, len(items), -1]]
         vals = items
         pos: list[int] | None = None  # where each of vals came from in items; None: in place
         limit = len(items)

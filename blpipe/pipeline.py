@@ -194,7 +194,6 @@ class _ProcessNode:
         self.peak = 0
         self.starved = 0.0
         self.blocked = 0.0
-        self.serialize = 0.0  # pickling inputs and unpickling results, in this process
         self.state = 0  # at the last tick: 1 starved, 2 blocked
 
     def room(self) -> int:
@@ -313,13 +312,11 @@ class _ProcessNode:
                 # not a full window yet: nothing to compute, but the inputs count
                 self.run.rec.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
                 return
-        start = perf_counter()
         try:
             frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
         except Exception:
             self._send_unpicklable(worker, items, payload)
             return
-        self.serialize += perf_counter() - start
         worker.freed = []
         self._track(_Record(len(items), items[0], frame, slot=slot), worker)
 
@@ -572,7 +569,6 @@ class _Run:
     def _on_frame(self, worker: _Worker, word: int, payload: bytes | bytearray) -> None:
         views = self.views
         views.last = None
-        start = perf_counter()
         try:
             msg = loads(word, payload, views)
         except SlotGone:  # it died after writing: its sentinel is about to fire
@@ -603,7 +599,6 @@ class _Run:
         node.observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(x[0] for x in stats))
         self._done(rec)
         rec.outs = [y for y in outputs if y is not None]
-        node.serialize += perf_counter() - start
         self.rec.add(node.first, stats, rec.n_in, len(rec.outs), seconds)
         if error is not None:
             rec.failure = _Failure(_rebuild(error))
@@ -839,11 +834,11 @@ class Pipeline(PipelineBase):
             self._run = _Run(self)
         return self._run
 
-    def _live(self, segment: int) -> tuple[int, int, float, float, float]:
+    def _live(self, segment: int) -> tuple[int, int, float, float]:
         node = self._run.by_segment.get(segment) if self._run is not None else None
         if not isinstance(node, _ProcessNode):
-            return 0, 0, 0.0, 0.0, 0.0
-        return node.inflight, node.peak, node.starved, node.blocked, node.serialize
+            return 0, 0, 0.0, 0.0
+        return node.inflight, node.peak, node.starved, node.blocked
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         return _stream(self, it)

@@ -10,7 +10,6 @@ at most once a millisecond. :meth:`blpipe.Pipeline.statistics` returns a
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,8 +55,9 @@ class StageStatistics:
     """Time finished outputs of its segment waited because the next stage's
     ``batch_size`` bound (or the consumer's buffer) was full."""
     serialize_seconds: float
-    """Time spent pickling and unpickling the segment's chunks on both sides
-    of the process boundary; ``0.0`` in the calling process."""
+    """Time its segment's worker processes spent unpickling inputs and pickling
+    results (the calling process spends about as much on the other side);
+    ``0.0`` in the calling process."""
     in_flight: int
     """Inputs of its segment sent out or queued, not yet passed on."""
     peak_in_flight: int
@@ -118,13 +118,11 @@ class Statistics:
 class Recorder:
     """The running totals of one pipeline.
 
-    Chunk figures are appended by the thread that runs the stream and folded
-    into totals under a lock, by that thread every few hundred chunks and by
-    :meth:`snapshot`, so a snapshot taken from another thread is consistent
-    (no stage shows more out than in) while appending costs no lock.
+    Only the thread that runs the stream writes them, adding a chunk's inputs
+    before its outputs; :meth:`snapshot` copies the outputs before the
+    inputs, each copy in one step, so a snapshot taken from another thread
+    never shows more out than in, and no lock is taken per chunk.
     """
-
-    _FOLD_EVERY = 256
 
     def __init__(self, stages: Sequence[StageSpec], pool_size: int, usable_cpus: int) -> None:
         n = len(stages)
@@ -132,7 +130,6 @@ class Recorder:
         self.pool_size = pool_size
         self.usable_cpus = usable_cpus
         self.segment = list(range(n))  # set by the pipeline that fuses
-        self.raw: list[tuple[int, list[Any], int, int, float]] = []
         self.busy = [0.0] * n
         self.n_in = [0] * n
         self.n_out = [0] * n
@@ -142,7 +139,6 @@ class Recorder:
         self.yielded = 0
         self.consumer = 0.0
         self.input = 0.0
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         if self.started is None:
@@ -155,33 +151,28 @@ class Recorder:
     def add(self, first: int, stats: list[Any], n_in: int, n_out: int, seconds: float) -> None:
         """A chunk's figures: per stage ``[busy, in, out]`` from ``first`` on, the
         segment's inputs and outputs, and its serialization seconds."""
-        raw = self.raw
-        raw.append((first, stats, n_in, n_out, seconds))
-        if len(raw) >= self._FOLD_EVERY:
-            self.fold()
+        self.serialize[first] += seconds
+        if len(stats) == 1:  # the common case, kept short
+            self.busy[first] += stats[0][0]
+            self.n_in[first] += n_in
+            self.n_out[first] += n_out
+            return
+        busy, ins, outs = self.busy, self.n_in, self.n_out
+        last = len(stats) - 1
+        for j, (b, i, _) in enumerate(stats):
+            busy[first + j] += b
+            ins[first + j] += n_in if j == 0 else i
+        for j, (_, _, o) in enumerate(stats):
+            outs[first + j] += n_out if j == last else o
 
-    def fold(self) -> None:
-        with self._lock:
-            raw = self.raw
-            k = len(raw)  # appends racing with this land after k and stay
-            busy, n_in, n_out, ser = self.busy, self.n_in, self.n_out, self.serialize
-            for first, stats, seg_in, seg_out, seconds in raw[:k]:
-                ser[first] += seconds
-                last = len(stats) - 1
-                for j, (b, i, o) in enumerate(stats):
-                    busy[first + j] += b
-                    n_in[first + j] += seg_in if j == 0 else i
-                    n_out[first + j] += seg_out if j == last else o
-            del raw[:k]
-
-    def snapshot(self, live: Callable[[int], tuple[int, int, float, float, float]],
+    def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
                  running: bool) -> Statistics:
         """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
-        in flight, starved s, blocked s, serialization s in this process)``."""
-        self.fold()
-        with self._lock:
-            busy, n_in, n_out = list(self.busy), list(self.n_in), list(self.n_out)
-            serialize = list(self.serialize)
+        in flight, starved s, blocked s)``."""
+        n_out = list(self.n_out)  # before the inputs: see the class docstring
+        n_in = list(self.n_in)
+        busy = list(self.busy)
+        serialize = list(self.serialize)
         end = self.ended or time.monotonic()
         elapsed = 0.0 if self.started is None else end - self.started
         stages = []
@@ -190,7 +181,7 @@ class Recorder:
             first_of.setdefault(seg, i)
         for i, spec in enumerate(self.specs):
             seg = self.segment[i]
-            inflight, peak, starved, blocked, here = live(seg)
+            inflight, peak, starved, blocked = live(seg)
             workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
                        Placement.MASTER: 0}[spec.placement]
             can_run = max(1, min(workers, spec.batch_size))
@@ -199,7 +190,7 @@ class Recorder:
                 batch_size=spec.batch_size, segment=seg, workers=workers,
                 items_in=n_in[i], items_out=n_out[i],
                 busy_seconds=busy[i], starved_seconds=starved, blocked_seconds=blocked,
-                serialize_seconds=serialize[first_of[seg]] + here, in_flight=inflight,
+                serialize_seconds=serialize[first_of[seg]], in_flight=inflight,
                 peak_in_flight=peak,
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0))
