@@ -83,7 +83,11 @@ def test_slots_are_reused(start_method: str) -> None:
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["pool", "dedicated"])
 def test_killed_worker_leaves_no_shared_memory(start_method: str, stateful: bool) -> None:
-    """A worker killed while large items are in flight: the error, then nothing left."""
+    """A worker killed while large items are in flight: nothing is left behind.
+
+    A dedicated worker's death always fails the stream (its state is lost); a pool
+    worker's fails it only if the worker held a chunk, else it is replaced.
+    """
     stage = Measure(batch_size=8)
     stage.stateful = stateful  # type: ignore[attr-defined]
     with Pipeline([stage], n_cpu=2, start_method=start_method) as p:
@@ -91,5 +95,8 @@ def test_killed_worker_leaves_no_shared_memory(start_method: str, stateful: bool
         first = next(out)
         os.kill(first[2], signal.SIGKILL)
         got, err = drain(out)
-    assert isinstance(err, WorkerDied)
-    assert len(got) < 10_000
+    if stateful or err is not None:
+        assert isinstance(err, WorkerDied)
+        assert len(got) < 10_000
+    else:
+        assert len(got) == 9_999
