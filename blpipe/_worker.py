@@ -78,6 +78,37 @@ def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
                   *stats))
 
 
+_LOADED: dict[bytes, dict[int, tuple[Chain, int | None, str]]] = {}
+
+
+def load_segments(blob: bytes) -> dict[int, tuple[Chain, int | None, str]]:
+    """``{segment: (chain, window, last stage's label)}`` from a pipeline's blob."""
+    return {seg: (Chain([(label, loads_stage(data), None) for label, data in steps]), window,
+                  steps[-1][0])
+            for seg, (steps, window) in loads(0, blob).items()}
+
+
+def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[Any, ...]:
+    """An executor's task: run segment ``seg`` over one chunk.
+
+    It returns ``(outputs, error, stats, seconds)`` like a worker's result;
+    the executor does the pickling. The stages are unpickled once per
+    process and pipeline (``key``), not per chunk.
+    """
+    start = time.perf_counter()
+    segments = _LOADED.get(key)
+    if segments is None:
+        if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
+            _LOADED.clear()
+        segments = _LOADED[key] = load_segments(blob)
+    chain, window, _ = segments[seg]
+    items = sliding(payload, window) if window else payload
+    loaded = time.perf_counter()
+    outputs, failure, stats = chain.run(items)
+    error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
+    return outputs, error, stats, loaded - start
+
+
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
     """Run chunks until the task pipe closes.
 
@@ -97,12 +128,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         os.close(null)
     task_fd, result_fd = task_conn.fileno(), result_conn.fileno()
     try:
-        segments = {}
-        labels = {}
-        for seg, (steps, window) in loads(0, blob).items():
-            chain = Chain([(label, loads_stage(data), None) for label, data in steps])
-            segments[seg] = (chain, window)
-            labels[seg] = steps[-1][0]
+        segments = load_segments(blob)
     except BaseException:
         write_frame(result_fd, dumps(("init", traceback.format_exc())))
         return
@@ -117,12 +143,12 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         for owner, ident in freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
-        chain, window = segments[seg]
+        chain, window, label = segments[seg]
         items = sliding(payload, window) if window else payload
         loaded = clock()
         outputs, failure, stats = chain.run(items)
         done = clock()
-        result = _encode(outputs, failure, items, labels[seg],
+        result = _encode(outputs, failure, items, label,
                          (stats, loaded - start + pickling), slots)
         pickling = clock() - done
         write_frame(result_fd, result)

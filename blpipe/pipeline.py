@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
 import pickle
@@ -32,7 +33,8 @@ import selectors
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import islice
 from time import perf_counter
 from typing import Any
@@ -41,7 +43,8 @@ import multiprocess
 from multiprocess.connection import wait as wait_sentinels
 
 from ._base import PipelineBase, add_note, annotate
-from ._chain import Chain
+from ._chain import Chain, sliding
+from ._executors import Lane, Waker, check_executor, lost, width
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._transport import (
     HEADER,
@@ -54,7 +57,7 @@ from ._transport import (
     dumps_stage,
     loads,
 )
-from ._worker import RemoteError, worker_main
+from ._worker import RemoteError, run_chunk, worker_main
 from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
 from .stages import Placement, StageSpec, short_repr
 
@@ -62,6 +65,7 @@ _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
 _GRACE = 1.0     # seconds an idle worker gets to exit on end of file after a normal run
 _KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
 _CHUNK_WORK = 0.0002  # seconds of stage work a chunk aims at
+_CHUNK_WORK_REMOTE = 0.005  # on a user's executor, whose round trip costs more
 _PIPE_SIZE = 1 << 20
 _TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
@@ -168,8 +172,8 @@ class _ProcessNode:
     """A segment that runs in worker processes: the pool's or a dedicated one."""
 
     def __init__(self, run: _Run, index: int, seg: int, first: int, label: str, cap: int,
-                 chunks: tuple[int, int], window: int | None, workers: list[_Worker],
-                 nxt: Any) -> None:
+                 chunks: tuple[int, int], window: int | None, workers: list[Any],
+                 nxt: Any, ordered: bool = True) -> None:
         self.run = run
         self.index = index
         self.seg = seg
@@ -180,8 +184,14 @@ class _ProcessNode:
         self.chunk = self.min_chunk
         self.per_item: float | None = None  # seconds of stage work per input, smoothed
         self.window = window
-        self.workers = workers
+        self.workers = workers  # worker processes, or lanes of an executor
         self.next = nxt
+        self.ordered = ordered
+        # On an executor: submits a payload, and whether errors come back as
+        # StageFailure (threads of this process) rather than RemoteError.
+        self.submit: Callable[[list[Any]], Future[Any]] | None = None
+        self.local = False
+        self.work = _CHUNK_WORK
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.records: deque[_Record] = deque()
         self.inflight = 0
@@ -218,7 +228,7 @@ class _ProcessNode:
         if n_in:
             per = seconds / n_in
             self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
-            want = math.ceil(_CHUNK_WORK / max(self.per_item, 1e-9))
+            want = math.ceil(self.work / max(self.per_item, 1e-9))
             self.chunk = max(self.min_chunk, min(self.max_chunk, want))
 
     def idle(self) -> bool:
@@ -226,6 +236,8 @@ class _ProcessNode:
 
     def release(self) -> bool:
         """Hand finished outputs downstream, in order, as far as it has room."""
+        if not self.ordered:
+            return self._release_any()
         moved = False
         records = self.records
         nxt = self.next
@@ -243,6 +255,48 @@ class _ProcessNode:
                 if take < left:
                     break
             records.popleft()
+            self.inflight -= rec.n_in
+            moved = True
+            if rec.failure is not None:
+                nxt.put_failure(rec.failure)
+                self.closed = True
+                records.clear()
+                self.in_buf.clear()
+                self.inflight = 0
+                break
+        return moved
+
+    def _release_any(self) -> bool:
+        """``ordered=False``: hand on every finished chunk, whatever its place.
+
+        A failure still waits for every chunk before it, so the outputs of
+        earlier inputs all come out before it is raised.
+        """
+        moved = False
+        records = self.records
+        nxt = self.next
+        i = 0
+        while i < len(records):
+            rec = records[i]
+            outs = rec.outs
+            if outs is None:
+                i += 1
+                continue
+            left = len(outs) - rec.pos
+            if left:
+                room = nxt.room()
+                if room <= 0:
+                    break
+                take = min(left, room)
+                nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
+                rec.pos += take
+                moved = True
+                if take < left:
+                    break
+            if rec.failure is not None and i:
+                i += 1  # raised once every chunk before it is out
+                continue
+            del records[i]
             self.inflight -= rec.n_in
             moved = True
             if rec.failure is not None:
@@ -293,7 +347,7 @@ class _ProcessNode:
             sent = True
         return sent
 
-    def _pick(self, limit: int) -> _Worker | None:
+    def _pick(self, limit: int) -> Any:
         best = None
         for w in self.workers:
             n = len(w.pending)
@@ -303,7 +357,7 @@ class _ProcessNode:
                     break
         return best
 
-    def _send(self, worker: _Worker, items: list[Any]) -> None:
+    def _send(self, worker: Any, items: list[Any]) -> None:
         payload = items
         if self.history is not None:
             payload = [*self.history, *items]
@@ -312,6 +366,11 @@ class _ProcessNode:
                 # not a full window yet: nothing to compute, but the inputs count
                 self.run.rec.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
                 return
+        if self.submit is not None:
+            rec = _Record(len(items), items[0])
+            self._track(rec)
+            self.run.submit(worker, self, rec, payload)
+            return
         try:
             frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
         except Exception:
@@ -370,6 +429,10 @@ class _Run:
         self.last_tick = time.monotonic()
         self.slots = Slots() if AVAILABLE else None  # for large inputs
         self.views = Views()  # the workers' slots, for large results
+        self.executor: Executor | None = pipeline._executor
+        self.owned: list[ThreadPoolExecutor] = []  # thread stages' executors
+        self.futures: set[Future[Any]] = set()
+        self.waker: Waker | None = None
         try:
             self._build(pipeline)
         except BaseException:
@@ -382,7 +445,15 @@ class _Run:
         segments = pipeline._segments
         last = segments[-1][1][-1] if segments else None
         self.sink = _Sink(last.batch_size if last else 64)
-        if self.pool_blob is not None:
+        if any(kind is Placement.THREAD for kind, *_ in segments) or (
+                self.executor is not None and self.pool_blob is not None):
+            self.waker = Waker()
+            self.parent_fds.append(self.waker.fd)
+            self.selector.register(self.waker.fd, selectors.EVENT_READ, ("wake", None))
+        lanes: list[Lane] = []
+        if self.executor is not None:
+            lanes = [Lane() for _ in range(pipeline._pool_size)]
+        elif self.pool_blob is not None:
             for _ in range(pipeline._pool_size):
                 self.pool.append(self._spawn(self.pool_blob, self.pool_label, pool=True))
         nxt: Any = self.sink
@@ -402,7 +473,21 @@ class _Run:
                 # from every worker with one chunk queued, to two chunks in all
                 chunks = (max(1, cap // (2 * n_pool)), max(1, cap // 2))
                 node = _ProcessNode(self, index, seg, first, label, cap, chunks,
-                                    specs[0].window, self.pool, nxt)
+                                    specs[0].window, lanes or self.pool, nxt, specs[0].ordered)
+                if self.executor is not None:
+                    node.submit = _remote(self.executor, pipeline._pool_key,
+                                          self.pool_blob, seg)  # type: ignore[arg-type]
+                    node.work = _CHUNK_WORK_REMOTE
+            elif kind is Placement.THREAD:
+                s = specs[0]
+                n = s.threads or 1
+                ex = ThreadPoolExecutor(n, thread_name_prefix=f"blpipe {label}")
+                self.owned.append(ex)
+                node = _ProcessNode(self, index, seg, first, label, cap,
+                                    (max(1, cap // (2 * n)), max(1, cap // 2)), s.window,
+                                    [Lane() for _ in range(n)], nxt, s.ordered)
+                node.submit = _local(ex, Chain([(s.label, s.func, None)]), s.window)
+                node.local = True
             else:
                 worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
                 half = max(1, cap // 2)  # one chunk running, one queued
@@ -539,14 +624,47 @@ class _Run:
         if not done and not waiting:
             self.selector.register(worker.outbox.fd, selectors.EVENT_WRITE, ("write", worker))
 
+    def submit(self, lane: Lane, node: _ProcessNode, rec: _Record, payload: list[Any]) -> None:
+        """Send a chunk to an executor; its future wakes the hub when done."""
+        try:
+            future = node.submit(payload)  # type: ignore[misc]
+        except Exception as e:
+            self._fail(node, rec, lost(e, node.label, short_repr(rec.first)))
+            return
+        lane.pending.append(rec)
+        self.futures.add(future)
+        self.waker.watch(future, (lane, node, rec))  # type: ignore[union-attr]
+
+    def _on_future(self, tag: tuple[Lane, _ProcessNode, _Record], future: Future[Any]) -> None:
+        lane, node, rec = tag
+        lane.pending.remove(rec)
+        self.futures.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._fail(node, rec, lost(exc, node.label, short_repr(rec.first)))
+            return
+        outputs, error, stats, seconds = future.result()
+        node.observe(rec.n_in, sum(x[0] for x in stats))
+        rec.outs = [y for y in outputs if y is not None]
+        self.rec.add(node.first, stats, rec.n_in, len(rec.outs), seconds)
+        if error is not None:
+            rec.failure = _Failure(annotate(error) if node.local else _rebuild(error))
+            self.stop(node.index)
+
     def wait(self, timeout: float | None) -> None:
-        if timeout is None and not any(w.pending or w.outbox for w in self.workers):
+        if timeout is None and not self.futures and not any(w.pending or w.outbox
+                                                             for w in self.workers):
             raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
                                  "stream is not finished; please report this with the stages")
         for key, _ in self.selector.select(timeout):
             kind, worker = key.data
             if kind == "result":
                 self._read(worker)
+            elif kind == "wake":
+                for tag, future in self.waker.drain():  # type: ignore[union-attr]
+                    self._on_future(tag, future)
             elif kind == "write":
                 try:
                     done = worker.outbox.flush()
@@ -676,6 +794,16 @@ class _Run:
             w.result.close()
             w.proc.close()
         self.workers.clear()
+        for future in self.futures:
+            future.cancel()  # a running one goes on: an executor cannot stop it
+        deadline = time.monotonic() + (_GRACE if graceful else _KILL_AFTER)
+        for ex in self.owned:
+            ex.shutdown(wait=False, cancel_futures=True)
+        for ex in self.owned:  # a thread cannot be killed: give it time to finish its call
+            for t in list(getattr(ex, "_threads", ())):
+                t.join(max(0.0, deadline - time.monotonic()))
+        if self.waker is not None:
+            self.waker.close()
         self.selector.close()
         self.views.close()
         if self.slots is not None:
@@ -773,6 +901,26 @@ def _pack(seg: int, payload: list[Any], freed: list[tuple[int, int]],
         return dumps_chunk((seg, mark_large(payload, every=True), freed), slots)
 
 
+def _remote(executor: Executor, key: bytes, blob: bytes,
+            seg: int) -> Callable[[list[Any]], Future[Any]]:
+    def submit(payload: list[Any]) -> Future[Any]:
+        return executor.submit(run_chunk, key, blob, seg, payload)
+    return submit
+
+
+def _local(executor: Executor, chain: Chain,
+           window: int | None) -> Callable[[list[Any]], Future[Any]]:
+    def submit(payload: list[Any]) -> Future[Any]:
+        return executor.submit(_run_local, chain, window, payload)
+    return submit
+
+
+def _run_local(chain: Chain, window: int | None, payload: list[Any]) -> tuple[Any, ...]:
+    """A thread stage's task: like ``run_chunk``, with nothing to unpickle."""
+    outputs, failure, stats = chain.run(sliding(payload, window) if window else payload)
+    return outputs, failure, stats, 0.0
+
+
 def _join_all(procs: list[Any], timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     alive = [p for p in procs if p.exitcode is None]
@@ -813,13 +961,28 @@ class Pipeline(PipelineBase):
     ``max(1, n_cpu - D)`` where ``D`` counts the dedicated (stateful) stages.
     Without it the pool gets every CPU this process may use. ``start_method``
     is ``'fork'``, ``'spawn'`` or ``'forkserver'`` (default: the platform's).
+
+    ``executor``, any ``concurrent.futures.Executor`` (a Dask cluster's
+    ``client.get_executor()``, a ``ProcessPoolExecutor``...), runs the pool
+    stages instead of blpipe's own pool, in chunks; stateful, thread and
+    master stages stay where they are. The executor is the caller's to shut
+    down.
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None, progress: Any = None) -> None:
+                 start_method: str | None = None, progress: Any = None,
+                 executor: Executor | None = None) -> None:
+        if executor is not None:
+            check_executor(executor)
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress)
         self._ctx = multiprocess.get_context(start_method)
         self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
+        self._executor = executor
+        if executor is not None:
+            self._pool_size = self._recorder.pool_size = width(executor)
+            self._pool_label = self._pool_label.replace("the pool", "the executor", 1)
+        # names this pipeline's stages in an executor's workers, which outlive it
+        self._pool_key = hashlib.sha1(self._pool_blob or b"").digest() + os.urandom(4)
         self._run: _Run | None = None
         self._built = True  # only a fully built pipeline can be left unclosed
 
@@ -871,7 +1034,8 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
         prev = groups[-1] if groups else None
         fuse_master = prev and s.placement is prev[0] is Placement.MASTER
         fuse_pool = (prev and s.placement is prev[0] is Placement.POOL and s.window is None
-                     and s.batch_size == prev[1][0].batch_size)
+                     and s.batch_size == prev[1][0].batch_size
+                     and s.ordered == prev[1][0].ordered)
         if prev and (fuse_master or fuse_pool):
             prev[1].append(s)
         else:

@@ -11,6 +11,11 @@ attribute           default      meaning
                                  int ``k >= 1``: sliding windows of ``k``, pool
 ``batch_size``      ``1``        at most this many inputs of the stage in flight
 ``run_in_master``   absent       present and truthy: runs in the calling process
+``threads``         absent       int ``n >= 1``: a stateless (or window) stage
+                                 runs in ``n`` threads of the calling process
+``ordered``         ``True``     ``False``: a stateless (or window) stage passes
+                                 each chunk's outputs on as soon as they are
+                                 done, not in input order
 ==================  ===========  ==============================================
 """
 
@@ -60,6 +65,7 @@ class Placement(enum.Enum):
     MASTER = "master"
     DEDICATED = "dedicated"
     POOL = "pool"
+    THREAD = "thread"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class StageSpec:
     placement: Placement
     window: int | None
     batch_size: int
+    threads: int | None = None
+    ordered: bool = True
 
     @property
     def label(self) -> str:
@@ -133,7 +141,35 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                 f"to run the stage in the calling process, or delete the attribute")
         placement = Placement.MASTER
 
-    return StageSpec(index or 0, func, name, placement, window, batch_size)
+    threads = getattr(func, "threads", None)
+    if threads is not None:
+        n = _positive_int(threads)
+        if n is None:
+            raise TypeError(f"{where}: threads={threads!r} is a {type(threads).__name__}; it "
+                            f"must be an int >= 1 (or None for no threads)")
+        if n < 1:
+            raise ValueError(f"{where}: threads={threads!r}; it must be an int >= 1")
+        if placement is not Placement.POOL:
+            raise ValueError(f"{where}: threads={threads!r} runs a stateless stage in threads, "
+                             f"but this one is {_kind(placement)}; set stateful=False (or a "
+                             f"window size), or delete threads")
+        placement, threads = Placement.THREAD, n
+
+    ordered = getattr(func, "ordered", True)
+    if not isinstance(ordered, bool):
+        raise TypeError(f"{where}: ordered={ordered!r} is a {type(ordered).__name__}; use True "
+                        f"or False")
+    if not ordered and placement not in (Placement.POOL, Placement.THREAD):
+        raise ValueError(f"{where}: ordered=False lets a stateless stage pass outputs on as "
+                         f"they complete, but this one is {_kind(placement)} and runs one "
+                         f"input at a time, in order; delete ordered or set stateful=False")
+
+    return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered)
+
+
+def _kind(placement: Placement) -> str:
+    return ("stateful (stateful=True, the default)" if placement is Placement.DEDICATED
+            else "run_in_master")
 
 
 def read_stages(operations: Iterable[object]) -> list[StageSpec]:
@@ -154,13 +190,18 @@ class Stage:
     stateful: bool | int | None
     batch_size: int
     run_in_master: object
+    threads: int | None
+    ordered: bool
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], *, stateful: bool | int | None,
-                 batch_size: int, run_in_master: bool) -> None:
+                 batch_size: int, run_in_master: bool, threads: int | None = None,
+                 ordered: bool = True) -> None:
         functools.update_wrapper(self, func, updated=())
         self.stateful = stateful
         self.batch_size = batch_size
+        self.threads = threads
+        self.ordered = ordered
         if run_in_master:
             self.run_in_master = True
 
@@ -169,6 +210,10 @@ class Stage:
 
     def __repr__(self) -> str:
         extra = ", run_in_master=True" if hasattr(self, "run_in_master") else ""
+        if self.threads is not None:
+            extra += f", threads={self.threads!r}"
+        if self.ordered is not True:
+            extra += f", ordered={self.ordered!r}"
         return (f"stage({describe(self.__wrapped__)}, stateful={self.stateful!r}, "
                 f"batch_size={self.batch_size!r}{extra})")
 
@@ -179,16 +224,17 @@ _UNSET: Any = object()
 
 @overload
 def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
-          batch_size: int = ..., run_in_master: bool = ...) -> Stage: ...
+          batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
+          ordered: bool = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
-          batch_size: int = ..., run_in_master: bool = ...,
-          ) -> Callable[[Callable[..., Any]], Stage]: ...
+          batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
+          ordered: bool = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
-          batch_size: int = _UNSET, run_in_master: bool = _UNSET,
-          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          batch_size: int = _UNSET, run_in_master: bool = _UNSET, threads: int | None = _UNSET,
+          ordered: bool = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::
@@ -202,6 +248,9 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
         ...     return w[2] - w[0]
         >>> diff2((1, 4, 9))
         8
+        >>> fetch = stage(str.upper, stateful=False, threads=16, ordered=False)
+        >>> fetch
+        stage(str.upper, stateful=False, batch_size=1, threads=16, ordered=False)
 
     Attributes not given keep the callable's own, else the defaults. The values
     are validated at once, so a bad one fails here rather than in a pipeline.
@@ -212,7 +261,9 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
         s = Stage(inner,
                   stateful=getattr(f, "stateful", True) if stateful is _UNSET else stateful,
                   batch_size=getattr(f, "batch_size", 1) if batch_size is _UNSET else batch_size,
-                  run_in_master=run_in_master is not _UNSET and run_in_master)
+                  run_in_master=run_in_master is not _UNSET and run_in_master,
+                  threads=getattr(f, "threads", None) if threads is _UNSET else threads,
+                  ordered=getattr(f, "ordered", True) if ordered is _UNSET else ordered)
         if run_in_master is _UNSET and hasattr(f, "run_in_master"):
             s.run_in_master = f.run_in_master  # a falsy one is refused just below
         read_stage(None, s)

@@ -27,7 +27,8 @@ class StageStatistics:
     name: str
     """The stage as messages name it: ``'stage 1 (Accumulator())'``."""
     placement: str
-    """Where it runs: ``'master'``, ``'dedicated'`` or ``'pool'``."""
+    """Where it runs: ``'master'``, ``'dedicated'``, ``'pool'`` (blpipe's own or
+    the ``executor``'s) or ``'thread'``."""
     window: int | None
     """``k`` for a stage that receives windows of ``k`` inputs, else ``None``."""
     batch_size: int
@@ -37,8 +38,9 @@ class StageStatistics:
     and share the segment's in-flight, starved, blocked and serialization
     figures."""
     workers: int
-    """Processes that may run it: the pool's size, 1 for a dedicated stage,
-    0 for a stage in the calling process."""
+    """Processes that may run it: the pool's size (the executor's width when
+    there is one), 1 for a dedicated stage, its ``threads`` for a thread stage
+    and 0 for a stage in the calling process."""
     items_in: int
     """Inputs it has finished with (a window stage counts its inputs, not
     its windows)."""
@@ -183,7 +185,8 @@ class Recorder:
             seg = self.segment[i]
             inflight, peak, starved, blocked = live(seg)
             workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
-                       Placement.MASTER: 0}[spec.placement]
+                       Placement.MASTER: 0, Placement.THREAD: spec.threads or 1,
+                       }[spec.placement]
             can_run = max(1, min(workers, spec.batch_size))
             stages.append(StageStatistics(
                 name=spec.label, placement=spec.placement.value, window=spec.window,

@@ -17,6 +17,8 @@ kinds = st.one_of(
     st.tuples(st.just("sum"), st.just(0), batch),
     st.tuples(st.just("window"), st.integers(1, 5), batch),
     st.tuples(st.just("master"), st.integers(1, 3), st.one_of(st.none(), st.integers(1, 4))),
+    st.tuples(st.just("thread"), st.integers(1, 9), batch),
+    st.tuples(st.just("thread-window"), st.integers(1, 4), batch),
 )
 recipes = st.lists(kinds, min_size=1, max_size=6)
 inputs = st.lists(st.one_of(st.none(), st.integers(0, 1000)), max_size=300)
@@ -30,8 +32,15 @@ def build(recipe: list[tuple[str, int, Any]]) -> list[Any]:
         "sum": lambda _, b: RunningSum(batch_size=b),
         "window": lambda k, b: Weighted(k, batch_size=b),
         "master": lambda k, w: MasterScale(k, window=w),
+        "thread": lambda k, b: threaded(Add(k, batch_size=b), k),
+        "thread-window": lambda k, b: threaded(Weighted(k, batch_size=b), 2),
     }
     return [make[kind](a, b) for kind, a, b in recipe]
+
+
+def threaded(stage: Any, n: int) -> Any:
+    stage.threads = n
+    return stage
 
 
 def check(recipe: list[tuple[str, int, Any]], data: list[int | None], n_cpu: int,
@@ -85,7 +94,8 @@ def failing_source(data: list[int | None], raise_after: int | None) -> Any:
 
 
 fail_kinds = st.sampled_from([
-    {"stateful": False}, {"stateful": 2}, {"stateful": True}, {"run_in_master": True}])
+    {"stateful": False}, {"stateful": 2}, {"stateful": True}, {"run_in_master": True},
+    {"stateful": False, "threads": 3}, {"stateful": 2, "threads": 2}])
 
 
 def outcome(p: Any, source: Any) -> tuple[list[Any], Any]:

@@ -34,6 +34,17 @@ def with_attrs(**attrs: Any) -> Callable[[Any], Any]:
     ({"batch_size": True}, TypeError, ["batch_size=True", "bool"]),
     ({"run_in_master": False}, ValueError, ["run_in_master=False", "falsy"]),
     ({"run_in_master": 0}, ValueError, ["run_in_master=0", "falsy"]),
+    ({"stateful": False, "threads": 0}, ValueError, ["threads=0"]),
+    ({"stateful": False, "threads": "4"}, TypeError, ["threads='4'", "str"]),
+    ({"stateful": False, "threads": 2.5}, TypeError, ["threads=2.5", "float"]),
+    ({"threads": 4}, ValueError, ["threads=4", "stateful=True", "stateful=False"]),
+    ({"stateful": False, "threads": 4, "run_in_master": True}, ValueError,
+     ["threads=4", "run_in_master"]),
+    ({"stateful": False, "ordered": "no"}, TypeError, ["ordered='no'", "str"]),
+    ({"stateful": False, "ordered": 0}, TypeError, ["ordered=0", "int"]),
+    ({"ordered": False}, ValueError, ["ordered=False", "stateful"]),
+    ({"run_in_master": True, "ordered": False}, ValueError, ["ordered=False",
+                                                              "run_in_master"]),
 ])
 def test_bad_attribute(cls: type, attrs: dict[str, Any], error: type, words: list[str]) -> None:
     good = with_attrs(stateful=False)
@@ -166,3 +177,8 @@ def test_stage_helper_keeps_existing_attributes() -> None:
     f = with_attrs(stateful=2, batch_size=5)
     s = stage(f, batch_size=7)
     assert (s.stateful, s.batch_size) == (2, 7)
+
+
+def test_executor_must_be_an_executor() -> None:
+    with pytest.raises(TypeError, match=r"executor=.* is not a concurrent.futures.Executor"):
+        Pipeline([with_attrs(stateful=False)], executor=object())  # type: ignore[arg-type]
