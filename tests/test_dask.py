@@ -7,6 +7,7 @@ what blpipe owns: processes named ``blpipe ...`` and resource tracker reports.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     with cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -87,3 +88,29 @@ def test_width_is_the_cluster_threads(executor: Executor) -> None:
     with Pipeline([Add(1)], executor=executor) as p:
         assert p.n_cpu == 2
         assert list(p.apply(range(3))) == [1, 2, 3]
+
+
+def test_a_dead_dask_worker_is_an_error_not_a_hang() -> None:
+    """Dask retries a task whose worker died; with no retries allowed it raises
+    KilledWorker, which blpipe raises as WorkerDied with the stage's name."""
+    import dask
+
+    from blpipe import Pipeline, WorkerDied
+    from tests.conftest import drain
+    from tests.stages import DieAt
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c, \
+            Pipeline([DieAt(300, 3, stateful=False, batch_size=16)],
+                     executor=c.get_executor()) as p:
+        start = time.monotonic()
+        got, err = drain(p.apply(range(1000)))
+        took = time.monotonic() - start
+    assert isinstance(err, WorkerDied), err
+    assert "stage 0 (DieAt())" in str(err)
+    assert "KilledWorker" in str(err)
+    assert got == list(range(len(got)))
+    assert len(got) <= 300
+    assert took < 30
