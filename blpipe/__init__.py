@@ -8,6 +8,7 @@
 """
 
 from ._cpu import usable_cpu_count
+from .errorlog import ErrorLog, ErrorRecord
 from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
 from .pipeline import Pipeline
 from .sequential import SequentialPipeline
@@ -15,6 +16,8 @@ from .stages import Stage, stage
 
 __all__ = [
     "BrokenPipeline",
+    "ErrorLog",
+    "ErrorRecord",
     "Pipeline",
     "RemoteTraceback",
     "SequentialPipeline",

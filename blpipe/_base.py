@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn
 
 import multiprocess
 
-from ._chain import StageFailure
+from ._chain import Skipped, StageFailure
 from ._cpu import pool_size, usable_cpu_count
 from ._progress import EVERY, make_progress
+from .errorlog import ErrorLog
 from .stages import Placement, StageSpec, read_stages, short_repr
 from .statistics import Recorder, Statistics
 
@@ -31,11 +33,31 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
+def settle(log: ErrorLog, seen: list[int], first: int, outputs: list[Any],
+           skipped: list[Skipped]) -> tuple[list[Any], StageFailure | None]:
+    """Count the errors a chunk's stages went on past, in stream order.
+
+    ``seen[i]`` is how many inputs stage ``i`` had before this chunk, which
+    places each error in its stage's stream. At an error over its stage's
+    budget the outputs are cut there, and it is returned to be raised.
+    """
+    for at, step, local, item, exc in skipped:
+        stage = first + step
+        if not log.admit(stage):
+            add_note(exc, log.over_budget(stage))
+            return outputs[:at], StageFailure(log.label(stage), item, exc)
+        if log.wants(stage):
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.record(stage, seen[stage] + local, short_repr(item), exc, tb)
+    return outputs, None
+
+
 class PipelineBase:
     """Validation at construction, one ``apply`` per pipeline, idempotent ``close``."""
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None, progress: Any = None) -> None:
+                 start_method: str | None = None, progress: Any = None,
+                 keep_errors: int = 1000) -> None:
         self._closed = False
         self._applied = False
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
@@ -49,6 +71,11 @@ class PipelineBase:
         self._progress = make_progress(progress)
         self._next_progress = 0.0
         self._recorder = Recorder(self.stages, self._pool_size, usable_cpu_count())
+        if isinstance(keep_errors, bool) or not isinstance(keep_errors, int) or keep_errors < 0:
+            raise ValueError(f"keep_errors={keep_errors!r}: it must be an int >= 0, the number "
+                             f"of error records kept in memory")
+        self.errors = ErrorLog(self.stages, keep_errors)
+        """Errors the stages went on past (``on_error``): counts and records."""
 
     @property
     def n_cpu(self) -> int:
@@ -64,7 +91,7 @@ class PipelineBase:
         """What each stage did so far; callable at any time, from any thread."""
         rec = self._recorder
         running = rec.started is not None and rec.ended is None
-        return rec.snapshot(self._live, running)
+        return rec.snapshot(self._live, running, self.errors.counts)
 
     def report(self) -> str:
         """``statistics()`` as a table, with the bottleneck and advice."""

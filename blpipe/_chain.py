@@ -14,8 +14,13 @@ from typing import Any
 
 from .stages import Stage
 
-# (label for messages, the callable, window size k or None)
-Step = tuple[str, Callable[[Any], Any], "int | None"]
+# (label for messages, the callable, window size k or None, whether to go on
+# past its errors: on_error 'skip' or 'collect')
+Step = tuple[str, Callable[[Any], Any], "int | None", bool]
+
+# An error a step went on past: (index in the chunk's items, step, index among
+# the step's inputs in this chunk (a window's newest), its input, the exception)
+Skipped = tuple[int, int, int, Any, Exception]
 
 
 class StageFailure(Exception):
@@ -40,18 +45,23 @@ class Chain:
     it, so it keeps that many values between chunks.
     """
 
-    __slots__ = ("_steps", "_windows", "_single")
+    __slots__ = ("_steps", "_windows", "_single", "_catch")
 
     def __init__(self, steps: Sequence[Step]) -> None:
         # A Stage only delegates: calling what it wraps saves a Python call per item.
-        steps = [(label, func.__wrapped__ if isinstance(func, Stage) else func, k)
-                 for label, func, k in steps]
-        self._steps = [(label, func) for label, func, _ in steps]
+        self._steps = [(label, func.__wrapped__ if isinstance(func, Stage) else func)
+                       for label, func, _, _ in steps]
         self._windows: list[deque[Any] | None] = [deque(maxlen=k) if k else None
-                                                  for _, _, k in steps]
-        self._single = self._steps[0] if len(steps) == 1 and not steps[0][2] else None
+                                                  for _, _, k, _ in steps]
+        self._catch = [catch for *_, catch in steps]
+        self._single = (self._steps[0] if len(steps) == 1 and not steps[0][2]
+                        and not steps[0][3] else None)
 
-    def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any]]:
+    def label(self, step: int) -> str:
+        return self._steps[step][0]
+
+    def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any],
+                                                 list[Skipped]]:
         """Run the steps over a chunk, one step at a time over all of it.
 
         Returns the outputs, aligned with ``items`` up to the first failure in
@@ -62,7 +72,9 @@ class Chain:
         (``map``) and times it with two clock reads per chunk; a step that
         fails stops the chunk at the failing item, so later steps see only
         what came before it, and a later step's failure is earlier in the
-        stream than an earlier step's.
+        stream than an earlier step's. A step that goes on past its errors
+        gives ``None`` for the inputs it raised on, and they are listed last,
+        in stream order.
         """
         items = items if isinstance(items, list) else list(items)
         if self._single is not None:  # one step, no window: the common case, kept short
@@ -73,29 +85,40 @@ class Chain:
                 done.extend(map(func, items))
             except Exception as e:
                 return done, StageFailure(label, items[len(done)], e), [
-                    [perf_counter() - start, len(items), -1]]
-            return done, None, [[perf_counter() - start, len(items), -1]]
+                    [perf_counter() - start, len(items), -1]], []
+            return done, None, [[perf_counter() - start, len(items), -1]], []
         vals = items
         pos: list[int] | None = None  # where each of vals came from in items; None: in place
         limit = len(items)
         failure = None
         stats: list[Any] = []
+        skipped: list[Skipped] = []
         last = len(self._steps) - 1
-        for i, ((label, func), window) in enumerate(zip(self._steps, self._windows,
-                                                        strict=True)):
+        for i, ((label, func), window, catch) in enumerate(zip(self._steps, self._windows,
+                                                               self._catch, strict=True)):
             n_in = len(vals)
+            shift = 0  # a window's index among this step's inputs: its newest one's
             if window is not None:
                 vals, pos = _windows(window, vals, pos)
+                shift = n_in - len(vals)
             out: list[Any] = []
             start = perf_counter()
-            try:
-                out.extend(map(func, vals))  # keeps what it appended before a raise
-            except Exception as e:
-                k = len(out)
-                failure = StageFailure(label, vals[k], e)
-                limit = k if pos is None else pos[k]
-                if pos is not None:
-                    pos = pos[:k]
+            if catch:
+                for j, v in enumerate(vals):
+                    try:
+                        out.append(func(v))
+                    except Exception as e:
+                        out.append(None)
+                        skipped.append((j if pos is None else pos[j], i, j + shift, v, e))
+            else:
+                try:
+                    out.extend(map(func, vals))  # keeps what it appended before a raise
+                except Exception as e:
+                    k = len(out)
+                    failure = StageFailure(label, vals[k], e)
+                    limit = k if pos is None else pos[k]
+                    if pos is not None:
+                        pos = pos[:k]
             seconds = perf_counter() - start
             if i == last:
                 stats.append([seconds, n_in, -1])
@@ -108,12 +131,14 @@ class Chain:
             else:
                 vals = out
             stats.append([seconds, n_in, len(vals)])
+        if skipped:  # in stream order, and none after a failure
+            skipped = sorted((e for e in skipped if e[0] < limit), key=lambda e: (e[0], e[1]))
         if pos is None:
-            return vals, failure, stats
+            return vals, failure, stats, skipped
         aligned = [None] * limit
         for j, y in zip(pos, vals, strict=True):
             aligned[j] = y
-        return aligned, failure, stats
+        return aligned, failure, stats, skipped
 
 
 def _windows(window: deque[Any], vals: list[Any],

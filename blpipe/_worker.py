@@ -2,7 +2,8 @@
 
 A worker reads ``(segment, items, freed)`` chunks from its task pipe, runs
 the segment's chain over them and writes ``("ok", outputs, error, stats,
-seconds)`` back, in order: ``stats`` holds each stage's busy seconds and item
+seconds, skipped)`` back, in order: ``skipped`` lists the errors a stage
+went on past (``on_error``), ``stats`` holds each stage's busy seconds and item
 counts, ``seconds`` the time spent unpickling this chunk and pickling the
 previous result, and ``freed`` names the shared memory slots of earlier
 results that the parent has read. The figures ride on the results: no
@@ -20,7 +21,7 @@ import time
 import traceback
 from typing import Any
 
-from ._chain import Chain, StageFailure, sliding
+from ._chain import Chain, Skipped, StageFailure, sliding
 from ._shm import AVAILABLE, Slots, Views, mark_large
 from ._transport import (
     HEADER,
@@ -57,6 +58,12 @@ def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
     return label, short_repr(item), frame, tb, reason
 
 
+def skipped_errors(chain: Chain, skipped: list[Skipped]) -> list[Any]:
+    """What a worker sends of the errors its stages went on past."""
+    return [(at, step, local, remote_error(chain.label(step), item, exc))
+            for at, step, local, item, exc in skipped]
+
+
 def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
             last_label: str, stats: Any, slots: Slots | None) -> Frame:
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
@@ -83,15 +90,15 @@ _LOADED: dict[bytes, dict[int, tuple[Chain, int | None, str]]] = {}
 
 def load_segments(blob: bytes) -> dict[int, tuple[Chain, int | None, str]]:
     """``{segment: (chain, window, last stage's label)}`` from a pipeline's blob."""
-    return {seg: (Chain([(label, loads_stage(data), None) for label, data in steps]), window,
-                  steps[-1][0])
+    return {seg: (Chain([(label, loads_stage(data), None, catch)
+                         for label, data, catch in steps]), window, steps[-1][0])
             for seg, (steps, window) in loads(0, blob).items()}
 
 
 def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[Any, ...]:
     """An executor's task: run segment ``seg`` over one chunk.
 
-    It returns ``(outputs, error, stats, seconds)`` like a worker's result;
+    It returns ``(outputs, error, stats, seconds, skipped)`` like a worker's result;
     the executor does the pickling. The stages are unpickled once per
     process and pipeline (``key``), not per chunk.
     """
@@ -104,9 +111,9 @@ def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[An
     chain, window, _ = segments[seg]
     items = sliding(payload, window) if window else payload
     loaded = time.perf_counter()
-    outputs, failure, stats = chain.run(items)
+    outputs, failure, stats, skipped = chain.run(items)
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
-    return outputs, error, stats, loaded - start
+    return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
 
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
@@ -146,9 +153,10 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         chain, window, label = segments[seg]
         items = sliding(payload, window) if window else payload
         loaded = clock()
-        outputs, failure, stats = chain.run(items)
+        outputs, failure, stats, skipped = chain.run(items)
         done = clock()
         result = _encode(outputs, failure, items, label,
-                         (stats, loaded - start + pickling), slots)
+                         (stats, loaded - start + pickling, skipped_errors(chain, skipped)),
+                         slots)
         pickling = clock() - done
         write_frame(result_fd, result)

@@ -31,6 +31,7 @@ import os
 import pickle
 import selectors
 import time
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -42,8 +43,8 @@ from typing import Any
 import multiprocess
 from multiprocess.connection import wait as wait_sentinels
 
-from ._base import PipelineBase, add_note, annotate
-from ._chain import Chain, sliding
+from ._base import PipelineBase, add_note, annotate, settle
+from ._chain import Chain, StageFailure, sliding
 from ._executors import Lane, Waker, check_executor, lost, width
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._transport import (
@@ -83,9 +84,14 @@ class _Record:
     """A chunk in flight: ``outs`` is set (``None`` dropped) once its results are in.
 
     ``slot`` is the shared memory slot that holds its large inputs, if any.
+    ``start`` is the index of its first input in its segment's stream, and
+    ``offset`` how many of its inputs complete no window; with them, an error
+    in ``skipped`` (at an index of ``aligned``, the outputs before ``None``
+    is dropped) is placed in the stream when the chunk is passed on.
     """
 
-    __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure")
+    __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
+                 "skipped", "aligned")
 
     def __init__(self, n_in: int, first: Any, frame: Frame | None = None,
                  outs: list[Any] | None = None, failure: _Failure | None = None,
@@ -97,6 +103,10 @@ class _Record:
         self.outs = outs
         self.pos = 0
         self.failure = failure
+        self.start = 0
+        self.offset = 0
+        self.skipped: list[Any] | None = None
+        self.aligned: list[Any] | None = None
 
 
 class _Worker:
@@ -153,7 +163,10 @@ class _MasterNode:
         return 0 if self.dead else int(self.next.room())
 
     def put(self, items: list[Any]) -> None:
-        outputs, failure, stats = self.chain.run(items)
+        outputs, failure, stats, skipped = self.chain.run(items)
+        if skipped:
+            outputs, over = settle(self.run.log, self.run.rec.n_in, self.first, outputs, skipped)
+            failure = over or failure
         outs = [y for y in outputs if y is not None]
         self.run.rec.add(self.first, stats, len(items), len(outs), 0.0)
         if outs:
@@ -193,6 +206,7 @@ class _ProcessNode:
         self.local = False
         self.work = _CHUNK_WORK
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
+        self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
         self.records: deque[_Record] = deque()
         self.inflight = 0
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
@@ -243,6 +257,8 @@ class _ProcessNode:
         nxt = self.next
         while records and (outs := records[0].outs) is not None:
             rec = records[0]
+            if rec.skipped:
+                outs = self._settle(rec)
             left = len(outs) - rec.pos
             if left:
                 room = nxt.room()
@@ -266,6 +282,31 @@ class _ProcessNode:
                 break
         return moved
 
+    def _settle(self, rec: _Record) -> list[Any]:
+        """Count the errors its stage went on past in this chunk, in stream
+        order: record them, or at one over budget cut the chunk there and fail."""
+        log = self.run.log
+        stage = self.first  # a stage with on_error is never fused: it is the first
+        for at, _, local, err in rec.skipped:  # type: ignore[union-attr]
+            over = not log.admit(stage)
+            if over or log.wants(stage):
+                if self.local:
+                    item, exc = err
+                    exc = annotate(StageFailure(self.label, item, exc))
+                    where = short_repr(item)
+                    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                else:
+                    exc, where, tb = _rebuild(err), err[1], err[3]
+                if over:
+                    add_note(exc, log.over_budget(stage))
+                    rec.outs = [y for y in rec.aligned[:at] if y is not None]  # type: ignore
+                    rec.failure = _Failure(exc)
+                    self.run.stop(self.index)
+                    break
+                log.record(stage, rec.start + rec.offset + local, where, exc, tb)
+        rec.skipped = rec.aligned = None
+        return rec.outs  # type: ignore[return-value]
+
     def _release_any(self) -> bool:
         """``ordered=False``: hand on every finished chunk, whatever its place.
 
@@ -282,6 +323,8 @@ class _ProcessNode:
             if outs is None:
                 i += 1
                 continue
+            if rec.skipped:
+                outs = self._settle(rec)
             left = len(outs) - rec.pos
             if left:
                 room = nxt.room()
@@ -359,6 +402,8 @@ class _ProcessNode:
 
     def _send(self, worker: Any, items: list[Any]) -> None:
         payload = items
+        start = self.sent
+        self.sent += len(items)
         if self.history is not None:
             payload = [*self.history, *items]
             self.history.extend(items)
@@ -368,16 +413,22 @@ class _ProcessNode:
                 return
         if self.submit is not None:
             rec = _Record(len(items), items[0])
+        else:
+            try:
+                frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
+            except Exception:
+                self._send_unpicklable(worker, items, payload)
+                return
+            worker.freed = []
+            rec = _Record(len(items), items[0], frame, slot=slot)
+        rec.start = start
+        if self.window:  # the windows of this chunk end at its inputs after these
+            rec.offset = len(items) - (len(payload) - self.window + 1)
+        if self.submit is not None:
             self._track(rec)
             self.run.submit(worker, self, rec, payload)
-            return
-        try:
-            frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
-        except Exception:
-            self._send_unpicklable(worker, items, payload)
-            return
-        worker.freed = []
-        self._track(_Record(len(items), items[0], frame, slot=slot), worker)
+        else:
+            self._track(rec, worker)
 
     def _track(self, rec: _Record, worker: _Worker | None = None) -> None:
         """Count a chunk against the bound, in order; send it if it has a worker."""
@@ -426,6 +477,7 @@ class _Run:
         self.pool_blob = pipeline._pool_blob
         self.pool_label = pipeline._pool_label
         self.rec = pipeline._recorder
+        self.log = pipeline.errors
         self.last_tick = time.monotonic()
         self.slots = Slots() if AVAILABLE else None  # for large inputs
         self.views = Views()  # the workers' slots, for large results
@@ -467,8 +519,8 @@ class _Run:
             for s in specs:
                 self.rec.segment[s.index] = index
             if kind is Placement.MASTER:
-                node: Any = _MasterNode(self, index, first,
-                                        Chain([(s.label, s.func, s.window) for s in specs]), nxt)
+                node: Any = _MasterNode(self, index, first, Chain(
+                    [(s.label, s.func, s.window, s.on_error != "raise") for s in specs]), nxt)
             elif kind is Placement.POOL:
                 # from every worker with one chunk queued, to two chunks in all
                 chunks = (max(1, cap // (2 * n_pool)), max(1, cap // 2))
@@ -486,7 +538,8 @@ class _Run:
                 node = _ProcessNode(self, index, seg, first, label, cap,
                                     (max(1, cap // (2 * n)), max(1, cap // 2)), s.window,
                                     [Lane() for _ in range(n)], nxt, s.ordered)
-                node.submit = _local(ex, Chain([(s.label, s.func, None)]), s.window)
+                node.submit = _local(ex, Chain([(s.label, s.func, None, s.on_error != "raise")]),
+                                     s.window)
                 node.local = True
             else:
                 worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
@@ -645,8 +698,12 @@ class _Run:
         if exc is not None:
             self._fail(node, rec, lost(exc, node.label, short_repr(rec.first)))
             return
-        outputs, error, stats, seconds = future.result()
+        outputs, error, stats, seconds, skipped = future.result()
         node.observe(rec.n_in, sum(x[0] for x in stats))
+        if skipped:
+            rec.skipped = [(at, step, local, (item, exc)) for at, step, local, item, exc
+                           in skipped] if node.local else skipped
+            rec.aligned = outputs
         rec.outs = [y for y in outputs if y is not None]
         self.rec.add(node.first, stats, rec.n_in, len(rec.outs), seconds)
         if error is not None:
@@ -713,9 +770,11 @@ class _Run:
         if views.last is not None:
             worker.freed.append(views.last)
         node, rec = worker.pending.popleft()
-        _, outputs, error, stats, seconds = msg
+        _, outputs, error, stats, seconds, skipped = msg
         node.observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(x[0] for x in stats))
         self._done(rec)
+        if skipped:
+            rec.skipped, rec.aligned = skipped, outputs
         rec.outs = [y for y in outputs if y is not None]
         self.rec.add(node.first, stats, rec.n_in, len(rec.outs), seconds)
         if error is not None:
@@ -917,8 +976,8 @@ def _local(executor: Executor, chain: Chain,
 
 def _run_local(chain: Chain, window: int | None, payload: list[Any]) -> tuple[Any, ...]:
     """A thread stage's task: like ``run_chunk``, with nothing to unpickle."""
-    outputs, failure, stats = chain.run(sliding(payload, window) if window else payload)
-    return outputs, failure, stats, 0.0
+    outputs, failure, stats, skipped = chain.run(sliding(payload, window) if window else payload)
+    return outputs, failure, stats, 0.0, skipped
 
 
 def _join_all(procs: list[Any], timeout: float | None) -> None:
@@ -971,10 +1030,11 @@ class Pipeline(PipelineBase):
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
                  start_method: str | None = None, progress: Any = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, keep_errors: int = 1000) -> None:
         if executor is not None:
             check_executor(executor)
-        super().__init__(operations, n_cpu, start_method=start_method, progress=progress)
+        super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
+                         keep_errors=keep_errors)
         self._ctx = multiprocess.get_context(start_method)
         self._segments, self._pool_blob, self._pool_label = _plan(self.stages)
         self._executor = executor
@@ -1033,17 +1093,19 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
     for s in stages:
         prev = groups[-1] if groups else None
         fuse_master = prev and s.placement is prev[0] is Placement.MASTER
+        # A stage that goes on past errors runs alone, so they are placed in its stream.
         fuse_pool = (prev and s.placement is prev[0] is Placement.POOL and s.window is None
                      and s.batch_size == prev[1][0].batch_size
-                     and s.ordered == prev[1][0].ordered)
+                     and s.ordered == prev[1][0].ordered
+                     and s.on_error == prev[1][0].on_error == "raise")
         if prev and (fuse_master or fuse_pool):
             prev[1].append(s)
         else:
             groups.append((s.placement, [s]))
 
-    def pickled(s: StageSpec) -> tuple[str, bytes]:
+    def pickled(s: StageSpec) -> tuple[str, bytes, bool]:
         try:
-            return s.label, dumps_stage(s.func)
+            return s.label, dumps_stage(s.func), s.on_error != "raise"
         except Exception as e:
             raise SerializationError(
                 f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "
@@ -1052,7 +1114,7 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
                 f"first call instead), or set run_in_master = True") from e
 
     segments: list[Segment] = []
-    pool_steps: dict[int, tuple[list[tuple[str, bytes]], int | None]] = {}
+    pool_steps: dict[int, tuple[list[tuple[str, bytes, bool]], int | None]] = {}
     for seg, (kind, specs) in enumerate(groups):
         blob = None
         if kind is Placement.POOL:

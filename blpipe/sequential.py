@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._base import PipelineBase, annotate
+from ._base import PipelineBase, annotate, settle
 from ._chain import Chain
 
 
@@ -25,11 +25,14 @@ class SequentialPipeline(PipelineBase):
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
-                 start_method: str | None = None, progress: Any = None) -> None:
+                 start_method: str | None = None, progress: Any = None,
+                 keep_errors: int = 1000) -> None:
         """``n_cpu`` and ``start_method`` are validated as by ``Pipeline`` and
         otherwise unused, so either class can replace the other."""
-        super().__init__(operations, n_cpu, start_method=start_method, progress=progress)
-        self._chain = Chain([(s.label, s.func, s.window) for s in self.stages])
+        super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
+                         keep_errors=keep_errors)
+        self._chain = Chain([(s.label, s.func, s.window, s.on_error != "raise")
+                             for s in self.stages])
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()
@@ -52,7 +55,10 @@ class SequentialPipeline(PipelineBase):
                     return
                 if x is None:
                     continue
-                outputs, failure, stats = chain.run([x])
+                outputs, failure, stats, skipped = chain.run([x])
+                if skipped:
+                    outputs, over = settle(self.errors, rec.n_in, 0, outputs, skipped)
+                    failure = over or failure
                 y = outputs[0] if outputs else None
                 rec.add(0, stats, 1, y is not None, 0.0)
                 if failure is not None:

@@ -16,6 +16,10 @@ attribute           default      meaning
 ``ordered``         ``True``     ``False``: a stateless (or window) stage passes
                                  each chunk's outputs on as soon as they are
                                  done, not in input order
+``on_error``        ``"raise"``  ``"skip"``: drop an input the stage raises on
+                                 and go on; ``"collect"``: also record it
+``max_errors``      ``None``     with ``"skip"``/``"collect"``: the error after
+                                 this many fails the pipeline
 ==================  ===========  ==============================================
 """
 
@@ -80,6 +84,8 @@ class StageSpec:
     batch_size: int
     threads: int | None = None
     ordered: bool = True
+    on_error: str = "raise"
+    max_errors: int | None = None
 
     @property
     def label(self) -> str:
@@ -164,7 +170,31 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"they complete, but this one is {_kind(placement)} and runs one "
                          f"input at a time, in order; delete ordered or set stateful=False")
 
-    return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered)
+    on_error = getattr(func, "on_error", "raise")
+    if not isinstance(on_error, str) or on_error not in ON_ERROR:
+        raise ValueError(f"{where}: on_error={on_error!r}; use 'raise' (the default: the "
+                         f"first error ends the stream), 'skip' (drop the input and go on) or "
+                         f"'collect' (drop it and record it in Pipeline.errors)")
+    max_errors = getattr(func, "max_errors", None)
+    if max_errors is not None:
+        n = _positive_int(max_errors)
+        if n is None:
+            raise TypeError(f"{where}: max_errors={max_errors!r} is a "
+                            f"{type(max_errors).__name__}; it must be an int >= 0, or None "
+                            f"for no limit")
+        if n < 0:
+            raise ValueError(f"{where}: max_errors={max_errors!r}; it must be >= 0")
+        if on_error == "raise":
+            raise ValueError(f"{where}: max_errors={max_errors!r} is a budget for "
+                             f"on_error='skip' or 'collect', but on_error is 'raise', which "
+                             f"fails on the first error; set on_error, or delete max_errors")
+        max_errors = n
+
+    return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
+                     on_error, max_errors)
+
+
+ON_ERROR = ("raise", "skip", "collect")
 
 
 def _kind(placement: Placement) -> str:
@@ -192,16 +222,21 @@ class Stage:
     run_in_master: object
     threads: int | None
     ordered: bool
+    on_error: str
+    max_errors: int | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], *, stateful: bool | int | None,
                  batch_size: int, run_in_master: bool, threads: int | None = None,
-                 ordered: bool = True) -> None:
+                 ordered: bool = True, on_error: str = "raise",
+                 max_errors: int | None = None) -> None:
         functools.update_wrapper(self, func, updated=())
         self.stateful = stateful
         self.batch_size = batch_size
         self.threads = threads
         self.ordered = ordered
+        self.on_error = on_error
+        self.max_errors = max_errors
         if run_in_master:
             self.run_in_master = True
 
@@ -214,6 +249,10 @@ class Stage:
             extra += f", threads={self.threads!r}"
         if self.ordered is not True:
             extra += f", ordered={self.ordered!r}"
+        if self.on_error != "raise":
+            extra += f", on_error={self.on_error!r}"
+        if self.max_errors is not None:
+            extra += f", max_errors={self.max_errors!r}"
         return (f"stage({describe(self.__wrapped__)}, stateful={self.stateful!r}, "
                 f"batch_size={self.batch_size!r}{extra})")
 
@@ -225,16 +264,18 @@ _UNSET: Any = object()
 @overload
 def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
-          ordered: bool = ...) -> Stage: ...
+          ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
-          ordered: bool = ...) -> Callable[[Callable[..., Any]], Stage]: ...
+          ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
+          ) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
           batch_size: int = _UNSET, run_in_master: bool = _UNSET, threads: int | None = _UNSET,
-          ordered: bool = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          ordered: bool = _UNSET, on_error: str = _UNSET, max_errors: int | None = _UNSET,
+          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::
@@ -263,7 +304,10 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
                   batch_size=getattr(f, "batch_size", 1) if batch_size is _UNSET else batch_size,
                   run_in_master=run_in_master is not _UNSET and run_in_master,
                   threads=getattr(f, "threads", None) if threads is _UNSET else threads,
-                  ordered=getattr(f, "ordered", True) if ordered is _UNSET else ordered)
+                  ordered=getattr(f, "ordered", True) if ordered is _UNSET else ordered,
+                  on_error=getattr(f, "on_error", "raise") if on_error is _UNSET else on_error,
+                  max_errors=(getattr(f, "max_errors", None) if max_errors is _UNSET
+                              else max_errors))
         if run_in_master is _UNSET and hasattr(f, "run_in_master"):
             s.run_in_master = f.run_in_master  # a falsy one is refused just below
         read_stage(None, s)

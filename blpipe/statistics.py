@@ -70,6 +70,9 @@ class StageStatistics:
     """``busy_seconds`` over the time it could have been busy: the run's
     elapsed time times the processes it can keep busy (``min(workers,
     batch_size)``, 1 in the calling process). Near 1.0, it limits the run."""
+    errors: int = 0
+    """Inputs it raised on and went on past (``on_error``), plus the one that
+    exceeded ``max_errors``, if any."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class Recorder:
             outs[first + j] += n_out if j == last else o
 
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
-                 running: bool) -> Statistics:
+                 running: bool, errors: Sequence[int]) -> Statistics:
         """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
         in flight, starved s, blocked s)``."""
         n_out = list(self.n_out)  # before the inputs: see the class docstring
@@ -196,7 +199,8 @@ class Recorder:
                 serialize_seconds=serialize[first_of[seg]], in_flight=inflight,
                 peak_in_flight=peak,
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
-                utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0))
+                utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
+                errors=errors[i]))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,
@@ -311,6 +315,9 @@ def _report(st: Statistics) -> str:
     lines.append(f"input: {st.input_seconds:.3f} s pulling items "
                  f"({_pct(st.input_seconds / elapsed)}); consumer: {st.consumer_seconds:.3f} s "
                  f"between outputs ({_pct(st.consumer_seconds / elapsed)})")
+    failed = [f"{s.name} {s.errors:,}" for s in st.stages if s.errors]
+    if failed:
+        lines.append("errors gone past (on_error): " + ", ".join(failed))
     neck = st.bottleneck()
     lines.append(f"bottleneck: {neck}" if neck else
                  "bottleneck: none clear (nothing was busy half the run)")

@@ -45,6 +45,12 @@ def with_attrs(**attrs: Any) -> Callable[[Any], Any]:
     ({"ordered": False}, ValueError, ["ordered=False", "stateful"]),
     ({"run_in_master": True, "ordered": False}, ValueError, ["ordered=False",
                                                               "run_in_master"]),
+    ({"on_error": "ignore"}, ValueError, ["on_error='ignore'", "'skip'", "'collect'"]),
+    ({"on_error": None}, ValueError, ["on_error=None"]),
+    ({"on_error": "skip", "max_errors": -1}, ValueError, ["max_errors=-1"]),
+    ({"on_error": "skip", "max_errors": 2.0}, TypeError, ["max_errors=2.0", "float"]),
+    ({"on_error": "skip", "max_errors": True}, TypeError, ["max_errors=True", "bool"]),
+    ({"max_errors": 3}, ValueError, ["max_errors=3", "on_error is 'raise'"]),
 ])
 def test_bad_attribute(cls: type, attrs: dict[str, Any], error: type, words: list[str]) -> None:
     good = with_attrs(stateful=False)
@@ -182,3 +188,10 @@ def test_stage_helper_keeps_existing_attributes() -> None:
 def test_executor_must_be_an_executor() -> None:
     with pytest.raises(TypeError, match=r"executor=.* is not a concurrent.futures.Executor"):
         Pipeline([with_attrs(stateful=False)], executor=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
+@pytest.mark.parametrize("keep", [-1, 2.5, True])
+def test_keep_errors(cls: type, keep: Any) -> None:
+    with pytest.raises(ValueError, match="keep_errors="):
+        cls([with_attrs(stateful=False)], keep_errors=keep)

@@ -1,0 +1,183 @@
+"""``on_error`` and ``max_errors``: every stage kind, checked against SequentialPipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blpipe import Pipeline, SequentialPipeline, WorkerDied, stage
+from tests.conftest import drain
+from tests.stages import DieAt
+from tests.test_oracle import build, recipes
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class FailOn:
+    """Raises ``ValueError`` on multiples of ``m`` (a window: its newest input)."""
+
+    def __init__(self, m: int, **attrs: Any) -> None:
+        self.m = m
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __call__(self, x: Any) -> Any:
+        v = x[-1] if isinstance(x, tuple) else x
+        if v % self.m == 0:
+            raise ValueError(f"bad {v}", v)
+        return v
+
+
+KINDS = {
+    "pool": {"stateful": False},
+    "window": {"stateful": 2},
+    "dedicated": {"stateful": True},
+    "master": {"run_in_master": True},
+    "thread": {"stateful": False, "threads": 3},
+}
+
+
+def run(p: Any, data: list[Any]) -> tuple[Any, ...]:
+    got, err = drain(p.apply(data))
+    records = [(r.stage, r.position, r.input, r.error_type, r.message) for r in p.errors.records]
+    failure = None if err is None else (type(err), err.args)
+    return got, failure, records, list(p.errors.counts)
+
+
+def outcome(make: Any, data: list[Any], **kw: Any) -> tuple[Any, Any]:
+    with SequentialPipeline(make()) as ref:
+        expected = run(ref, data)
+    with Pipeline(make(), **kw) as p:
+        actual = run(p, data)
+    return expected, actual
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("policy", [{"on_error": "skip"}, {"on_error": "collect"},
+                                    {"on_error": "collect", "max_errors": 5},
+                                    {"on_error": "skip", "max_errors": 0}])
+def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, Any]) -> None:
+    batch = {} if kind == "master" else {"batch_size": 8}
+
+    def make() -> list[Any]:
+        return [stage(abs, stateful=False, batch_size=16), FailOn(7, **KINDS[kind], **policy,
+                                                                  **batch)]
+
+    data = [None if i % 11 == 5 else i for i in range(1, 400)]
+    expected, actual = outcome(make, data, n_cpu=2)
+    assert actual == expected
+    got, failure, records, counts = actual
+    errors = 6 if "max_errors" in policy and policy["max_errors"] == 5 else \
+        1 if policy.get("max_errors") == 0 else len([x for x in data if x and x % 7 == 0])
+    assert counts == [0, errors]
+    if failure is not None:  # over budget: the last error, as under "raise"
+        assert failure[0] is ValueError
+    if policy["on_error"] == "collect" and failure is None:
+        # nothing lost that is not recorded: every input is an output or a record
+        reached = len([x for x in data if x is not None]) - (1 if kind == "window" else 0)
+        assert len(got) + len(records) == reached
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recipes, st.lists(st.one_of(st.none(), st.integers(0, 500)), max_size=200),
+       st.integers(0, 6), st.sampled_from(sorted(KINDS)), st.sampled_from(["skip", "collect"]),
+       st.one_of(st.none(), st.integers(0, 8)), st.integers(1, 16), st.integers(2, 9))
+def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], position: int,
+                                           kind: str, on_error: str, max_errors: int | None,
+                                           size: int, m: int) -> None:
+    def make() -> list[Any]:
+        stages = build(recipe)
+        batch = {} if kind == "master" else {"batch_size": size}
+        stages.insert(min(position, len(stages)),
+                      FailOn(m, on_error=on_error, max_errors=max_errors, **KINDS[kind], **batch))
+        return stages
+
+    expected, actual = outcome(make, data, n_cpu=2)
+    assert actual == expected
+
+
+def test_budget_is_exact() -> None:
+    """max_errors=3: three inputs skipped, the fourth error raised, nothing after it."""
+    fail = FailOn(10, stateful=False, batch_size=64, on_error="skip", max_errors=3)
+    with Pipeline([fail], n_cpu=2) as p:
+        got, err = drain(p.apply(range(1, 1000)))
+    assert got == [x for x in range(1, 40) if x % 10]
+    assert isinstance(err, ValueError)
+    assert err.args == ("bad 40", 40)
+    assert any("max_errors=3" in n for n in err.__notes__)
+    assert p.errors.counts == [4]
+
+
+def test_records_are_bounded_and_write_as_json_lines() -> None:
+    fail = FailOn(2, stateful=False, batch_size=16, on_error="collect")
+    with Pipeline([fail], n_cpu=2, keep_errors=10) as p:
+        got = list(p.apply(range(1, 101)))
+    assert got == list(range(1, 101, 2))
+    log = p.errors
+    assert log.counts == [50]
+    assert log.collected == 50
+    assert log.dropped == 40
+    assert [r.position for r in log.records] == list(range(81, 100, 2))  # the latest ten
+    r = log.records[-1]
+    assert (r.stage, r.input, r.error_type, r.message) == (
+        "stage 0 (FailOn())", "100", "ValueError", "('bad 100', 100)")
+    assert "raise ValueError" in r.traceback
+    assert isinstance(r.exception, ValueError)
+    buf = io.StringIO()
+    assert log.write_jsonl(buf) == 10
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert lines[-1]["position"] == 99
+    assert set(lines[0]) == {"stage", "position", "input", "error_type", "message", "traceback"}
+
+
+def test_statistics_and_report_count_errors() -> None:
+    fail = FailOn(3, stateful=False, batch_size=8, on_error="skip")
+    with Pipeline([fail], n_cpu=2) as p:
+        list(p.apply(range(1, 31)))
+    assert p.statistics().stages[0].errors == 10
+    assert "errors gone past (on_error): stage 0 (FailOn()) 10" in p.report()
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_a_death_is_never_skipped(start_method: str, stateful: bool) -> None:
+    die = DieAt(50, 3, stateful=stateful, batch_size=4, on_error="skip")
+    with Pipeline([die], n_cpu=2, start_method=start_method) as p:
+        got, err = drain(p.apply(range(200)))
+    assert isinstance(err, WorkerDied)
+    assert got == list(range(len(got)))
+    assert p.errors.counts == [0]
+
+
+def interrupt(x: int) -> int:
+    if x == 5:
+        os.kill(os.getpid(), signal.SIGINT)
+    return x
+
+
+def test_ctrl_c_is_never_skipped() -> None:
+    ctrl_c = stage(interrupt, run_in_master=True, on_error="skip")
+    with Pipeline([ctrl_c]) as p:
+        got, err = drain(p.apply(range(100)))
+    assert isinstance(err, KeyboardInterrupt)
+    assert got == list(range(len(got)))
+
+
+@pytest.mark.parametrize("kind", ["window", "master-window", "thread-window"])
+def test_window_errors_are_placed_at_their_newest_input(kind: str) -> None:
+    """The first chunk of a window stage completes fewer windows than it has inputs."""
+    attrs = {"window": {"batch_size": 16}, "master-window": {"run_in_master": True},
+             "thread-window": {"batch_size": 16, "threads": 2}}[kind]
+
+    def make() -> list[Any]:
+        return [FailOn(3, stateful=3, on_error="collect", **attrs)]
+
+    expected, actual = outcome(make, list(range(1, 40)), n_cpu=1)
+    assert actual == expected
+    assert [r[1] for r in actual[2]][:3] == [2, 5, 8]
