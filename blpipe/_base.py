@@ -91,7 +91,7 @@ class PipelineBase:
         """What each stage did so far; callable at any time, from any thread."""
         rec = self._recorder
         running = rec.started is not None and rec.ended is None
-        return rec.snapshot(self._live, running, self.errors.counts)
+        return rec.snapshot(self._live, running, self.errors.counts, self._bytes())
 
     def report(self) -> str:
         """``statistics()`` as a table, with the bottleneck and advice."""
@@ -100,6 +100,10 @@ class PipelineBase:
     def _live(self, segment: int) -> tuple[int, int, float, float]:
         """A segment's in flight, peak in flight, starved and blocked seconds."""
         return 0, 0, 0.0, 0.0
+
+    def _bytes(self) -> tuple[int, int]:
+        """Serialized bytes in flight, and their peak."""
+        return 0, 0
 
     def _tick_progress(self, now: float, final: bool = False) -> None:
         """Feed ``progress`` at most every ``EVERY`` seconds, and once at the end."""

@@ -15,7 +15,11 @@ process that dies, even by SIGKILL, leaves nothing behind: the kernel frees
 the memory when the last process that maps it is gone. A slot is reused once
 the receiver is done with it: the parent knows that when the chunk's result
 arrives, and a worker learns it from the ids the parent returns with its next
-task. Without ``memfd`` (not Linux) everything goes through the pipe.
+task. Slots of up to ``BIG`` bytes are kept for reuse, and receivers keep them
+mapped; a larger one is closed as soon as it is released, and a worker that
+loads a chunk from one says so at once, so that memory held for huge items
+does not outlive them. Without ``memfd`` (not Linux) everything goes through
+the pipe.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 LARGE = 1 << 16  # bytes: a buffer this large goes through a slot
 _MIN_SLOT = 1 << 20
+BIG = 8 << 20  # a slot larger than this is not kept once released, nor kept mapped
 AVAILABLE = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 _BUFFERS = (bytes, bytearray, memoryview)
@@ -139,7 +144,10 @@ class Slots:
     def release(self, ident: int) -> None:
         slot = self._used.pop(ident, None)
         if slot is not None:
-            self._free.append(slot)
+            if slot.cap > BIG:
+                slot.close()
+            else:
+                self._free.append(slot)
 
     def close(self) -> None:
         for s in (*self._free, *self._used.values()):
@@ -186,6 +194,11 @@ def pickle_out_of_band(obj: Any, slots: Slots) -> tuple[bytes, Any]:
     return data, (os.getpid(), slot.id, slot.fd, slot.cap, places)
 
 
+def out_of_band_bytes(meta: Any) -> int:
+    """The bytes a chunk's large buffers take in its slot."""
+    return sum(n for _, n, _ in meta[4])
+
+
 class SlotGone(OSError):
     """The sender of a chunk exited before its buffers were read."""
 
@@ -196,10 +209,12 @@ class Views:
     def __init__(self) -> None:
         self._maps: dict[tuple[int, int], mmap.mmap] = {}
         self.last: tuple[int, int] | None = None  # the slot the last load read
+        self.nbytes = 0  # and how many bytes it read there
 
     def load(self, data: bytes | bytearray | memoryview, meta: Any) -> Any:
         pid, ident, fd, cap, places = meta
         self.last = pid, ident
+        self.nbytes = out_of_band_bytes(meta)
         m = self._maps.get((pid, ident))
         if m is None or len(m) < cap:
             if m is not None:
@@ -212,7 +227,8 @@ class Views:
                 m = mmap.mmap(f, cap, prot=mmap.PROT_READ)
             finally:
                 os.close(f)
-            self._maps[(pid, ident)] = m
+            if cap <= BIG:
+                self._maps[(pid, ident)] = m
         views = [memoryview(m)[a:a + n] for a, n, _ in places]
         try:
             return pickle.loads(data, buffers=[bytearray(v) if copy else v for v, (_, _, copy)
@@ -220,6 +236,8 @@ class Views:
         finally:
             for v in views:  # so that the map can be closed or remapped later
                 v.release()
+            if cap > BIG:
+                m.close()
 
     def forget(self, pid: int) -> None:
         """Unmap the slots of a process that is gone."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import dill
 
-from ._shm import Slots, Views, pickle_out_of_band
+from ._shm import Slots, Views, out_of_band_bytes, pickle_out_of_band
 
 PROTOCOL = 5
 _DILL = 1
@@ -48,22 +48,25 @@ def dumps(obj: Any) -> Frame:
     return HEADER.pack(len(payload) << 2 | flag), payload
 
 
-def dumps_chunk(obj: Any, slots: Slots | None) -> tuple[Frame, int | None]:
+def dumps_chunk(obj: Any, slots: Slots | None) -> tuple[Frame, int | None, int]:
     """Like :func:`dumps`, with large buffers through one of ``slots``.
 
-    Returns the frame and the id of the slot it uses, to be released once
-    the receiver has loaded the frame.
+    Returns the frame, the id of the slot it uses, to be released once the
+    receiver has loaded the frame, and its size in bytes, slot included.
     """
     if slots is None:
-        return dumps(obj), None
+        frame = dumps(obj)
+        return frame, None, len(frame[1])
     try:
         data, meta = pickle_out_of_band(obj, slots)
     except Exception:
-        return dumps(obj), None
+        frame = dumps(obj)
+        return frame, None, len(frame[1])
     if meta is None:
-        return (HEADER.pack(len(data) << 2), data), None
+        return (HEADER.pack(len(data) << 2), data), None, len(data)
     payload = pickle.dumps((meta, data), PROTOCOL)
-    return (HEADER.pack(len(payload) << 2 | _OUT_OF_BAND), payload), meta[1]
+    return ((HEADER.pack(len(payload) << 2 | _OUT_OF_BAND), payload), meta[1],
+            len(payload) + out_of_band_bytes(meta))
 
 
 def dumps_stage(obj: Any) -> bytes:

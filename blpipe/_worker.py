@@ -22,7 +22,7 @@ import traceback
 from typing import Any
 
 from ._chain import Chain, Skipped, StageFailure, sliding
-from ._shm import AVAILABLE, Slots, Views, mark_large
+from ._shm import AVAILABLE, BIG, Slots, Views, mark_large
 from ._transport import (
     HEADER,
     Frame,
@@ -144,9 +144,14 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     pid = os.getpid()
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
+    loaded_frame = dumps(("loaded",))
     while (frame := read_frame(task_fd)) is not None:
         start = clock()
+        views.last = None
         seg, payload, freed = loads(*frame, views)
+        del frame
+        if views.last is not None and views.nbytes > BIG:
+            write_frame(result_fd, loaded_frame)  # its slot can go: the parent frees it
         for owner, ident in freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
@@ -160,3 +165,4 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
                          slots)
         pickling = clock() - done
         write_frame(result_fd, result)
+        del payload, items, outputs, result  # not kept alive while idle

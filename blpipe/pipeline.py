@@ -46,7 +46,7 @@ from multiprocess.connection import wait as wait_sentinels
 from ._base import PipelineBase, add_note, annotate, settle
 from ._chain import Chain, StageFailure, sliding
 from ._executors import Lane, Waker, check_executor, lost, width
-from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
+from ._shm import AVAILABLE, BIG, SlotGone, Slots, Views, mark_large
 from ._transport import (
     HEADER,
     PROTOCOL,
@@ -91,7 +91,7 @@ class _Record:
     """
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
-                 "skipped", "aligned")
+                 "skipped", "aligned", "nbytes")
 
     def __init__(self, n_in: int, first: Any, frame: Frame | None = None,
                  outs: list[Any] | None = None, failure: _Failure | None = None,
@@ -107,6 +107,19 @@ class _Record:
         self.offset = 0
         self.skipped: list[Any] | None = None
         self.aligned: list[Any] | None = None
+        self.nbytes = 0  # serialized: its inputs', then its results' once they are in
+
+
+class _Shown:
+    """Stands for an item in messages (its ``repr``) without keeping it alive."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 class _Worker:
@@ -207,6 +220,7 @@ class _ProcessNode:
         self.work = _CHUNK_WORK
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
+        self.huge = False  # items of over BIG bytes: one per chunk, so few copies coexist
         self.records: deque[_Record] = deque()
         self.inflight = 0
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
@@ -243,7 +257,7 @@ class _ProcessNode:
             per = seconds / n_in
             self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
             want = math.ceil(self.work / max(self.per_item, 1e-9))
-            self.chunk = max(self.min_chunk, min(self.max_chunk, want))
+            self.chunk = 1 if self.huge else max(self.min_chunk, min(self.max_chunk, want))
 
     def idle(self) -> bool:
         return not (self.in_buf or self.records or self.upstream_failure)
@@ -272,15 +286,21 @@ class _ProcessNode:
                     break
             records.popleft()
             self.inflight -= rec.n_in
+            self.run.nbytes -= rec.nbytes
             moved = True
             if rec.failure is not None:
                 nxt.put_failure(rec.failure)
-                self.closed = True
-                records.clear()
-                self.in_buf.clear()
-                self.inflight = 0
+                self._close_failed()
                 break
         return moved
+
+    def _close_failed(self) -> None:
+        """It passed a failure on: what it still holds is later in the stream."""
+        self.closed = True
+        self.run.nbytes -= sum(r.nbytes for r in self.records)
+        self.records.clear()
+        self.in_buf.clear()
+        self.inflight = 0
 
     def _settle(self, rec: _Record) -> list[Any]:
         """Count the errors its stage went on past in this chunk, in stream
@@ -341,13 +361,11 @@ class _ProcessNode:
                 continue
             del records[i]
             self.inflight -= rec.n_in
+            self.run.nbytes -= rec.nbytes
             moved = True
             if rec.failure is not None:
                 nxt.put_failure(rec.failure)
-                self.closed = True
-                records.clear()
-                self.in_buf.clear()
-                self.inflight = 0
+                self._close_failed()
                 break
         return moved
 
@@ -415,12 +433,26 @@ class _ProcessNode:
             rec = _Record(len(items), items[0])
         else:
             try:
-                frame, slot = _pack(self.seg, payload, worker.freed, self.run.slots)
+                frame, slot, nbytes = _pack(self.seg, payload, worker.freed, self.run.slots)
             except Exception:
                 self._send_unpicklable(worker, items, payload)
                 return
             worker.freed = []
             rec = _Record(len(items), items[0], frame, slot=slot)
+            if slot is not None:  # its first item is large: keep only what messages need
+                rec.first = _Shown(short_repr(items[0]))
+            rec.nbytes = nbytes
+            if (nbytes > BIG * len(items)) is not self.huge:
+                self.huge = not self.huge
+                self.chunk = 1 if self.huge else self.min_chunk
+            run = self.run
+            run.nbytes += nbytes
+            if run.nbytes > run.peak_bytes:
+                run.peak_bytes = run.nbytes
+            if self is run.pull_from:
+                per = nbytes / len(items)
+                run.item_bytes = per if run.item_bytes is None else 0.7 * run.item_bytes + \
+                    0.3 * per
         rec.start = start
         if self.window:  # the windows of this chunk end at its inputs after these
             rec.offset = len(items) - (len(payload) - self.window + 1)
@@ -485,6 +517,10 @@ class _Run:
         self.owned: list[ThreadPoolExecutor] = []  # thread stages' executors
         self.futures: set[Future[Any]] = set()
         self.waker: Waker | None = None
+        self.budget: int | None = pipeline._max_bytes
+        self.nbytes = 0  # serialized bytes of the chunks in flight, and the most seen
+        self.peak_bytes = 0
+        self.item_bytes: float | None = None  # serialized bytes per input item, smoothed
         try:
             self._build(pipeline)
         except BaseException:
@@ -609,6 +645,8 @@ class _Run:
         if self.src_done or self.stop_upto >= 0:
             return False
         room = min(self.first.room(), self.pull_from.chunk if self.pull_from else 64)
+        if self.budget is not None and room > 0:
+            room = self._within_budget(room)
         if room <= 0:
             return False
         start = perf_counter()
@@ -626,6 +664,22 @@ class _Run:
         if failure is not None:
             self.first.put_failure(failure)
         return True
+
+    def _within_budget(self, room: int) -> int:
+        """How many items the byte budget lets in: none while what was pulled
+        last is not yet sent (so counted), and at least one when nothing is
+        in flight, so that an item larger than the budget still goes alone."""
+        first = self.pull_from
+        if first is not None and first.in_buf:
+            return 0
+        left = self.budget - self.nbytes  # type: ignore[operator]
+        if self.nbytes == 0:
+            left = max(left, 1)
+        if left <= 0:
+            return 0
+        if self.item_bytes is None:
+            return 1  # one item first, to learn their size
+        return min(room, max(1, int(left / max(self.item_bytes, 1.0))))
 
     def finished(self) -> bool:
         return self.src_done and all(n.idle() for n in self.process_nodes)
@@ -759,6 +813,9 @@ class _Run:
             exc.__cause__ = e
             self._fail(node, rec, exc)
             return
+        if msg[0] == "loaded":  # it has a huge chunk in hand: free its slot now
+            self._release_slot(worker.pending[0][1])
+            return
         if msg[0] == "init":
             broken = BrokenPipeline(f"{worker.label} could not be loaded in its worker "
                                     f"process; see the traceback above. Under spawn and "
@@ -767,9 +824,15 @@ class _Run:
             self.stop(len(self.nodes))
             self.sink.put_failure(_Failure(broken))
             return
+        nbytes = len(payload)
         if views.last is not None:
             worker.freed.append(views.last)
+            nbytes += views.nbytes
         node, rec = worker.pending.popleft()
+        self.nbytes += nbytes - rec.nbytes
+        rec.nbytes = nbytes
+        if self.nbytes > self.peak_bytes:
+            self.peak_bytes = self.nbytes
         _, outputs, error, stats, seconds, skipped = msg
         node.observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(x[0] for x in stats))
         self._done(rec)
@@ -783,6 +846,9 @@ class _Run:
 
     def _done(self, rec: _Record) -> None:
         rec.frame = None
+        self._release_slot(rec)
+
+    def _release_slot(self, rec: _Record) -> None:
         if rec.slot is not None:
             self.slots.release(rec.slot)  # type: ignore[union-attr]
             rec.slot = None
@@ -953,7 +1019,7 @@ def _guarded(it: Iterator[Any]) -> Iterator[Any]:
 
 
 def _pack(seg: int, payload: list[Any], freed: list[tuple[int, int]],
-          slots: Slots | None) -> tuple[Frame, int | None]:
+          slots: Slots | None) -> tuple[Frame, int | None, int]:
     try:
         return dumps_chunk((seg, mark_large(payload), freed), slots)
     except Exception:  # a memoryview, or a large buffer in the middle of the chunk
@@ -1030,9 +1096,16 @@ class Pipeline(PipelineBase):
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
                  start_method: str | None = None, progress: Any = None,
-                 executor: Executor | None = None, keep_errors: int = 1000) -> None:
+                 executor: Executor | None = None, keep_errors: int = 1000,
+                 max_bytes_in_flight: int | None = None) -> None:
         if executor is not None:
             check_executor(executor)
+        if max_bytes_in_flight is not None and (isinstance(max_bytes_in_flight, bool) or not
+                                                isinstance(max_bytes_in_flight, int)
+                                                or max_bytes_in_flight < 1):
+            raise ValueError(f"max_bytes_in_flight={max_bytes_in_flight!r}: it must be an int "
+                             f">= 1 (bytes), or None for no byte budget")
+        self._max_bytes = max_bytes_in_flight
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
         self._ctx = multiprocess.get_context(start_method)
@@ -1062,6 +1135,10 @@ class Pipeline(PipelineBase):
         if not isinstance(node, _ProcessNode):
             return 0, 0, 0.0, 0.0
         return node.inflight, node.peak, node.starved, node.blocked
+
+    def _bytes(self) -> tuple[int, int]:
+        run = self._run
+        return (run.nbytes, run.peak_bytes) if run is not None else (0, 0)
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         return _stream(self, it)

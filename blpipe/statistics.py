@@ -97,6 +97,11 @@ class Statistics:
     """Processes in the shared pool."""
     usable_cpus: int
     """CPUs this process may use (affinity and cgroup quota)."""
+    bytes_in_flight: int = 0
+    """Serialized bytes of the chunks sent to worker processes, or of their
+    results, not yet passed on (what ``max_bytes_in_flight`` bounds)."""
+    peak_bytes_in_flight: int = 0
+    """The most ``bytes_in_flight`` seen so far."""
 
     def bottleneck(self) -> str | None:
         """The name of what limits the run: a stage, ``'the consumer'`` or
@@ -171,7 +176,8 @@ class Recorder:
             outs[first + j] += n_out if j == last else o
 
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
-                 running: bool, errors: Sequence[int]) -> Statistics:
+                 running: bool, errors: Sequence[int],
+                 nbytes: tuple[int, int] = (0, 0)) -> Statistics:
         """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
         in flight, starved s, blocked s)``."""
         n_out = list(self.n_out)  # before the inputs: see the class docstring
@@ -204,7 +210,8 @@ class Recorder:
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,
-                          pool_size=self.pool_size, usable_cpus=self.usable_cpus)
+                          pool_size=self.pool_size, usable_cpus=self.usable_cpus,
+                          bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1])
 
 
 # -- advice --------------------------------------------------------------------

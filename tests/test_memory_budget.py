@@ -1,0 +1,91 @@
+"""``max_bytes_in_flight``: input is withheld, never dropped, and any budget makes progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blpipe import Pipeline, SequentialPipeline, stage
+from tests.conftest import Endless
+
+pytestmark = pytest.mark.timeout(120)
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def blob(i: int, size: int) -> bytes:
+    return bytes([i % 251]) * size
+
+
+class Tag:
+    """Stateful: ``(running count, len)``, so order and completeness both show."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, b: bytes) -> tuple[int, int, int]:
+        self.n += 1
+        return self.n, len(b), b[0] if b else -1
+
+
+def pair(w: tuple[Any, Any]) -> tuple[int, int]:
+    return w[0][0], w[0][1] + w[1][1]
+
+
+def make() -> list[Any]:
+    return [stage(bytes, stateful=False, batch_size=16), Tag(),
+            stage(pair, stateful=2, batch_size=8)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(0, 300 * KiB), max_size=60), st.integers(1, 2 * MiB))
+def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
+    data = [blob(i, n) for i, n in enumerate(sizes)]
+    with SequentialPipeline(make()) as ref:
+        expected = list(ref.apply(data))
+    with Pipeline(make(), n_cpu=3, max_bytes_in_flight=budget) as p:
+        assert list(p.apply(data)) == expected
+        st_ = p.statistics()
+    assert st_.bytes_in_flight == 0
+    if sizes:  # a pull is sized by the average item: it may overshoot by its spread
+        assert st_.peak_bytes_in_flight <= 2 * budget + 2 * max(sizes) + 64 * KiB
+
+
+def test_an_item_larger_than_the_budget_goes_alone() -> None:
+    data = [blob(i, MiB) for i in range(30)]
+    with Pipeline([stage(len, stateful=False, batch_size=8)], n_cpu=2,
+                  max_bytes_in_flight=1000) as p:
+        assert list(p.apply(data)) == [MiB] * 30
+        peak = p.statistics().peak_bytes_in_flight
+    assert MiB <= peak < MiB + 64 * KiB  # one at a time
+
+
+def endless_blobs(size: int) -> Any:
+    for i in Endless():
+        yield blob(i, size)
+
+
+@pytest.mark.parametrize("budget", [None, 8 * MiB])
+def test_the_budget_bounds_bytes_in_flight(budget: int | None) -> None:
+    """64 items of 2 MiB may be in flight by batch_size; the budget allows about 4."""
+    with Pipeline([stage(bytes, stateful=False, batch_size=64), stage(len, stateful=False,
+                                                                      batch_size=64)],
+                  n_cpu=2, max_bytes_in_flight=budget) as p:
+        for i, _ in enumerate(p.apply(endless_blobs(2 * MiB))):
+            if i == 300:
+                break
+        peak = p.statistics().peak_bytes_in_flight
+    if budget is None:
+        assert peak > 24 * MiB
+    else:
+        assert peak <= budget + 2 * MiB + 64 * KiB
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True, "1GB"])
+def test_bad_budget(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_bytes_in_flight="):
+        Pipeline([stage(len, stateful=False)], max_bytes_in_flight=value)
