@@ -55,7 +55,7 @@ def settle(log: ErrorLog, seen: list[int], first: int, outputs: list[Any],
 class PipelineBase:
     """Validation at construction, one ``apply`` per pipeline, idempotent ``close``."""
 
-    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+    def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
                  start_method: str | None = None, progress: Any = None,
                  keep_errors: int = 1000) -> None:
         self._closed = False
@@ -63,6 +63,7 @@ class PipelineBase:
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
         dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
         self._pool_size = pool_size(n_cpu, dedicated)
+        self._auto = n_cpu == "auto"
         methods = multiprocess.get_all_start_methods()
         if start_method is not None and start_method not in methods:
             raise ValueError(f"start_method={start_method!r} is not available here; "
@@ -91,7 +92,8 @@ class PipelineBase:
         """What each stage did so far; callable at any time, from any thread."""
         rec = self._recorder
         running = rec.started is not None and rec.ended is None
-        return rec.snapshot(self._live, running, self.errors.counts, self._bytes())
+        return rec.snapshot(self._live, running, self.errors.counts, self._bytes(),
+                            self._active())
 
     def report(self) -> str:
         """``statistics()`` as a table, with the bottleneck and advice."""
@@ -100,6 +102,10 @@ class PipelineBase:
     def _live(self, segment: int) -> tuple[int, int, float, float]:
         """A segment's in flight, peak in flight, starved and blocked seconds."""
         return 0, 0, 0.0, 0.0
+
+    def _active(self) -> int:
+        """Pool workers that get work now."""
+        return self._pool_size
 
     def _bytes(self) -> tuple[int, int]:
         """Serialized bytes in flight, and their peak."""

@@ -55,15 +55,20 @@ def usable_cpu_count() -> int:
     return max(1, n)
 
 
-def pool_size(n_cpu: int | None, dedicated: int) -> int:
+def pool_size(n_cpu: int | str | None, dedicated: int) -> int:
     """The shared pool's size under blpipe's CPU budget.
 
     With ``n_cpu`` given it is the total number of worker processes, so the
     pool gets what the ``dedicated`` stages leave: ``max(1, n_cpu - dedicated)``.
-    Without it (``None`` or ``-1``) the pool gets every usable CPU.
+    Without it (``None`` or ``-1``) the pool gets every usable CPU, and so
+    does ``"auto"``, which then uses only part of it while dedicated stages
+    are busy.
     """
+    if n_cpu == "auto":
+        return usable_cpu_count()
     if n_cpu is not None and (isinstance(n_cpu, bool) or not isinstance(n_cpu, int)):
-        raise TypeError(f"n_cpu={n_cpu!r} must be an int (or None for every usable CPU)")
+        raise TypeError(f"n_cpu={n_cpu!r} must be an int, 'auto' (a pool that adapts to the "
+                        f"load), or None for every usable CPU")
     if n_cpu is None or n_cpu == -1:
         return usable_cpu_count()
     if n_cpu < 1:

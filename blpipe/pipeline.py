@@ -43,6 +43,7 @@ from typing import Any
 import multiprocess
 from multiprocess.connection import wait as wait_sentinels
 
+from ._adaptive import Governor
 from ._base import PipelineBase, add_note, annotate, settle
 from ._chain import Chain, StageFailure, sliding
 from ._executors import Lane, Waker, check_executor, lost, width
@@ -501,6 +502,8 @@ class _Run:
         self.selector = selectors.DefaultSelector()
         self.workers: list[_Worker] = []
         self.pool: list[_Worker] = []
+        self.active_pool: list[_Worker] = []  # what pool stages send to: the first few
+        self.governor: Governor | None = None
         self.parent_fds: list[int] = [self.selector.fileno()]
         self.stop_upto = -1
         self.closing = False
@@ -544,6 +547,11 @@ class _Run:
         elif self.pool_blob is not None:
             for _ in range(pipeline._pool_size):
                 self.pool.append(self._spawn(self.pool_blob, self.pool_label, pool=True))
+            self.active_pool[:] = self.pool
+            if pipeline._auto:
+                own = [s.index for s in pipeline.stages
+                       if s.placement in (Placement.DEDICATED, Placement.MASTER)]
+                self.governor = Governor(len(self.pool), own, self.rec.busy, time.monotonic())
         nxt: Any = self.sink
         nodes: list[Any] = []
         n_pool = pipeline._pool_size
@@ -561,7 +569,8 @@ class _Run:
                 # from every worker with one chunk queued, to two chunks in all
                 chunks = (max(1, cap // (2 * n_pool)), max(1, cap // 2))
                 node = _ProcessNode(self, index, seg, first, label, cap, chunks,
-                                    specs[0].window, lanes or self.pool, nxt, specs[0].ordered)
+                                    specs[0].window, lanes or self.active_pool, nxt,
+                                    specs[0].ordered)
                 if self.executor is not None:
                     node.submit = _remote(self.executor, pipeline._pool_key,
                                           self.pool_blob, seg)  # type: ignore[arg-type]
@@ -689,6 +698,12 @@ class _Run:
         stream and no longer needed, so stop feeding it."""
         self.stop_upto = max(self.stop_upto, index)
 
+    def _activate(self) -> None:
+        """Pool stages send to the first ``active`` workers; the others finish
+        what they hold and wait."""
+        n = self.governor.active if self.governor is not None else len(self.pool)
+        self.active_pool[:] = self.pool[:n]
+
     def tick(self) -> None:
         """Sample which segments wait, at most once a millisecond.
 
@@ -701,6 +716,8 @@ class _Run:
         if dt < 0.001:
             return
         self.last_tick = now
+        if self.governor is not None and self.governor.update(now):
+            self._activate()
         more = not self.src_done and self.stop_upto < 0
         for node in self.nodes:
             if not isinstance(node, _ProcessNode):
@@ -871,6 +888,7 @@ class _Run:
             # Earlier items may still need the pool (downstream segments): keep its size.
             self.pool.append(self._spawn(self.pool_blob, self.pool_label,  # type: ignore[arg-type]
                                          pool=True))
+            self._activate()
         elif not worker.pool:
             for node in self.process_nodes:
                 if worker in node.workers:
@@ -1094,12 +1112,15 @@ class Pipeline(PipelineBase):
     down.
     """
 
-    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+    def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
                  start_method: str | None = None, progress: Any = None,
                  executor: Executor | None = None, keep_errors: int = 1000,
                  max_bytes_in_flight: int | None = None) -> None:
         if executor is not None:
             check_executor(executor)
+            if n_cpu == "auto":
+                raise ValueError("n_cpu='auto' sizes blpipe's own pool; with an executor, the "
+                                 "executor's size is yours to set: leave n_cpu out")
         if max_bytes_in_flight is not None and (isinstance(max_bytes_in_flight, bool) or not
                                                 isinstance(max_bytes_in_flight, int)
                                                 or max_bytes_in_flight < 1):
@@ -1129,6 +1150,12 @@ class Pipeline(PipelineBase):
             self._recorder.start()
             self._run = _Run(self)
         return self._run
+
+    def _active(self) -> int:
+        run = self._run
+        if run is None or run.governor is None:
+            return self._pool_size
+        return run.governor.active
 
     def _live(self, segment: int) -> tuple[int, int, float, float]:
         node = self._run.by_segment.get(segment) if self._run is not None else None

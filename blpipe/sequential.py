@@ -24,7 +24,7 @@ class SequentialPipeline(PipelineBase):
         [3, 5]
     """
 
-    def __init__(self, operations: Iterable[Any], n_cpu: int | None = None, *,
+    def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
                  start_method: str | None = None, progress: Any = None,
                  keep_errors: int = 1000) -> None:
         """``n_cpu`` and ``start_method`` are validated as by ``Pipeline`` and

@@ -102,6 +102,9 @@ class Statistics:
     results, not yet passed on (what ``max_bytes_in_flight`` bounds)."""
     peak_bytes_in_flight: int = 0
     """The most ``bytes_in_flight`` seen so far."""
+    pool_active: int = 0
+    """Pool workers that get work now: ``pool_size``, or fewer under
+    ``n_cpu="auto"`` while dedicated stages are busy."""
 
     def bottleneck(self) -> str | None:
         """The name of what limits the run: a stage, ``'the consumer'`` or
@@ -177,7 +180,7 @@ class Recorder:
 
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
                  running: bool, errors: Sequence[int],
-                 nbytes: tuple[int, int] = (0, 0)) -> Statistics:
+                 nbytes: tuple[int, int] = (0, 0), active: int = 0) -> Statistics:
         """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
         in flight, starved s, blocked s)``."""
         n_out = list(self.n_out)  # before the inputs: see the class docstring
@@ -211,7 +214,8 @@ class Recorder:
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,
                           pool_size=self.pool_size, usable_cpus=self.usable_cpus,
-                          bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1])
+                          bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1],
+                          pool_active=active or self.pool_size)
 
 
 # -- advice --------------------------------------------------------------------
@@ -309,7 +313,9 @@ def _row(cells: Sequence[str]) -> str:
 def _report(st: Statistics) -> str:
     state = "running" if st.running else "ended" if st.elapsed_seconds else "not started"
     lines = [f"blpipe: {st.elapsed_seconds:.3f} s ({state}), {st.items_yielded:,} outputs, "
-             f"pool of {st.pool_size} on {st.usable_cpus} usable CPU(s)"]
+             f"pool of {st.pool_size}"
+             + (f" ({st.pool_active} active)" if st.pool_active != st.pool_size else "")
+             + f" on {st.usable_cpus} usable CPU(s)"]
     lines.append(_row([c[0] for c in _COLUMNS]))
     lines.append(_row(["-" * c[1] for c in _COLUMNS]))
     for s in st.stages:
