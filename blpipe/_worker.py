@@ -116,6 +116,20 @@ def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[An
     return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
 
 
+def _return_huge_buffers() -> None:
+    """Have glibc give memory of over ``BIG`` bytes back to the system when freed.
+
+    glibc raises its mmap threshold as large blocks are freed (up to 32 MiB),
+    after which blocks of tens of MiB come from the heap and stay in this
+    process once freed; a fixed threshold keeps a worker's memory at what it
+    holds. Best effort: other C libraries have no ``mallopt``.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, BIG)  # M_MMAP_THRESHOLD
+
+
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
     """Run chunks until the task pipe closes.
 
@@ -125,6 +139,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
+    _return_huge_buffers()
     if close_fds:
         # dup2 over them rather than close, so a stale object closing its
         # inherited fd later cannot close a descriptor the stage opened.

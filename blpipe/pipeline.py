@@ -67,7 +67,10 @@ _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
 _GRACE = 1.0     # seconds an idle worker gets to exit on end of file after a normal run
 _KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
 _CHUNK_WORK = 0.0002  # seconds of stage work a chunk aims at
-_CHUNK_WORK_REMOTE = 0.005  # on a user's executor, whose round trip costs more
+# On a user's executor a round trip costs milliseconds (Dask batches its
+# messages every 10 ms): larger chunks, and more of them queued per worker.
+_CHUNK_WORK_REMOTE = 0.02
+_PER_WORKER_REMOTE = 3
 _PIPE_SIZE = 1 << 20
 _TOP_UP = 0.001  # a consumer step longer than this is followed by a poll of the workers
 
@@ -219,8 +222,10 @@ class _ProcessNode:
         self.submit: Callable[[list[Any]], Future[Any]] | None = None
         self.local = False
         self.work = _CHUNK_WORK
+        self.depth = _PER_WORKER
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
+        self.item_bytes: float | None = None  # serialized bytes per input item, smoothed
         self.huge = False  # items of over BIG bytes: one per chunk, so few copies coexist
         self.records: deque[_Record] = deque()
         self.inflight = 0
@@ -395,7 +400,7 @@ class _ProcessNode:
             full = len(in_buf) >= self.chunk
             if not (full or (final and (self.closed or self.room() > 0))):
                 break
-            worker = self._pick(_PER_WORKER if full else 1)
+            worker = self._pick(self.depth if full else 1)
             if worker is None:
                 break
             n = min(len(in_buf), self.chunk)
@@ -443,17 +448,16 @@ class _ProcessNode:
             if slot is not None:  # its first item is large: keep only what messages need
                 rec.first = _Shown(short_repr(items[0]))
             rec.nbytes = nbytes
-            if (nbytes > BIG * len(items)) is not self.huge:
+            per = nbytes / len(items)
+            self.item_bytes = per if self.item_bytes is None else \
+                0.7 * self.item_bytes + 0.3 * per
+            if (self.item_bytes > BIG) is not self.huge:
                 self.huge = not self.huge
                 self.chunk = 1 if self.huge else self.min_chunk
             run = self.run
             run.nbytes += nbytes
             if run.nbytes > run.peak_bytes:
                 run.peak_bytes = run.nbytes
-            if self is run.pull_from:
-                per = nbytes / len(items)
-                run.item_bytes = per if run.item_bytes is None else 0.7 * run.item_bytes + \
-                    0.3 * per
         rec.start = start
         if self.window:  # the windows of this chunk end at its inputs after these
             rec.offset = len(items) - (len(payload) - self.window + 1)
@@ -523,7 +527,6 @@ class _Run:
         self.budget: int | None = pipeline._max_bytes
         self.nbytes = 0  # serialized bytes of the chunks in flight, and the most seen
         self.peak_bytes = 0
-        self.item_bytes: float | None = None  # serialized bytes per input item, smoothed
         try:
             self._build(pipeline)
         except BaseException:
@@ -574,7 +577,7 @@ class _Run:
                 if self.executor is not None:
                     node.submit = _remote(self.executor, pipeline._pool_key,
                                           self.pool_blob, seg)  # type: ignore[arg-type]
-                    node.work = _CHUNK_WORK_REMOTE
+                    node.work, node.depth = _CHUNK_WORK_REMOTE, _PER_WORKER_REMOTE
             elif kind is Placement.THREAD:
                 s = specs[0]
                 n = s.threads or 1
@@ -686,9 +689,10 @@ class _Run:
             left = max(left, 1)
         if left <= 0:
             return 0
-        if self.item_bytes is None:
+        size = first.item_bytes if first is not None else None
+        if size is None:
             return 1  # one item first, to learn their size
-        return min(room, max(1, int(left / max(self.item_bytes, 1.0))))
+        return min(room, max(1, int(left / max(size, 1.0))))
 
     def finished(self) -> bool:
         return self.src_done and all(n.idle() for n in self.process_nodes)

@@ -42,7 +42,14 @@ _reprs.maxlong = 40
 
 
 def short_repr(obj: object) -> str:
-    """A ``repr`` cut to a readable length, for error messages."""
+    """A ``repr`` cut to a readable length, for error messages.
+
+    >>> short_repr(b"ab" * 10**6)
+    "b'abababababababababababab'... (2,000,000 bytes)"
+    """
+    if isinstance(obj, (bytes, bytearray)) and len(obj) > 60:
+        # reprlib would build the whole repr first: seconds for a large buffer
+        return f"{obj[:24]!r}... ({len(obj):,} bytes)"
     try:
         return _reprs.repr(obj)
     except Exception as e:  # a broken __repr__ must not hide the real error
