@@ -6,7 +6,8 @@
         --expect DIGEST --result PATH
 
 The result file holds ``status`` (``ok`` or ``wrong``), the timed-region
-``seconds``, ``first_output_seconds`` and the output ``digest``; a run that
+``seconds``, ``first_output_seconds``, the output ``digest`` and ``extra``
+figures some rows add (chunk counts, Dask cluster start-up); a run that
 raises writes none and exits with status 1, its traceback on stderr.
 Interpreter start-up and imports are outside the timed region. Once the
 last output has been consumed, and before the system under test shuts down,
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     m = systems.measure(workload, row, args.n, args.iterations, on_consumed=consumed)
     result.update(status="ok" if m.digest == args.expect else "wrong",
                   seconds=m.seconds, first_output_seconds=m.first_output_seconds,
-                  digest=m.digest, expected=args.expect)
+                  digest=m.digest, expected=args.expect, extra=m.extra)
     with open(args.result, "w") as f:
         json.dump(result, f)
     return 0

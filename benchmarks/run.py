@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/run.py                      # everything, 5 repeats
     python benchmarks/run.py --quick --repeats 1  # smoke run
     python benchmarks/run.py --workloads W1,W3 --systems blpipe,pool --markdown
+    python benchmarks/run.py --workloads dask     # blpipe on a Dask executor (opt-in)
 
 Every measurement runs in a fresh interpreter (``_child.py``) under a
 timeout; a run that does not finish in time is reported as ``hang`` and its
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -47,7 +49,7 @@ import psutil
 import systems
 import workloads as wl
 from systems import Row
-from workloads import WORKLOADS, Workload
+from workloads import DASK_WORKLOADS, DEFAULT_WORKLOADS, WORKLOAD_GROUPS, WORKLOADS, Workload
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_child.py"
@@ -85,8 +87,9 @@ class TreeMonitor(threading.Thread):
     the root (orphans) can still be found and killed afterwards.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pss: bool = False) -> None:
         super().__init__(daemon=True)
+        self.pss = pss  # proportional set size: shared memory counted once, not per process
         self.root = psutil.Process(pid)
         self.seen: dict[int, psutil.Process] = {pid: self.root}
         self.peak = 0
@@ -116,7 +119,7 @@ class TreeMonitor(threading.Thread):
         total = 0
         for p in list(self.seen.values()):
             try:
-                total += p.memory_info().rss
+                total += p.memory_full_info().pss if self.pss else p.memory_info().rss
             except psutil.Error:
                 continue
         self.peak = max(self.peak, total)
@@ -184,7 +187,8 @@ def _reap_stragglers(monitor: TreeMonitor, pgid: int) -> int:
     return len(alive)
 
 
-def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any) -> ChildOutcome:
+def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any,
+              pss: bool = False) -> ChildOutcome:
     """Run ``cmd`` in its own session; on timeout kill its whole process tree.
 
     The child is waited for without being reaped (``WNOWAIT``), so its pid,
@@ -194,7 +198,7 @@ def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any) -> Child
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                             start_new_session=True)
-    monitor = TreeMonitor(proc.pid)
+    monitor = TreeMonitor(proc.pid, pss)
     monitor.start()
     timed_out = False
     try:
@@ -237,6 +241,7 @@ class Run:
     wall_seconds: float | None = None
     leftovers: int = 0
     note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)  # see systems.Measurement.extra
 
     def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
@@ -254,7 +259,7 @@ def measure_once(workload: Workload, row: Row, repeat: int, cfg: Config,
            "--expect", cfg.references[workload.name], "--result", str(result_path)]
     timeout = row_timeout(workload, row, args)
     with open(scratch / "stdout", "w+b") as out, open(scratch / "stderr", "w+b") as err:
-        outcome = run_child(cmd, timeout, out, err)
+        outcome = run_child(cmd, timeout, out, err, workload.pss)
         err.seek(0)
         err_tail = err.read()[-2000:].decode(errors="replace").strip()
     result: dict[str, Any] = {}
@@ -281,6 +286,7 @@ def measure_once(workload: Workload, row: Row, repeat: int, cfg: Config,
         run.status = str(result["status"])
         run.seconds = result.get("seconds")
         run.first_output_seconds = result.get("first_output_seconds")
+        run.extra = result.get("extra") or {}
         if run.status == "wrong":
             run.note = f"got {result['digest']}, expected {result['expected']}"
         if outcome.returncode:
@@ -303,7 +309,7 @@ def environment() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("blpipe", "blllib", "pypeln", "mpire", "psutil"):
+    for dist in ("blpipe", "blllib", "pypeln", "mpire", "psutil", "dask", "distributed"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -329,9 +335,9 @@ def env_line(env: dict[str, str]) -> str:
             f"{env['platform']} | default start method: {env['default_start_method']}")
 
 
-def versions_line(env: dict[str, str]) -> str:
-    return " | ".join(f"{d} {env[f'{d}_version']}"
-                      for d in ("blpipe", "blllib", "pypeln", "mpire"))
+def versions_line(env: dict[str, str], dask: bool = False) -> str:
+    dists = ("blpipe", "distributed") if dask else ("blpipe", "blllib", "pypeln", "mpire")
+    return " | ".join(f"{d} {env[f'{d}_version']}" for d in dists)
 
 
 # --- summary ----------------------------------------------------------------
@@ -353,6 +359,7 @@ class Summary:
     peak_rss_mb: float | None
     median_first_output_seconds: float | None
     notes: list[str]
+    extra: dict[str, float] = field(default_factory=dict)  # medians of the runs' extra figures
 
 
 def summarize(workload: Workload, rows: list[Row], runs: list[Run], n: int) -> list[Summary]:
@@ -375,10 +382,15 @@ def summarize(workload: Workload, rows: list[Row], runs: list[Run], n: int) -> l
         rss = [r.peak_rss_mb for r in mine if r.peak_rss_mb and r.status in ("ok", "wrong")]
         median = statistics.median(timed) if timed else None
         notes = sorted({r.note for r in mine if r.note})
+        done = [r for r in mine if r.status in ("ok", "wrong")]
+        extra = {key: statistics.median(values)
+                 for key in sorted({k for r in done for k in r.extra})
+                 if (values := [r.extra[key] for r in done if key in r.extra])}
         out.append(Summary(
             workload.name, row.label, row.system, row.match, status, len(mine), counts["ok"],
             median, n / median if median and n > 1 else None, None, None,
-            max(rss) if rss else None, statistics.median(first) if first else None, notes))
+            max(rss) if rss else None, statistics.median(first) if first else None, notes,
+            extra))
     serial = next((s for s in out if s.system == "serial" and s.status == "ok"), None)
     for s in out:
         if n == 1:
@@ -386,8 +398,10 @@ def summarize(workload: Workload, rows: list[Row], runs: list[Run], n: int) -> l
         if serial and serial.median_seconds and s.median_seconds and s.status == "ok":
             s.speedup_vs_serial = serial.median_seconds / s.median_seconds
     for s in out:
-        if s.system in PEERS and s.status == "ok" and s.median_seconds:
-            best = best_blpipe(out, s.match)
+        # blpipe-dask too: there "blpipe ÷ row" is its wall time ÷ blpipe's own pool's,
+        # at the same batch_size
+        if s.system in (*PEERS, "blpipe-dask") and s.status == "ok" and s.median_seconds:
+            best = own_pool(out, s) if s.system == "blpipe-dask" else best_blpipe(out, s.match)
             if best and best.median_seconds:
                 s.blpipe_ratio = s.median_seconds / best.median_seconds
     return out
@@ -467,16 +481,107 @@ def comparison_lines(summaries: list[Summary]) -> list[str]:
     return lines
 
 
+def own_pool(summaries: list[Summary], dask_row: Summary) -> Summary | None:
+    """The blpipe row with the same batch_size as a ``blpipe-dask`` row."""
+    label = re.sub(r",?workers=\d+", "", dask_row.row.replace("blpipe-dask", "blpipe", 1))
+    return next((s for s in summaries if s.system == "blpipe" and s.row == label), None)
+
+
+def dask_lines(summaries: list[Summary]) -> list[str]:
+    """W2dask, W1dask: blpipe on the Dask executor against blpipe's own pool.
+
+    Each Dask row is compared with the own-pool row of the same batch_size.
+    The ratio is of the two median wall times. The per-chunk overhead is
+    their difference divided by the number of chunks the executor ran
+    (counted by :class:`systems.CountingExecutor` around ``submit``): what
+    each chunk sent through Dask added to the wall time, with as many chunks
+    in flight as ``batch_size`` allows (at most three per worker).
+    """
+    lines: list[str] = []
+    for dk in (s for s in summaries if s.system == "blpipe-dask"):
+        if dk.status == "n/a":
+            continue  # the row's note says why
+        if dk.status != "ok" or not dk.median_seconds:
+            lines.append(f"{dk.row}: {dk.status} (see the notes): no ratio or overhead")
+            continue
+        ex = dk.extra
+        if "cluster_startup_s" in ex and not lines:
+            workers = dict(systems.find_row(WORKLOADS[dk.workload], dk.row).params)["workers"]
+            lines.append(
+                f"Dask cluster start-up, NOT in the wall time: median "
+                f"{ex['cluster_startup_s']:.3f} s (LocalCluster(n_workers={workers}, "
+                f"threads_per_worker=1, processes=True), Client, wait_for_workers); shut-down, "
+                f"not in it either: median {ex.get('cluster_shutdown_s', math.nan):.3f} s. The "
+                f"wall time runs from creating the Pipeline to leaving its with block on the "
+                f"running cluster; blpipe's own pool starts and stops its workers inside it")
+        own = own_pool(summaries, dk)
+        if own is None or not own.median_seconds:
+            lines.append(f"{dk.row}: the own pool at its batch_size has no correct run")
+            continue
+        diff = dk.median_seconds - own.median_seconds
+        line = (f"{dk.row} ÷ {own.row}, wall time (medians): "
+                f"{dk.median_seconds / own.median_seconds:.2f}x "
+                f"({dk.median_seconds:.3f} s / {own.median_seconds:.3f} s)")
+        chunks = ex.get("chunks")
+        if chunks:
+            line += (f"; per-chunk overhead {diff / chunks * 1e3:.2f} ms = (Dask - own pool) / "
+                     f"{chunks:.0f} chunks (executor.submit calls, median)")
+        if "chunk_latency_median_s" in ex:
+            line += (f"; chunk round trip on Dask: median "
+                     f"{ex['chunk_latency_median_s'] * 1e3:.1f} ms")
+            if "chunks_in_flight_mean" in ex:
+                line += f", {ex['chunks_in_flight_mean']:.1f} chunks in flight on average"
+        lines.append(line)
+    return lines
+
+
+def budget_lines(summaries: list[Summary]) -> list[str]:
+    """W6: peak memory with the byte budget against without it."""
+    rows = {s.row: s for s in summaries if s.system == "blpipe" and s.status == "ok"}
+    with_ = next((s for s in rows.values() if "budget_mib" in s.row), None)
+    without = next((s for s in rows.values() if "budget_mib" not in s.row), None)
+    if not (with_ and without and with_.peak_rss_mb and without.peak_rss_mb):
+        return []
+    budget = int(re.search(r"budget_mib=(\d+)", with_.row).group(1))  # type: ignore[union-attr]
+    top = max(wl.BUDGET_SIZES) >> 20
+    return [f"peak PSS of the process tree: {with_.peak_rss_mb:.0f} MB with a {budget} MiB "
+            f"budget (bytes in flight peaked at {with_.extra.get('peak_bytes_mib', 0):.0f} "
+            f"MiB), {without.peak_rss_mb:.0f} MB without; over the budget: "
+            f"{with_.peak_rss_mb - budget:.0f} MB (items up to {top} MiB); wall time "
+            f"{(with_.median_seconds or 0) / (without.median_seconds or 1):.2f}x"]
+
+
+def auto_lines(summaries: list[Summary]) -> list[str]:
+    """W7, W7chain: n_cpu='auto' against the better of the two fixed rules."""
+    rows = [s for s in summaries if s.system == "blpipe" and s.status == "ok"]
+    auto = next((s for s in rows if "n_cpu=auto" in s.row), None)
+    fixed = [s for s in rows if s is not auto]
+    best = _fastest(fixed)
+    if auto is None or best is None or not auto.median_seconds:
+        return []
+    active = auto.extra.get("pool_active")
+    shown = f"; auto ended with {active:.0f} pool worker(s) active" if active else ""
+    return [f"n_cpu='auto' ÷ the better fixed rule ({best.row}), wall time: "
+            f"{auto.median_seconds / (best.median_seconds or 1):.3f}x{shown}"]
+
+
 def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cfg: Config,
            n: int, markdown: bool) -> str:
     what = f"{workload.name} {workload.title}: {workload.summary}; n = {n:,}"
     if workload.name in cfg.iterations:
         what += (f"; CPU stage ≈ {workload.spin_seconds * 1e3:g} ms "
                  f"({cfg.iterations[workload.name]:,} iterations)")
-    header = [env_line(env), versions_line(env), what]
+    if workload.pss:
+        what += "; the peak RSS column holds PSS here (shared memory counted once)"
+    dask = workload.name in DASK_WORKLOADS
+    header = [env_line(env), versions_line(env, dask), what]
     body = table_rows(summaries)
     notes = [f"{s.row}: {note}" for s in summaries for note in s.notes]
-    comparisons = comparison_lines(summaries)
+    comparisons = comparison_lines(summaries) + (dask_lines(summaries) if dask else [])
+    if workload.name == "W6":
+        comparisons += budget_lines(summaries)
+    if workload.name in ("W7", "W7chain"):
+        comparisons += auto_lines(summaries)
     lines: list[str] = []
     if markdown:
         lines.append(f"### {workload.name} — {workload.title}")
@@ -513,8 +618,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark blpipe against serial code, multiprocessing.Pool, "
                     "blllib, pypeln and mpire.")
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (default 5)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help="comma-separated, e.g. W1,W3 (default: all)")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help="comma-separated, e.g. W1,W3 (default: all but the opt-in "
+                             "W2dask and W1dask; 'dask' names those two)")
     parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
                         help="comma-separated, e.g. blpipe,pool (serial is always run)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -531,11 +637,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.timeout is None:
         args.timeout = 30.0 if args.quick else 120.0
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    names: list[str] = []
+    for w in (w.strip() for w in args.workloads.split(",")):
+        if w and w not in WORKLOADS and w not in WORKLOAD_GROUPS:
+            parser.error(f"unknown workload {w!r}; choose from "
+                         f"{', '.join([*WORKLOADS, *WORKLOAD_GROUPS])}")
+        names += [name for name in WORKLOAD_GROUPS.get(w, (w,)) if name and name not in names]
+    args.workloads = names
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for w in args.workloads:
-        if w not in WORKLOADS:
-            parser.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
     for s in args.systems:
         if s not in systems.SYSTEMS:
             parser.error(f"unknown system {s!r}; choose from {', '.join(systems.SYSTEMS)}")
@@ -546,14 +655,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def importable(system: str) -> bool:
-    """Whether the library behind ``system`` can be imported (serial and pool always can)."""
-    if system in ("serial", "pool"):
-        return True
+def _findable(module: str) -> bool:
     try:
-        return importlib.util.find_spec(system) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def unavailable(system: str) -> str | None:
+    """Why ``system`` cannot run here, or ``None`` when it can (serial and pool always can)."""
+    if system in ("serial", "pool"):
+        return None
+    if system != "blpipe-dask":
+        return None if _findable(system) else f"{system} is not installed"
+    for module in ("dask", "distributed"):
+        if not _findable(module):
+            return (f"{module} is not importable (python -m pip install distributed, or "
+                    f"blpipe[dask]): the Dask row is skipped")
+    try:
+        import inspect
+
+        import blpipe
+
+        takes_executor = "executor" in inspect.signature(blpipe.Pipeline).parameters
+    except Exception as e:
+        return f"blpipe could not be imported ({type(e).__name__}: {e})"
+    return None if takes_executor else "this blpipe's Pipeline takes no executor= argument"
 
 
 def log(message: str) -> None:
@@ -581,10 +708,14 @@ def main(argv: list[str] | None = None) -> int:
     log(env_line(env))
     log(versions_line(env))
     cfg = prepare(args)
-    missing = {s: f"{s} is not installed" for s in args.systems if not importable(s)}
-    plan = {name: [dataclasses.replace(r, na=missing.get(r.system))
-                   for r in systems.rows_for(WORKLOADS[name]) if r.system in args.systems]
+    plan = {name: [r for r in systems.rows_for(WORKLOADS[name]) if r.system in args.systems]
             for name in args.workloads}
+    used = [s for s in args.systems if any(r.system == s for rows in plan.values() for r in rows)]
+    missing = {s: why for s in used if (why := unavailable(s))}
+    for s, why in missing.items():
+        log(f"skipping {s}: {why}")
+    plan = {name: [dataclasses.replace(r, na=missing.get(r.system)) for r in rows]
+            for name, rows in plan.items()}
     runs: list[Run] = []
     dropped: set[tuple[str, str]] = set()  # rows not repeated (hung, failed or slow)
     started = time.perf_counter()

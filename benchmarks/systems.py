@@ -17,7 +17,12 @@ Systems:
 * ``blllib``: ``blllib.Pipeline`` (same attribute style as blpipe);
 * ``pypeln``: ``pypeln.process.map``, put back in input order by a
   streaming reorder buffer; stateful stages run in the parent;
-* ``mpire``: ``mpire.WorkerPool.imap``; stateful stages run in the parent.
+* ``mpire``: ``mpire.WorkerPool.imap``; stateful stages run in the parent;
+* ``blpipe-dask``: ``blpipe.Pipeline(..., executor=client.get_executor())``
+  on a Dask ``LocalCluster`` of one single-threaded worker process per usable
+  core (the opt-in workloads W2dask and W1dask only). The cluster is started
+  before the timed region and closed after it; both times are reported
+  separately.
 
 Worker counts follow blpipe's default: every usable core
 (``os.sched_getaffinity``) goes to the shared pool, and each stateful stage
@@ -27,9 +32,11 @@ default size (``os.cpu_count()``) except on W5, where it gets blpipe's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import multiprocessing
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +45,7 @@ from typing import Any
 import workloads as wl
 from workloads import Workload
 
-SYSTEMS = ("serial", "blpipe", "pool", "blllib", "pypeln", "mpire")
+SYSTEMS = ("serial", "blpipe", "pool", "blllib", "pypeln", "mpire", "blpipe-dask")
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -52,9 +59,10 @@ class Row:
 
     ``params`` holds the setting (``bs``: blpipe/blllib ``batch_size``;
     ``cs``: chunk size; ``maxsize``: pypeln queue bound; ``start``: start
-    method). ``match`` groups rows that should be compared with each other
-    (W5 compares like start methods). ``na`` explains why the system cannot
-    run this workload, in which case the row is reported as n/a.
+    method; ``workers``: Dask worker processes). ``match`` groups rows that
+    should be compared with each other (W5 compares like start methods).
+    ``na`` explains why the system cannot run this workload, in which case
+    the row is reported as n/a.
     """
 
     label: str
@@ -115,9 +123,34 @@ def rows_for(workload: Workload) -> list[Row]:
         ]
     if name == "W5":
         rows = [_row("serial")]
-        for system in SYSTEMS[1:]:
+        for system in ("blpipe", "pool", "blllib", "pypeln", "mpire"):
             rows += [_row(system, start=m) for m in START_METHODS]
         return rows
+    if name == "W2dask":
+        # W2's batch_size, and one large enough for Dask's ~10 ms round trips
+        bs = 4 * pool_size
+        return [
+            _row("serial"),
+            _row("blpipe", bs=bs), _row("blpipe", bs=64),
+            _row("blpipe-dask", bs=bs, workers=pool_size),
+            _row("blpipe-dask", bs=64, workers=pool_size),
+            _row("pool", cs=1), _row("pool", cs=4),
+        ]
+    if name == "W1dask":
+        # W2dask's batch_size, so that the chunks are as large (batch_size / 2
+        # once the stage is seen to be cheap) and their count comparable
+        bs = 4 * pool_size
+        return [
+            _row("serial"),
+            _row("blpipe", bs=bs),
+            _row("blpipe-dask", bs=bs, workers=pool_size),
+        ]
+    if name == "W6":  # peers would read the endless source of up to 64 MiB items eagerly
+        return [_row("serial"), _row("blpipe", bs=32), _row("blpipe", bs=32, budget_mib=256)]
+    if name in ("W7", "W7chain"):
+        bs = 16 if name == "W7" else 64
+        return [_row("serial"), _row("blpipe", bs=bs), _row("blpipe", bs=bs, n_cpu=pool_size),
+                _row("blpipe", bs=bs, n_cpu="auto")]
     raise KeyError(name)
 
 
@@ -135,6 +168,9 @@ class Measurement:
     seconds: float
     first_output_seconds: float | None
     digest: str
+    extra: dict[str, float] = field(default_factory=dict)
+    """Figures beyond the wall time (W2dask, W1dask): chunk counts, the Dask
+    cluster's start-up and shut-down, the pipeline's statistics."""
 
 
 # --- helpers ----------------------------------------------------------------
@@ -153,6 +189,48 @@ class Attrs:
         return self.func(*args)
 
 
+class CountingExecutor(concurrent.futures.Executor):
+    """Passes every task on to ``inner``, counting them and timing each from submit to done.
+
+    blpipe submits one task per chunk, so ``submitted`` is the number of
+    chunks the executor ran. Attributes it does not have come from ``inner``
+    (blpipe reads a Dask executor's ``_client`` to learn its width).
+    """
+
+    def __init__(self, inner: concurrent.futures.Executor) -> None:
+        self._inner = inner
+        self.submitted = 0
+        self.latencies: list[float] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.submitted += 1
+        t0 = time.perf_counter()
+        future = self._inner.submit(fn, *args, **kwargs)
+        # added before blpipe adds its own, so it runs first
+        future.add_done_callback(lambda _: self.latencies.append(time.perf_counter() - t0))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._inner.shutdown(wait=wait)  # Dask's ClientExecutor has no cancel_futures
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def _statistics_extra(pipeline: Any) -> dict[str, float]:
+    """The pool stage's figures from ``pipeline.statistics()``, when it has them."""
+    try:
+        st = pipeline.statistics()
+        stage = st.stages[0]
+        return {"pool_size": float(st.pool_size), "busy_s": stage.busy_seconds,
+                "serialize_s": stage.serialize_seconds}
+    except Exception:  # an older blpipe, or statistics that changed shape
+        return {}
+
+
 def in_source_order(elements: Iterable[Any]) -> Iterator[Any]:
     """Yield pypeln ``Element`` values in input order as soon as each is due."""
     pending: dict[int, Any] = {}
@@ -166,9 +244,9 @@ def in_source_order(elements: Iterable[Any]) -> Iterator[Any]:
 
 def _stages(name: str, iterations: int) -> list[tuple[Callable[..., Any], bool | int]]:
     """The workload's stages as ``(callable, stateful)`` pairs, for pipeline systems."""
-    if name == "W1":
+    if name in ("W1", "W1dask"):
         return [(wl.add_one, False)]
-    if name == "W2":
+    if name in ("W2", "W2dask"):
         return [(wl.Spin(iterations), False)]
     if name == "W3":
         return [(wl.Spin(iterations), False), (wl.RunningSum(), True),
@@ -177,6 +255,12 @@ def _stages(name: str, iterations: int) -> list[tuple[Callable[..., Any], bool |
         return [(len, False)]
     if name == "W5":
         return [(wl.identity, False), (wl.CountingIdentity(), True), (wl.identity, False)]
+    if name == "W6":
+        return [(len, False)]
+    if name == "W7":
+        return [(wl.Spin(iterations), False), (wl.SpinSum(iterations), True)]
+    if name == "W7chain":
+        return _stages("W3", iterations)
     raise KeyError(name)
 
 
@@ -200,6 +284,9 @@ def _pool_part(name: str, iterations: int) -> tuple[Callable[..., Any],
 
 def _source(workload: Workload, n: int, bounded: bool) -> Iterator[Any]:
     """The workload's input; W4's endless source is cut to ``n`` items when ``bounded``."""
+    if workload.name == "W6":
+        source = wl.budget_items()
+        return itertools.islice(source, n) if bounded else source
     if workload.endless:
         source = wl.big_items()
         return itertools.islice(source, n) if bounded else source
@@ -230,10 +317,67 @@ def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
     stages = [blpipe.stage(func, stateful=stateful, batch_size=bs)
               for func, stateful in _stages(workload.name, iterations)]
     source = _source(workload, n, bounded=False)
+    budget = row.params.get("budget_mib")
+    options = {"max_bytes_in_flight": budget << 20} if budget else {}
+    if "n_cpu" in row.params:
+        options["n_cpu"] = row.params["n_cpu"]
     t0 = time.perf_counter()
-    with blpipe.Pipeline(stages, start_method=row.params.get("start")) as pipeline:
+    with blpipe.Pipeline(stages, start_method=row.params.get("start"), **options) as pipeline:
         collector.consume(pipeline.apply(source))
-    return _finish(collector, t0)
+    m = _finish(collector, t0)
+    if options:
+        st = pipeline.statistics()
+        m.extra = {"peak_bytes_mib": st.peak_bytes_in_flight / 2**20,
+                   "pool_active": float(st.pool_active)}
+    return m
+
+
+def run_blpipe_dask(workload: Workload, row: Row, n: int, iterations: int,
+                    collector: wl.Collector) -> Measurement:
+    """blpipe with its pool stage on a Dask ``LocalCluster``'s executor.
+
+    The cluster (``row.params["workers"]`` processes of one thread each) is
+    started and waited for before the timed region, and closed after it:
+    ``extra`` reports both times. The timed region is the same as blpipe's:
+    from creating the pipeline to leaving its ``with`` block. The executor is
+    wrapped in a :class:`CountingExecutor` to count the chunks.
+    """
+    from distributed import Client, LocalCluster
+
+    import blpipe
+
+    workers = row.params["workers"]
+    bs = row.params.get("bs", 1)
+    stages = [blpipe.stage(func, stateful=stateful, batch_size=bs)
+              for func, stateful in _stages(workload.name, iterations)]
+    source = _source(workload, n, bounded=False)
+    c0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = None
+    try:
+        client = Client(cluster)
+        client.wait_for_workers(workers)
+        startup = time.perf_counter() - c0
+        executor = CountingExecutor(client.get_executor())
+        t0 = time.perf_counter()
+        with blpipe.Pipeline(stages, executor=executor) as pipeline:
+            collector.consume(pipeline.apply(source))
+        m = _finish(collector, t0)
+    finally:
+        s0 = time.perf_counter()
+        if client is not None:
+            client.close()
+        cluster.close()
+        shutdown = time.perf_counter() - s0
+    m.extra = {**_statistics_extra(pipeline), "chunks": float(executor.submitted),
+               "cluster_startup_s": startup, "cluster_shutdown_s": shutdown}
+    if executor.latencies:
+        m.extra["chunk_latency_median_s"] = statistics.median(executor.latencies)
+        m.extra["chunk_latency_max_s"] = max(executor.latencies)
+        # time-averaged number of chunks on the executor: their summed round trips / wall
+        m.extra["chunks_in_flight_mean"] = sum(executor.latencies) / m.seconds
+    return m
 
 
 def run_pool(workload: Workload, row: Row, n: int, iterations: int,
@@ -314,6 +458,7 @@ RUNNERS: dict[str, Runner] = {
     "blllib": run_blllib,
     "pypeln": run_pypeln,
     "mpire": run_mpire,
+    "blpipe-dask": run_blpipe_dask,
 }
 
 

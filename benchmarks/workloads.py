@@ -13,6 +13,7 @@ import collections
 import hashlib
 import itertools
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Workload:
     spin_seconds: float | None
     summary: str
     max_repeats: int | None = None
+    opt_in: bool = False
+    pss: bool = False  # memory as PSS: shared memory counted once, not once per process
 
     def n(self, quick: bool) -> int:
         return self.quick_items if quick else self.items
@@ -47,7 +50,7 @@ class Workload:
     @property
     def endless(self) -> bool:
         """Whether the input is an endless source cut short by the consumer."""
-        return self.name.startswith("W4")
+        return self.name.startswith(("W4", "W6"))
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -69,8 +72,37 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W5", "start-stop", 1, 1, None,
                  "stateless -> stateful -> stateless on one input: "
                  "entering and leaving the pipeline"),
+        # blpipe's pool stages on a Dask LocalCluster (Pipeline(executor=...)): opt-in
+        Workload("W2dask", "CPU-bound on a Dask executor", 1_000, 100, 2e-3,
+                 "W2 (one stateless stage of ~2 ms pure-Python CPU per item) with blpipe's "
+                 "pool stage on a Dask LocalCluster executor, next to blpipe's own pool",
+                 opt_in=True),
+        Workload("W1dask", "Dask executor per-chunk overhead", 4_000, 400, None,
+                 "one stateless stage x+1 (no work) on a Dask LocalCluster executor and on "
+                 "blpipe's own pool: the cost of each chunk sent through the executor",
+                 opt_in=True),
+        Workload("W6", "byte budget", 150, 30, None,
+                 "endless source of bytes of 1-64 MiB (seeded) -> stateless len, "
+                 "batch_size 32, with and without max_bytes_in_flight = 256 MiB: peak PSS",
+                 opt_in=True, pss=True),
+        Workload("W7", "adaptive pool, busy stateful stage", 1_000, 100, 2e-3,
+                 "stateless ~2 ms CPU -> stateful ~2 ms CPU (running sum), batch_size 16, "
+                 "under the default pool, blllib's rule (n_cpu = cores) and n_cpu='auto'",
+                 opt_in=True),
+        Workload("W7chain", "adaptive pool, W3's chain", 20_000, 2_000, 2e-4,
+                 "W3 (light stateful stage) under the default pool, blllib's rule "
+                 "(n_cpu = cores) and n_cpu='auto'", opt_in=True),
     )
 }
+
+DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not w.opt_in)
+"""What ``run.py`` runs without ``--workloads``: every workload that is not opt-in."""
+
+WORKLOAD_GROUPS: dict[str, tuple[str, ...]] = {"dask": ("W2dask", "W1dask"),
+                                               "auto": ("W7", "W7chain")}
+"""Names ``--workloads`` accepts for several workloads at once."""
+
+DASK_WORKLOADS = WORKLOAD_GROUPS["dask"]
 
 
 # --- stage functions -------------------------------------------------------
@@ -151,6 +183,35 @@ def big_items(size: int = ITEM_BYTES) -> Iterator[bytes]:
         yield b"".join((head, bytes((i % 256,))))
 
 
+BUDGET_SIZES = (1 << 20, 64 << 20)
+"""W6's item sizes: uniform in this range, from a seeded generator."""
+
+
+def budget_items() -> Iterator[bytes]:
+    """Endless source of ``bytes`` of 1-64 MiB (W6); item ``i`` is filled with ``i % 251``."""
+    rng = random.Random(6)
+    for i in itertools.count():
+        yield bytes((i % 251,)) * rng.randint(*BUDGET_SIZES)
+
+
+def budget_sizes(n: int) -> list[int]:
+    """The sizes of W6's first ``n`` items, without making them."""
+    rng = random.Random(6)
+    return [rng.randint(*BUDGET_SIZES) for _ in range(n)]
+
+
+class SpinSum:
+    """W7's stateful stage: ~2 ms of CPU, then a running sum."""
+
+    def __init__(self, iterations: int) -> None:
+        self.spin = Spin(iterations)
+        self.total = 0
+
+    def __call__(self, x: int) -> int:
+        self.total += self.spin(x) & 0xFFFF
+        return self.total
+
+
 # --- helpers shared by the systems -----------------------------------------
 
 
@@ -186,15 +247,21 @@ def serial_stream(name: str, n: int, iterations: int) -> Iterator[Any]:
 
     For W4/W4big this is endless; the consumer stops after ``n`` outputs.
     """
-    if name == "W1":
+    if name in ("W1", "W1dask"):
         return map(add_one, range(n))
-    if name == "W2":
+    if name in ("W2", "W2dask"):
         return map(Spin(iterations), range(n))
     if name == "W3":
         summed = map(RunningSum(), map(Spin(iterations), range(n)))
         return map(double, map(window_diff, sliding_windows(summed, 3)))
     if name in ("W4", "W4big"):
         return map(len, big_items())
+    if name == "W6":
+        return map(len, budget_items())
+    if name == "W7":
+        return map(SpinSum(iterations), map(Spin(iterations), range(n)))
+    if name == "W7chain":
+        return serial_stream("W3", n, iterations)
     if name == "W5":
         return map(identity, map(CountingIdentity(), map(identity, range(n))))
     raise KeyError(name)
@@ -254,6 +321,9 @@ def reference_digest(name: str, n: int, iterations: int) -> str:
     """
     workload = WORKLOADS[name]
     collector = new_collector(workload, n)
+    if name == "W6":
+        collector.count, collector.total = n, sum(budget_sizes(n))
+        return collector.digest()
     if workload.endless:
         collector.count, collector.total = n, n * ITEM_BYTES
         return collector.digest()
