@@ -176,7 +176,8 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
         result = _encode(outputs, failure, items, label,
-                         (stats, loaded - start + pickling, skipped_errors(chain, skipped)),
+                         (stats, loaded - start + pickling,
+                          skipped and skipped_errors(chain, skipped)),
                          slots)
         pickling = clock() - done
         write_frame(result_fd, result)

@@ -448,13 +448,14 @@ class _ProcessNode:
             if slot is not None:  # its first item is large: keep only what messages need
                 rec.first = _Shown(short_repr(items[0]))
             rec.nbytes = nbytes
-            per = nbytes / len(items)
-            self.item_bytes = per if self.item_bytes is None else \
-                0.7 * self.item_bytes + 0.3 * per
-            if (self.item_bytes > BIG) is not self.huge:
-                self.huge = not self.huge
-                self.chunk = 1 if self.huge else self.min_chunk
             run = self.run
+            if slot is not None or run.budget is not None:  # sizes matter: smooth them
+                per = nbytes / len(items)
+                self.item_bytes = per if self.item_bytes is None else \
+                    0.7 * self.item_bytes + 0.3 * per
+                if (self.item_bytes > BIG) is not self.huge:
+                    self.huge = not self.huge
+                    self.chunk = 1 if self.huge else self.min_chunk
             run.nbytes += nbytes
             if run.nbytes > run.peak_bytes:
                 run.peak_bytes = run.nbytes
