@@ -620,7 +620,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (default 5)")
     parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                         help="comma-separated, e.g. W1,W3 (default: all but the opt-in "
-                             "W2dask and W1dask; 'dask' names those two)")
+                             "W2dask, W1dask, W6, W7, W7chain; 'dask' names the first two, "
+                             "'auto' the last two)")
     parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
                         help="comma-separated, e.g. blpipe,pool (serial is always run)")
     parser.add_argument("--timeout", type=float, default=None,
