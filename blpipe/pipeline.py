@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import selectors
+import sys
 import time
 import traceback
 import warnings
@@ -289,6 +290,7 @@ class _ProcessNode:
                 rec.pos += take
                 moved = True
                 if take < left:
+                    self._passed_on(rec, take, left)
                     break
             records.popleft()
             self.inflight -= rec.n_in
@@ -299,6 +301,13 @@ class _ProcessNode:
                 self._close_failed()
                 break
         return moved
+
+    def _passed_on(self, rec: _Record, take: int, left: int) -> None:
+        """Part of a chunk's results went on: their share of its bytes is
+        counted downstream from now on, not here as well."""
+        share = rec.nbytes * take // left
+        rec.nbytes -= share
+        self.run.nbytes -= share
 
     def _close_failed(self) -> None:
         """It passed a failure on: what it still holds is later in the stream."""
@@ -361,6 +370,7 @@ class _ProcessNode:
                 rec.pos += take
                 moved = True
                 if take < left:
+                    self._passed_on(rec, take, left)
                     break
             if rec.failure is not None and i:
                 i += 1  # raised once every chunk before it is out
@@ -404,6 +414,8 @@ class _ProcessNode:
             if worker is None:
                 break
             n = min(len(in_buf), self.chunk)
+            if n > 1 and self.item_bytes is None and sys.getsizeof(in_buf[0]) > BIG:
+                n = 1  # sizes not yet seen, and a huge first item: it goes alone
             items = in_buf[:n]
             del in_buf[:n]
             self._send(worker, items)
@@ -658,18 +670,22 @@ class _Run:
         if self.src_done or self.stop_upto >= 0:
             return False
         room = min(self.first.room(), self.pull_from.chunk if self.pull_from else 64)
-        if self.budget is not None and room > 0:
-            room = self._within_budget(room)
         if room <= 0:
             return False
         start = perf_counter()
-        raw = list(islice(self.it, room))  # type: ignore[arg-type]
+        if self.budget is None:
+            raw = list(islice(self.it, room))  # type: ignore[arg-type]
+            ended = len(raw) < room
+        else:
+            raw, ended = self._take_within_budget(room)
         self.rec.input += perf_counter() - start
+        if not raw and not ended:
+            return False
         failure = None
         if raw and type(raw[-1]) is _Failure:  # the input's error ends it, full batch or not
             failure = raw.pop()
             self.src_done = True
-        elif len(raw) < room:
+        elif ended:
             self.src_done = True
         batch = [x for x in raw if x is not None]
         if batch:
@@ -678,22 +694,34 @@ class _Run:
             self.first.put_failure(failure)
         return True
 
-    def _within_budget(self, room: int) -> int:
-        """How many items the byte budget lets in: none while what was pulled
-        last is not yet sent (so counted), and at least one when nothing is
-        in flight, so that an item larger than the budget still goes alone."""
+    def _take_within_budget(self, room: int) -> tuple[list[Any], bool]:
+        """Up to ``room`` items that the byte budget has room for, and whether
+        the input ended.
+
+        Nothing is taken while what was pulled last is not yet sent (and so
+        counted). Each item is reckoned at ``sys.getsizeof`` (the whole buffer
+        for bytes, bytearray, str and NumPy arrays) or at the recent average
+        serialized size per item, whichever is larger, and items are taken
+        until the room left is used up: the last one may pass it. With
+        nothing in flight one is always taken, so that an item larger than
+        the budget still goes alone.
+        """
         first = self.pull_from
         if first is not None and first.in_buf:
-            return 0
-        left = self.budget - self.nbytes  # type: ignore[operator]
-        if self.nbytes == 0:
-            left = max(left, 1)
-        if left <= 0:
-            return 0
-        size = first.item_bytes if first is not None else None
-        if size is None:
-            return 1  # one item first, to learn their size
-        return min(room, max(1, int(left / max(size, 1.0))))
+            return [], False
+        left: float = self.budget - self.nbytes  # type: ignore[operator]
+        if left <= 0 and self.nbytes:
+            return [], False
+        avg = (first.item_bytes if first is not None else None) or 0.0
+        raw: list[Any] = []
+        it: Iterator[Any] = self.it  # type: ignore[assignment]
+        while len(raw) < room and (left > 0 or not raw):
+            x = next(it, _END)
+            if x is _END:
+                return raw, True
+            raw.append(x)
+            left -= max(sys.getsizeof(x), avg)
+        return raw, False
 
     def finished(self) -> bool:
         return self.src_done and all(n.idle() for n in self.process_nodes)
@@ -1025,6 +1053,9 @@ def _stream(pipeline: Pipeline, it: Iterator[Any]) -> Iterator[Any]:
 # Iterators of builtin sequences never raise, so they need no guard.
 _CANNOT_RAISE = {type(iter([])), type(iter(())), type(iter(range(0))),
                  type(iter(range(1 << 64)))}
+
+
+_END = object()
 
 
 def _check_not_closed(pipeline: Pipeline) -> None:

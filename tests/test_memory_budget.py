@@ -51,8 +51,8 @@ def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
         assert list(p.apply(data)) == expected
         st_ = p.statistics()
     assert st_.bytes_in_flight == 0
-    if sizes:  # a pull is sized by the average item: it may overshoot by its spread
-        assert st_.peak_bytes_in_flight <= 2 * budget + 2 * max(sizes) + 64 * KiB
+    if sizes:  # the last item taken may pass the budget, and one more may be in transit
+        assert st_.peak_bytes_in_flight <= budget + 2 * max(sizes) + 64 * KiB
 
 
 def test_an_item_larger_than_the_budget_goes_alone() -> None:
