@@ -75,6 +75,13 @@ def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
     return got, None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Dask tests run last: a Dask client leaves threads running in this
+    process, and forking a multi-threaded process (every test after them, under
+    fork) risks children that deadlock."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_dask.py"))
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
     threads = set(threading.enumerate())
