@@ -64,9 +64,57 @@ def skipped_errors(chain: Chain, skipped: list[Skipped]) -> list[Any]:
             for at, step, local, item, exc in skipped]
 
 
-def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
-            last_label: str, stats: Any, slots: Slots | None) -> Frame:
+Carry = tuple["RemoteError | None", list[Any], float]
+
+
+def _merge(failure: StageFailure | None, stats: list[Any], seconds: float,
+           carry: Carry | None) -> tuple[RemoteError | None, list[Any], float]:
+    """This process's error and figures, after those of the linked workers before it.
+
+    A stage here only saw inputs from before an earlier worker's failure, so
+    a failure here is earlier in the stream and is the one reported.
+    """
     error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
+    if carry is not None:
+        error = error or carry[0]
+        stats = [*carry[1], *stats]
+        seconds += carry[2]
+    return error, stats, seconds
+
+
+def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], label: str,
+           stats: list[Any], seconds: float, carry: Carry | None) -> Frame:
+    """The task for the next linked worker: this chunk's outputs, with the error
+    and figures so far. It goes through the pipe, not shared memory: the slot
+    could not be handed back to this process."""
+    error, stats, seconds = _merge(failure, stats, seconds, carry)
+    outs = [y for y in outputs if y is not None]
+    stats[-1][2] = len(outs)  # the next stage takes them: this one's outputs are counted
+    try:
+        return dumps((None, outs, [], (error, stats, seconds)))
+    except Exception:
+        pass
+    kept = 0
+    for i, out in enumerate(outputs):
+        if out is None:
+            continue
+        try:
+            dumps(out)
+        except Exception as why:
+            exc = SerializationError(f"{label} returned {short_repr(out)}, which cannot reach "
+                                     f"the next stage's process: {type(why).__name__}: {why}")
+            return dumps((None, outs[:kept], [], (remote_error(label, items[i], exc), stats,
+                                                  seconds)))
+        kept += 1
+    exc = SerializationError(f"the outputs of {label} cannot reach the next stage's process")
+    return dumps((None, [], [], (remote_error(label, items[0], exc), stats, seconds)))
+
+
+def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
+            last_label: str, stats: Any, slots: Slots | None,
+            carry: Carry | None = None) -> Frame:
+    error, merged, seconds = _merge(failure, stats[0], stats[1], carry)
+    stats = (merged, seconds, *stats[2:])
     for every in (False, True):  # then also memoryviews, and buffers mid-chunk
         try:
             return dumps_chunk(("ok", mark_large(outputs, every), error, *stats), slots)[0]
@@ -130,12 +178,19 @@ def _return_huge_buffers() -> None:
         ctypes.CDLL(None).mallopt(-3, BIG)  # M_MMAP_THRESHOLD
 
 
-def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...]) -> None:
+def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
+                relay_conn: Any = None, linked: bool = False) -> None:
     """Run chunks until the task pipe closes.
 
     ``blob`` maps segment ids to ``([(label, pickled stage), ...], window)``;
     ``close_fds`` are the parent's ends of other workers' pipes, inherited
     under fork: holding them would keep those pipes open after the parent dies.
+
+    In a run of linked stateful stages, each worker but the last writes its
+    outputs to ``relay_conn``, the next worker's task pipe, with the error
+    and figures so far; the last one sends the results to the parent. A
+    ``linked`` worker sends nothing through shared memory, since the parent
+    could not hand its slots back.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
@@ -149,36 +204,51 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
                 os.dup2(null, fd)
         os.close(null)
     task_fd, result_fd = task_conn.fileno(), result_conn.fileno()
+    relay_fd = None if relay_conn is None else relay_conn.fileno()
     try:
         segments = load_segments(blob)
     except BaseException:
         write_frame(result_fd, dumps(("init", traceback.format_exc())))
         return
-    slots = Slots() if AVAILABLE else None
+    slots = Slots() if AVAILABLE and not linked else None
     views = Views()
+    only = next(iter(segments.values()))  # a linked worker's: relayed tasks name none
     pid = os.getpid()
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
-    loaded_frame = dumps(("loaded",))
     while (frame := read_frame(task_fd)) is not None:
         start = clock()
         views.last = None
-        seg, payload, freed = loads(*frame, views)
+        msg = loads(*frame, views)
         del frame
+        seg, payload, freed = msg[0], msg[1], msg[2]
+        carry = msg[3] if len(msg) > 3 else None
+        del msg
         if views.last is not None and views.nbytes > BIG:
-            write_frame(result_fd, loaded_frame)  # its slot can go: the parent frees it
+            # its slot can go now: the parent frees it
+            write_frame(result_fd, dumps(("loaded", views.last[1])))
         for owner, ident in freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
-        chain, window, label = segments[seg]
+        chain, window, label = only if seg is None else segments[seg]
         items = sliding(payload, window) if window else payload
         loaded = clock()
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
+        if relay_fd is not None:
+            result = _relay(outputs, failure, items, label, stats, loaded - start + pickling,
+                            carry)
+            pickling = clock() - done
+            try:
+                write_frame(relay_fd, result)
+            except BrokenPipeError:
+                return  # the next worker is gone: the parent reports its death
+            del payload, items, outputs, result
+            continue
         result = _encode(outputs, failure, items, label,
                          (stats, loaded - start + pickling,
                           skipped and skipped_errors(chain, skipped)),
-                         slots)
+                         slots, carry)
         pickling = clock() - done
         write_frame(result_fd, result)
         del payload, items, outputs, result  # not kept alive while idle

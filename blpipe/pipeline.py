@@ -5,8 +5,10 @@ How it runs
 The stages are cut into *segments*. A run of pool stages with one
 ``batch_size`` (a window only on its first stage) is fused into one segment,
 so an item crosses a process boundary once per run, not once per stage. Each
-stateful stage is a segment with a dedicated process; a run of master stages
-is one segment that runs in the caller.
+stateful stage has a dedicated process; a run of them with one ``batch_size``
+is one segment whose processes are linked, each writing its outputs straight
+into the next one's task pipe, so a chunk leaves the caller once and comes
+back once. A run of master stages is one segment that runs in the caller.
 
 The calling process is the hub, and it has no threads: the generator returned
 by ``apply`` pulls input, cuts it into chunks within each segment's
@@ -135,9 +137,9 @@ class _Worker:
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str, pool: bool) -> None:
         self.proc = proc
-        self.task = task
+        self.task = task  # None for a linked worker, which the one before it feeds
         self.result = result
-        self.outbox = Outbox(task.fileno())
+        self.outbox = Outbox(task.fileno()) if task is not None else None
         self.inbox = Inbox(result.fileno())
         self.pending: deque[tuple[_ProcessNode, _Record]] = deque()
         self.label = label
@@ -234,7 +236,8 @@ class _ProcessNode:
         self.upstream_failure: _Failure | None = None
         self.closed = False  # takes no more input
         self.lost = False  # its dedicated worker died with nothing in flight
-        self.lost_exitcode: int | None = None
+        self.death: tuple[str, int | None] | None = None  # which stage's worker, how
+        self.link: list[_Worker] = []  # its dedicated workers, the first fed by the hub
         # statistics: written here only, read by statistics() from any thread
         self.peak = 0
         self.starved = 0.0
@@ -399,8 +402,9 @@ class _ProcessNode:
         if self.lost and self.in_buf:  # its state died with its process
             first = self.in_buf[0]
             self.in_buf.clear()
-            died = WorkerDied(self.label, self.lost_exitcode, short_repr(first) + " (the next "
-                              "input after the death: the stage's state was lost)")
+            label, exitcode = self.death or (self.label, None)
+            died = WorkerDied(label, exitcode, short_repr(first) + " (the next input after the "
+                              "death: the stage's state was lost)")
             self._track(_Record(1, first, outs=[], failure=_Failure(died)))
             self.run.stop(self.index)
             return True
@@ -562,7 +566,7 @@ class _Run:
             lanes = [Lane() for _ in range(pipeline._pool_size)]
         elif self.pool_blob is not None:
             for _ in range(pipeline._pool_size):
-                self.pool.append(self._spawn(self.pool_blob, self.pool_label, pool=True))
+                self.pool.append(self._spawn(self.pool_blob, self.pool_label, pool=True)[0])
             self.active_pool[:] = self.pool
             if pipeline._auto:
                 own = [s.index for s in pipeline.stages
@@ -603,10 +607,12 @@ class _Run:
                                      s.window)
                 node.local = True
             else:
-                worker = self._spawn(blob, label, pool=False)  # type: ignore[arg-type]
-                half = max(1, cap // 2)  # one chunk running, one queued
-                node = _ProcessNode(self, index, seg, first, label, cap, (half, half), None,
-                                    [worker], nxt)
+                link = self._spawn_link(blob, specs)  # type: ignore[arg-type]
+                # one chunk running in each linked worker, one queued
+                size = max(1, cap // (len(link) + 1))
+                node = _ProcessNode(self, index, seg, first, label, cap, (size, size), None,
+                                    [link[0]], nxt)
+                node.link, node.depth = link, len(link) + 1
             nodes.append(node)
             nxt = node
         nodes.reverse()
@@ -618,21 +624,48 @@ class _Run:
         self.pull_from: _ProcessNode | None = (self.process_nodes[-1] if self.process_nodes
                                                else None)
 
-    def _spawn(self, blob: bytes, label: str, pool: bool) -> _Worker:
+    def _spawn_link(self, blobs: list[bytes], specs: list[StageSpec]) -> list[_Worker]:
+        """The dedicated workers of adjacent stateful stages, each writing its
+        outputs straight into the next one's task pipe; the last sends the
+        results here. All share one queue of chunks: what is sent to the
+        first comes back from the last, in order."""
+        n = len(blobs)
+        link: list[_Worker] = []
+        relay = None  # the write end of the next worker's task pipe
+        for i in range(n - 1, -1, -1):
+            worker, feeder = self._spawn(blobs[i], specs[i].label, pool=False, relay=relay,
+                                         linked=n > 1, fed=i == 0)
+            if relay is not None:
+                relay.close()  # the worker before it holds it now: its exit is an EOF
+            relay = feeder
+            link.append(worker)
+        link.reverse()
+        for w in link[1:]:
+            w.pending = link[0].pending
+        return link
+
+    def _spawn(self, blob: bytes, label: str, pool: bool, relay: Any = None,
+               linked: bool = False, fed: bool = True) -> tuple[_Worker, Any]:
+        """Start a worker; returns it, and the write end of its task pipe when
+        the hub does not feed it (``fed``): the caller passes that on."""
         task_r, task_w = self.ctx.Pipe(duplex=False)
         result_r, result_w = self.ctx.Pipe(duplex=False)
         # Under fork the child inherits the parent's ends of every pipe, its own
         # included; holding its own task pipe's write end, it would never see EOF.
         close_fds = (*self.parent_fds, task_w.fileno(), result_r.fileno()) if self.fork else ()
-        proc = self.ctx.Process(target=worker_main, args=(task_r, result_w, blob, close_fds),
+        proc = self.ctx.Process(target=worker_main,
+                                args=(task_r, result_w, blob, close_fds, relay, linked),
                                 name=f"blpipe {label}", daemon=True)
         try:
             proc.start()
         finally:
             task_r.close()
             result_w.close()
-        worker = _Worker(proc, task_w, result_r, label, pool)
-        for fd in (task_w.fileno(), result_r.fileno()):
+        worker = _Worker(proc, task_w if fed else None, result_r, label, pool)
+        if not fed:  # a linked worker's: it stays blocking, for the worker that feeds it
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(task_w.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        for fd in ((task_w.fileno(),) if fed else ()) + (result_r.fileno(),):
             os.set_blocking(fd, False)
             # Linux pipes hold 64 KiB; a larger one takes a large item in fewer
             # round trips. Best effort: the limit is /proc/sys/fs/pipe-max-size.
@@ -642,7 +675,7 @@ class _Run:
         self.selector.register(result_r.fileno(), selectors.EVENT_READ, ("result", worker))
         self.selector.register(proc.sentinel, selectors.EVENT_READ, ("death", worker))
         self.workers.append(worker)
-        return worker
+        return worker, None if fed else task_w
 
     # -- the stream ------------------------------------------------------------
 
@@ -773,13 +806,14 @@ class _Run:
 
     def send(self, worker: _Worker, node: _ProcessNode, rec: _Record) -> None:
         worker.pending.append((node, rec))
-        waiting = bool(worker.outbox)  # already registered for writability
+        outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
+        waiting = bool(outbox)  # already registered for writability
         try:
-            done = worker.outbox.put(rec.frame)  # type: ignore[arg-type]
+            done = outbox.put(rec.frame)  # type: ignore[arg-type]
         except BrokenPipeError:
             return  # the worker is gone; its sentinel reports it
         if not done and not waiting:
-            self.selector.register(worker.outbox.fd, selectors.EVENT_WRITE, ("write", worker))
+            self.selector.register(outbox.fd, selectors.EVENT_WRITE, ("write", worker))
 
     def submit(self, lane: Lane, node: _ProcessNode, rec: _Record, payload: list[Any]) -> None:
         """Send a chunk to an executor; its future wakes the hub when done."""
@@ -864,7 +898,10 @@ class _Run:
             self._fail(node, rec, exc)
             return
         if msg[0] == "loaded":  # it has a huge chunk in hand: free its slot now
-            self._release_slot(worker.pending[0][1])
+            for _, rec in worker.pending:
+                if rec.slot == msg[1]:
+                    self._release_slot(rec)
+                    break
             return
         if msg[0] == "init":
             broken = BrokenPipeline(f"{worker.label} could not be loaded in its worker "
@@ -873,6 +910,8 @@ class _Run:
             broken.__cause__ = RemoteTraceback(msg[1])
             self.stop(len(self.nodes))
             self.sink.put_failure(_Failure(broken))
+            return
+        if not worker.pending:  # a linked worker's, for chunks that failed meanwhile
             return
         nbytes = len(payload)
         if views.last is not None:
@@ -914,35 +953,51 @@ class _Run:
         worker.proc.join(_KILL_AFTER)  # its sentinel fired: only the exit status is missing
         exitcode = worker.proc.exitcode
         self._forget(worker)
-        pending = list(worker.pending)
-        worker.pending.clear()
+        label = worker.label
         if worker.pool and not self.closing:
             self.pool.remove(worker)
             # Earlier items may still need the pool (downstream segments): keep its size.
             self.pool.append(self._spawn(self.pool_blob, self.pool_label,  # type: ignore[arg-type]
-                                         pool=True))
+                                         pool=True)[0])
             self._activate()
         elif not worker.pool:
-            for node in self.process_nodes:
-                if worker in node.workers:
-                    node.workers.remove(worker)
-                    node.lost, node.lost_exitcode = True, exitcode
+            node = next(n for n in self.process_nodes if worker in n.link)
+            node.workers = [w for w in node.workers if w is not worker]
+            node.lost = True
+            if node.death is None or node.death[1] == 0:
+                node.death = _blame(node.link, worker, exitcode)
+            label, exitcode = node.death
+            last = node.link[-1]
+            if worker is not last and last in self.workers:
+                # The linked workers after it finish what reached them, then see
+                # end of file and end: the chunks still owed fail when the last does.
+                return
+        pending = list(worker.pending)
+        worker.pending.clear()
         for i, (node, rec) in enumerate(pending):
             if i == 0 or not worker.pool:
                 where = short_repr(rec.first)
-                if rec.n_in > 1:
+                if len(node.link) > 1:
+                    where += (f" to {node.link[0].label} or one after it (its chunk went "
+                              f"through linked stages)")
+                elif rec.n_in > 1:
                     where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
-                self._fail(node, rec, WorkerDied(node.label, exitcode, where))
+                self._fail(node, rec, WorkerDied(label if not worker.pool else node.label,
+                                                 exitcode, where))
             else:  # never started: another worker can take it
                 self.send(node._pick(_PER_WORKER + 1) or self.pool[0], node, rec)
 
     def _forget(self, worker: _Worker) -> None:
         self.views.forget(worker.proc.pid)
-        for fd in (worker.inbox.fd, worker.outbox.fd, worker.proc.sentinel):
+        fds = [worker.inbox.fd, worker.proc.sentinel]
+        if worker.outbox is not None:
+            fds.append(worker.outbox.fd)
+        for fd in fds:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(fd)
         self.workers.remove(worker)
-        worker.task.close()
+        if worker.task is not None:
+            worker.task.close()
         worker.result.close()
 
     # -- shutdown ----------------------------------------------------------------
@@ -954,7 +1009,8 @@ class _Run:
         self.closing = True
         workers = list(self.workers)
         for w in workers:
-            w.task.close()  # end of file: an idle worker exits by itself
+            if w.task is not None:
+                w.task.close()  # end of file: an idle worker exits by itself
         procs = [w.proc for w in workers]
         if graceful:
             _join_all(procs, _GRACE)
@@ -1078,6 +1134,25 @@ def _pack(seg: int, payload: list[Any], freed: list[tuple[int, int]],
         return dumps_chunk((seg, mark_large(payload), freed), slots)
     except Exception:  # a memoryview, or a large buffer in the middle of the chunk
         return dumps_chunk((seg, mark_large(payload, every=True), freed), slots)
+
+
+def _blame(link: list[_Worker], worker: _Worker, exitcode: int | None) -> tuple[str, int | None]:
+    """Which of linked workers ended the others, and how.
+
+    A worker after the one that died sees end of file and exits cleanly, and
+    its end may be noticed first: the first worker before it that failed is
+    the one to name.
+    """
+    for w in link:
+        if w is worker:
+            break
+        code = w.proc.exitcode
+        if code is None and exitcode == 0:  # its end may not be reaped yet
+            w.proc.join(_KILL_AFTER)
+            code = w.proc.exitcode
+        if code not in (None, 0):
+            return w.label, code
+    return worker.label, exitcode
 
 
 def _remote(executor: Executor, key: bytes, blob: bytes,
@@ -1220,7 +1295,8 @@ class Pipeline(PipelineBase):
             self.close()
 
 
-Segment = tuple[Placement, list[StageSpec], int, "bytes | None"]
+# (placement, its stages, its id, what its dedicated workers load: one blob each)
+Segment = tuple[Placement, list[StageSpec], int, "list[bytes] | None"]
 
 
 def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, str]:
@@ -1238,7 +1314,11 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
                      and s.batch_size == prev[1][0].batch_size
                      and s.ordered == prev[1][0].ordered
                      and s.on_error == prev[1][0].on_error == "raise")
-        if prev and (fuse_master or fuse_pool):
+        # Adjacent stateful stages are linked: each worker feeds the next directly.
+        link = (prev and s.placement is prev[0] is Placement.DEDICATED
+                and s.batch_size == prev[1][0].batch_size
+                and s.on_error == prev[1][0].on_error == "raise")
+        if prev and (fuse_master or fuse_pool or link):
             prev[1].append(s)
         else:
             groups.append((s.placement, [s]))
@@ -1259,8 +1339,8 @@ def _plan(stages: tuple[StageSpec, ...]) -> tuple[list[Segment], bytes | None, s
         blob = None
         if kind is Placement.POOL:
             pool_steps[seg] = ([pickled(s) for s in specs], specs[0].window)
-        elif kind is Placement.DEDICATED:
-            blob = pickle.dumps({seg: ([pickled(s) for s in specs], None)}, PROTOCOL)
+        elif kind is Placement.DEDICATED:  # one process per stage
+            blob = [pickle.dumps({seg: ([pickled(s)], None)}, PROTOCOL) for s in specs]
         segments.append((kind, specs, seg, blob))
     pool_blob = pickle.dumps(pool_steps, PROTOCOL) if pool_steps else None
     pool_label = "the pool (" + ", ".join(
