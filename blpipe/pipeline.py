@@ -608,7 +608,9 @@ class _Run:
                 node.local = True
             else:
                 link = self._spawn_link(blob, specs)  # type: ignore[arg-type]
-                # one chunk running in each linked worker, one queued
+                # The link holds what its stages would hold apart, the sum of their
+                # batch_size, in chunks of which one runs in each worker, one waits.
+                cap *= len(link)
                 size = max(1, cap // (len(link) + 1))
                 node = _ProcessNode(self, index, seg, first, label, cap, (size, size), None,
                                     [link[0]], nxt)
