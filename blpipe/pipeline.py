@@ -273,14 +273,25 @@ class _ProcessNode:
         return not (self.in_buf or self.records or self.upstream_failure)
 
     def release(self) -> bool:
-        """Hand finished outputs downstream, in order, as far as it has room."""
-        if not self.ordered:
-            return self._release_any()
+        """Hand finished outputs downstream, as far as it has room: in order, or
+        under ``ordered=False`` every finished chunk, whatever its place.
+
+        A failure waits for every chunk before it either way, so the outputs
+        of earlier inputs all come out before it is raised.
+        """
         moved = False
         records = self.records
         nxt = self.next
-        while records and (outs := records[0].outs) is not None:
-            rec = records[0]
+        ordered = self.ordered
+        i = 0  # stays 0 in order
+        while i < len(records):
+            rec = records[i]
+            outs = rec.outs
+            if outs is None:
+                if ordered:
+                    break
+                i += 1
+                continue
             if rec.skipped:
                 outs = self._settle(rec)
             left = len(outs) - rec.pos
@@ -295,7 +306,10 @@ class _ProcessNode:
                 if take < left:
                     self._passed_on(rec, take, left)
                     break
-            records.popleft()
+            if rec.failure is not None and i:
+                i += 1  # raised once every chunk before it is out
+                continue
+            del records[i]
             self.inflight -= rec.n_in
             self.run.nbytes -= rec.nbytes
             moved = True
@@ -344,49 +358,6 @@ class _ProcessNode:
                 log.record(stage, rec.start + rec.offset + local, where, exc, tb)
         rec.skipped = rec.aligned = None
         return rec.outs  # type: ignore[return-value]
-
-    def _release_any(self) -> bool:
-        """``ordered=False``: hand on every finished chunk, whatever its place.
-
-        A failure still waits for every chunk before it, so the outputs of
-        earlier inputs all come out before it is raised.
-        """
-        moved = False
-        records = self.records
-        nxt = self.next
-        i = 0
-        while i < len(records):
-            rec = records[i]
-            outs = rec.outs
-            if outs is None:
-                i += 1
-                continue
-            if rec.skipped:
-                outs = self._settle(rec)
-            left = len(outs) - rec.pos
-            if left:
-                room = nxt.room()
-                if room <= 0:
-                    break
-                take = min(left, room)
-                nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
-                rec.pos += take
-                moved = True
-                if take < left:
-                    self._passed_on(rec, take, left)
-                    break
-            if rec.failure is not None and i:
-                i += 1  # raised once every chunk before it is out
-                continue
-            del records[i]
-            self.inflight -= rec.n_in
-            self.run.nbytes -= rec.nbytes
-            moved = True
-            if rec.failure is not None:
-                nxt.put_failure(rec.failure)
-                self._close_failed()
-                break
-        return moved
 
     def dispatch(self, final: bool) -> bool:
         """Send chunks to workers: full ones while workers can queue them; with

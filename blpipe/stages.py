@@ -137,13 +137,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
         window = k
         placement = Placement.POOL
 
-    raw_batch = getattr(func, "batch_size", 1)
-    batch_size = _positive_int(raw_batch)
-    if batch_size is None:
-        raise TypeError(f"{where}: batch_size={raw_batch!r} is a {type(raw_batch).__name__}; "
-                        f"it must be an int >= 1")
-    if batch_size < 1:
-        raise ValueError(f"{where}: batch_size={raw_batch!r}; it must be an int >= 1")
+    batch_size = _count(where, "batch_size", getattr(func, "batch_size", 1), 1)
 
     if hasattr(func, "run_in_master"):
         flag = func.run_in_master
@@ -156,12 +150,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
 
     threads = getattr(func, "threads", None)
     if threads is not None:
-        n = _positive_int(threads)
-        if n is None:
-            raise TypeError(f"{where}: threads={threads!r} is a {type(threads).__name__}; it "
-                            f"must be an int >= 1 (or None for no threads)")
-        if n < 1:
-            raise ValueError(f"{where}: threads={threads!r}; it must be an int >= 1")
+        n = _count(where, "threads", threads, 1, " (or None for no threads)")
         if placement is not Placement.POOL:
             raise ValueError(f"{where}: threads={threads!r} runs a stateless stage in threads, "
                              f"but this one is {_kind(placement)}; set stateful=False (or a "
@@ -184,13 +173,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"'collect' (drop it and record it in Pipeline.errors)")
     max_errors = getattr(func, "max_errors", None)
     if max_errors is not None:
-        n = _positive_int(max_errors)
-        if n is None:
-            raise TypeError(f"{where}: max_errors={max_errors!r} is a "
-                            f"{type(max_errors).__name__}; it must be an int >= 0, or None "
-                            f"for no limit")
-        if n < 0:
-            raise ValueError(f"{where}: max_errors={max_errors!r}; it must be >= 0")
+        n = _count(where, "max_errors", max_errors, 0, " (or None for no limit)")
         if on_error == "raise":
             raise ValueError(f"{where}: max_errors={max_errors!r} is a budget for "
                              f"on_error='skip' or 'collect', but on_error is 'raise', which "
@@ -202,6 +185,18 @@ def read_stage(index: int | None, func: object) -> StageSpec:
 
 
 ON_ERROR = ("raise", "skip", "collect")
+
+
+def _count(where: str, name: str, value: object, least: int, other: str = "") -> int:
+    """``value`` as an int of at least ``least`` (a bool is not one); else a
+    ``TypeError`` or ``ValueError`` naming the stage and the attribute."""
+    n = _positive_int(value)
+    if n is None:
+        raise TypeError(f"{where}: {name}={value!r} is a {type(value).__name__}; it must be "
+                        f"an int >= {least}{other}")
+    if n < least:
+        raise ValueError(f"{where}: {name}={value!r}; it must be an int >= {least}")
+    return n
 
 
 def _kind(placement: Placement) -> str:
