@@ -22,7 +22,7 @@ import traceback
 from typing import Any
 
 from ._chain import Chain, Skipped, StageFailure, sliding
-from ._shm import AVAILABLE, BIG, Slots, Views, mark_large
+from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._transport import (
     HEADER,
     Frame,
@@ -164,20 +164,6 @@ def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[An
     return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
 
 
-def _return_huge_buffers() -> None:
-    """Have glibc give memory of over ``BIG`` bytes back to the system when freed.
-
-    glibc raises its mmap threshold as large blocks are freed (up to 32 MiB),
-    after which blocks of tens of MiB come from the heap and stay in this
-    process once freed; a fixed threshold keeps a worker's memory at what it
-    holds. Best effort: other C libraries have no ``mallopt``.
-    """
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, BIG)  # M_MMAP_THRESHOLD
-
-
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
                 relay_conn: Any = None, linked: bool = False) -> None:
     """Run chunks until the task pipe closes.
@@ -194,7 +180,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
-    _return_huge_buffers()
+    tune_malloc()
     if close_fds:
         # dup2 over them rather than close, so a stale object closing its
         # inherited fd later cannot close a descriptor the stage opened.

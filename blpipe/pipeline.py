@@ -50,7 +50,7 @@ from ._adaptive import Governor
 from ._base import PipelineBase, add_note, annotate, settle
 from ._chain import Chain, StageFailure, sliding
 from ._executors import Lane, Waker, check_executor, lost, width
-from ._shm import AVAILABLE, BIG, SlotGone, Slots, Views, mark_large
+from ._shm import AVAILABLE, BIG, SlotGone, Slots, Views, mark_large, tune_malloc
 from ._transport import (
     HEADER,
     PROTOCOL,
@@ -434,6 +434,7 @@ class _ProcessNode:
             rec = _Record(len(items), items[0], frame, slot=slot)
             if slot is not None:  # its first item is large: keep only what messages need
                 rec.first = _Shown(short_repr(items[0]))
+                tune_malloc()
             rec.nbytes = nbytes
             run = self.run
             if slot is not None or run.budget is not None:  # sizes matter: smooth them
