@@ -1187,14 +1187,21 @@ class Pipeline(PipelineBase):
 
     ``n_cpu`` is the total number of worker processes: the pool gets
     ``max(1, n_cpu - D)`` where ``D`` counts the dedicated (stateful) stages.
-    Without it the pool gets every CPU this process may use. ``start_method``
-    is ``'fork'``, ``'spawn'`` or ``'forkserver'`` (default: the platform's).
+    Without it the pool gets every CPU this process may use; with ``"auto"``
+    it starts that large and uses only part of it while dedicated stages are
+    busy. ``start_method`` is ``'fork'``, ``'spawn'`` or ``'forkserver'``
+    (default: the platform's). ``progress`` is ``True`` for a tqdm bar, or a
+    callable that receives ``statistics()``.
 
     ``executor``, any ``concurrent.futures.Executor`` (a Dask cluster's
     ``client.get_executor()``, a ``ProcessPoolExecutor``...), runs the pool
     stages instead of blpipe's own pool, in chunks; stateful, thread and
     master stages stay where they are. The executor is the caller's to shut
     down.
+
+    ``max_bytes_in_flight`` bounds the serialized bytes in flight, by
+    withholding input; ``keep_errors`` is how many records of errors gone past
+    (``on_error = "collect"``) ``errors`` keeps.
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
