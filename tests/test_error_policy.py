@@ -181,3 +181,27 @@ def test_window_errors_are_placed_at_their_newest_input(kind: str) -> None:
     expected, actual = outcome(make, list(range(1, 40)), n_cpu=1)
     assert actual == expected
     assert [r[1] for r in actual[2]][:3] == [2, 5, 8]
+
+
+def test_errors_can_be_read_while_the_pipeline_runs() -> None:
+    import threading
+
+    seen: list[int] = []
+    stop = threading.Event()
+    fail = FailOn(3, stateful=False, batch_size=8, on_error="collect")
+    with Pipeline([fail], n_cpu=2, keep_errors=50) as p:
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append(len(p.errors.records) + p.errors.dropped)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        try:
+            got = list(p.apply(range(1, 3001)))
+        finally:
+            stop.set()
+            t.join()
+    assert len(got) == 2000
+    assert p.errors.collected == 1000
+    assert seen == sorted(seen)  # the count only grows, and reading never fails

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from blpipe import (
+    BrokenPipeline,
     Pipeline,
     RemoteTraceback,
     SequentialPipeline,
@@ -132,3 +133,14 @@ def test_an_item_the_executor_cannot_pickle() -> None:
     assert "stage 0 (repr)" in str(err)
     assert got == [repr(x) for x in range(len(got))]
     assert len(got) <= 100
+
+
+def test_an_executor_that_refuses_work_is_an_error_not_a_hang() -> None:
+    ex = ThreadPoolExecutor(2)
+    ex.shutdown()  # submit now raises RuntimeError
+    with Pipeline([Add(1, batch_size=4)], executor=ex) as p:
+        got, err = drain(p.apply(range(100)))
+    assert isinstance(err, BrokenPipeline)
+    assert "stage 0 (Add())" in str(err)
+    assert "RuntimeError" in str(err)
+    assert got == []
