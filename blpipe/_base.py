@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn
@@ -13,6 +12,7 @@ from ._chain import Skipped, StageFailure
 from ._cpu import pool_size, usable_cpu_count
 from ._progress import EVERY, make_progress
 from .errorlog import ErrorLog
+from .errors import formatted
 from .stages import Placement, StageSpec, read_stages, short_repr
 from .statistics import Recorder, Statistics
 
@@ -47,8 +47,7 @@ def settle(log: ErrorLog, seen: list[int], first: int, outputs: list[Any],
             add_note(exc, log.over_budget(stage))
             return outputs[:at], StageFailure(log.label(stage), item, exc)
         if log.wants(stage):
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            log.record(stage, seen[stage] + local, short_repr(item), exc, tb)
+            log.record(stage, seen[stage] + local, short_repr(item), exc, formatted(exc))
     return outputs, None
 
 

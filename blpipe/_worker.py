@@ -33,7 +33,7 @@ from ._transport import (
     read_frame,
     write_frame,
 )
-from .errors import SerializationError
+from .errors import SerializationError, formatted
 from .stages import short_repr
 
 # label, input repr, pickled exception (or None), formatted traceback, why it could not be pickled
@@ -47,7 +47,7 @@ def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
     other arguments than ``args``, cpython #103061), so the round trip is tried
     here, where the failure can still be reported with the stage and input.
     """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = formatted(exc)
     frame: Frame | None
     try:
         frame = dumps(exc)

@@ -8,6 +8,7 @@ died, and something that cannot cross a process boundary.
 from __future__ import annotations
 
 import signal
+import traceback
 
 
 class BrokenPipeline(RuntimeError):
@@ -52,6 +53,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def formatted(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def describe_exit(exitcode: int | None) -> str:

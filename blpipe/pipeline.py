@@ -34,7 +34,6 @@ import pickle
 import selectors
 import sys
 import time
-import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +62,7 @@ from ._transport import (
     loads,
 )
 from ._worker import RemoteError, run_chunk, worker_main
-from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
+from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied, formatted
 from .stages import Placement, StageSpec, short_repr
 
 _PER_WORKER = 2  # chunks queued per worker: one running, one ready behind it
@@ -235,8 +234,9 @@ class _ProcessNode:
         self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
         self.upstream_failure: _Failure | None = None
         self.closed = False  # takes no more input
-        self.lost = False  # its dedicated worker died with nothing in flight
-        self.death: tuple[str, int | None] | None = None  # which stage's worker, how
+        # A dedicated worker of it died: which stage's, and how. Its state is
+        # lost, so whatever comes next fails.
+        self.death: tuple[str, int | None] | None = None
         self.link: list[_Worker] = []  # its dedicated workers, the first fed by the hub
         # statistics: written here only, read by statistics() from any thread
         self.peak = 0
@@ -346,7 +346,7 @@ class _ProcessNode:
                     item, exc = err
                     exc = annotate(StageFailure(self.label, item, exc))
                     where = short_repr(item)
-                    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    tb = formatted(exc)
                 else:
                     exc, where, tb = _rebuild(err), err[1], err[3]
                 if over:
@@ -370,10 +370,10 @@ class _ProcessNode:
         """
         if self.index <= self.run.stop_upto:
             return False
-        if self.lost and self.in_buf:  # its state died with its process
+        if self.death is not None and self.in_buf:
             first = self.in_buf[0]
             self.in_buf.clear()
-            label, exitcode = self.death or (self.label, None)
+            label, exitcode = self.death
             died = WorkerDied(label, exitcode, short_repr(first) + " (the next input after the "
                               "death: the stage's state was lost)")
             self._track(_Record(1, first, outs=[], failure=_Failure(died)))
@@ -937,7 +937,6 @@ class _Run:
         elif not worker.pool:
             node = next(n for n in self.process_nodes if worker in n.link)
             node.workers = [w for w in node.workers if w is not worker]
-            node.lost = True
             if node.death is None or node.death[1] == 0:
                 node.death = _blame(node.link, worker, exitcode)
             label, exitcode = node.death
