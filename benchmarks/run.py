@@ -54,6 +54,7 @@ from workloads import DASK_WORKLOADS, DEFAULT_WORKLOADS, WORKLOAD_GROUPS, WORKLO
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_child.py"
 PEERS = ("pool", "blllib", "pypeln", "mpire")
+REF = "blpipe@ref"  # blpipe rows run again on the checkout given by --ref
 SAMPLE_INTERVAL = 0.01
 RESCAN_EVERY = 5  # look for new descendants every 5th sample (50 ms)
 STRAGGLER_GRACE = 2.0  # seconds a child's helpers get to exit after it
@@ -188,7 +189,7 @@ def _reap_stragglers(monitor: TreeMonitor, pgid: int) -> int:
 
 
 def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any,
-              pss: bool = False) -> ChildOutcome:
+              pss: bool = False, env: dict[str, str] | None = None) -> ChildOutcome:
     """Run ``cmd`` in its own session; on timeout kill its whole process tree.
 
     The child is waited for without being reaped (``WNOWAIT``), so its pid,
@@ -197,7 +198,7 @@ def run_child(cmd: list[str], timeout: float, stdout: Any, stderr: Any,
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     monitor = TreeMonitor(proc.pid, pss)
     monitor.start()
     timed_out = False
@@ -254,12 +255,17 @@ def measure_once(workload: Workload, row: Row, repeat: int, cfg: Config,
     result_path.unlink(missing_ok=True)
     consumed_path.unlink(missing_ok=True)
     n = workload.n(args.quick)
-    cmd = [sys.executable, str(CHILD), row.label, workload.name, "--n", str(n),
+    env = None
+    label = row.label
+    if row.system == REF:  # the same row, with the reference checkout's blpipe imported
+        env = {**os.environ, "PYTHONPATH": str(args.ref)}
+        label = label.replace(REF, "blpipe", 1)
+    cmd = [sys.executable, str(CHILD), label, workload.name, "--n", str(n),
            "--iterations", str(cfg.iterations.get(workload.name, 0)),
            "--expect", cfg.references[workload.name], "--result", str(result_path)]
     timeout = row_timeout(workload, row, args)
     with open(scratch / "stdout", "w+b") as out, open(scratch / "stderr", "w+b") as err:
-        outcome = run_child(cmd, timeout, out, err, workload.pss)
+        outcome = run_child(cmd, timeout, out, err, workload.pss, env)
         err.seek(0)
         err_tail = err.read()[-2000:].decode(errors="replace").strip()
     result: dict[str, Any] = {}
@@ -481,6 +487,18 @@ def comparison_lines(summaries: list[Summary]) -> list[str]:
     return lines
 
 
+def ref_lines(summaries: list[Summary]) -> list[str]:
+    """Each blpipe row against the same row on the ``--ref`` checkout."""
+    lines = []
+    for r in (s for s in summaries if s.system == REF):
+        b = next((s for s in summaries if s.row == r.row.replace(REF, "blpipe", 1)), None)
+        if b is None or not (b.median_seconds and r.median_seconds):
+            continue
+        lines.append(f"{b.row}: {r.median_seconds / b.median_seconds:.2f}x as fast as on "
+                     f"--ref ({b.median_seconds:.3f} s against {r.median_seconds:.3f} s)")
+    return lines
+
+
 def own_pool(summaries: list[Summary], dask_row: Summary) -> Summary | None:
     """The blpipe row with the same batch_size as a ``blpipe-dask`` row."""
     label = re.sub(r",?workers=\d+", "", dask_row.row.replace("blpipe-dask", "blpipe", 1))
@@ -577,7 +595,8 @@ def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cf
     header = [env_line(env), versions_line(env, dask), what]
     body = table_rows(summaries)
     notes = [f"{s.row}: {note}" for s in summaries for note in s.notes]
-    comparisons = comparison_lines(summaries) + (dask_lines(summaries) if dask else [])
+    comparisons = [*comparison_lines(summaries), *ref_lines(summaries),
+                   *(dask_lines(summaries) if dask else [])]
     if workload.name == "W6":
         comparisons += budget_lines(summaries)
     if workload.name in ("W7", "W7chain"):
@@ -635,6 +654,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run a row again in later repeats after it hung or failed")
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--ref", type=Path,
+                        help="another blpipe checkout (say, a git worktree of the commit "
+                             "before a change): each blpipe row also runs on it, interleaved, "
+                             "as a 'blpipe@ref' row, and its line compares the two")
     args = parser.parse_args(argv)
     if args.timeout is None:
         args.timeout = 30.0 if args.quick else 120.0
@@ -711,6 +734,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = prepare(args)
     plan = {name: [r for r in systems.rows_for(WORKLOADS[name]) if r.system in args.systems]
             for name in args.workloads}
+    if args.ref:
+        plan = {name: [*rows, *(dataclasses.replace(r, system=REF, label=r.label.replace(
+            "blpipe", REF, 1)) for r in rows if r.system == "blpipe")]
+            for name, rows in plan.items()}
     used = [s for s in args.systems if any(r.system == s for rows in plan.values() for r in rows)]
     missing = {s: why for s in used if (why := unavailable(s))}
     for s, why in missing.items():
