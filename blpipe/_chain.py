@@ -124,12 +124,12 @@ class Chain:
                 stats.append([seconds, n_in, -1])
                 vals = out
                 break
-            if None in out:
+            # By identity only: `None in out` would compare items with ==, which
+            # an array answers elementwise and any object may refuse.
+            vals = [y for y in out if y is not None]
+            if len(vals) < len(out):
                 keep = [j for j, y in enumerate(out) if y is not None]
-                vals = [out[j] for j in keep]
                 pos = keep if pos is None else [pos[j] for j in keep]
-            else:
-                vals = out
             stats.append([seconds, n_in, len(vals)])
         if skipped:  # in stream order, and none after a failure
             skipped = sorted((e for e in skipped if e[0] < limit), key=lambda e: (e[0], e[1]))

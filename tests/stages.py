@@ -255,3 +255,51 @@ class Spin:
         while time.thread_time() < end:
             pass
         return x
+
+
+class Attrs:
+    """A stage whose blpipe attributes are set from keyword arguments."""
+
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+class Same(Attrs):
+    """Returns its input untouched (a window: its newest input)."""
+
+    def __call__(self, x: Any) -> Any:
+        return x[-1] if type(getattr(self, "stateful", True)) is int else x
+
+
+class Hostile:
+    """An item that refuses ``==``, ``bool()`` and ``hash()``: blpipe must never ask."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("Hostile refuses ==")
+
+    def __bool__(self) -> bool:
+        raise TypeError("Hostile refuses bool()")
+
+    def __repr__(self) -> str:
+        return f"Hostile({self.tag})"
+
+
+class Full4(Attrs):
+    """``np.full(4, x)``: an array item, as in a user's first NumPy pipeline."""
+
+    def __call__(self, x: int) -> Any:
+        import numpy as np
+
+        return np.full(4, x)
+
+
+class Total(Attrs):
+    """The sum of an array item, as a plain int."""
+
+    def __call__(self, a: Any) -> int:
+        return int(a.sum())
