@@ -156,12 +156,16 @@ def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[An
         if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
             _LOADED.clear()
         segments = _LOADED[key] = load_segments(blob)
-    chain, window, _ = segments[seg]
-    items = sliding(payload, window) if window else payload
-    loaded = time.perf_counter()
-    outputs, failure, stats, skipped = chain.run(items)
-    error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
-    return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
+    try:
+        chain, window, _ = segments[seg]
+        items = sliding(payload, window) if window else payload
+        loaded = time.perf_counter()
+        outputs, failure, stats, skipped = chain.run(items)
+        error = None if failure is None else remote_error(failure.label, failure.item,
+                                                          failure.exc)
+        return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
+    except Exception:  # not the stage's: Chain.run catches those
+        return "broken", traceback.format_exc()
 
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
@@ -196,6 +200,17 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     except BaseException:
         write_frame(result_fd, dumps(("init", traceback.format_exc())))
         return
+    try:
+        _serve(task_fd, result_fd, relay_fd, segments, linked)
+    except Exception:
+        # Stages' exceptions are caught in Chain.run, so this is blpipe's own
+        # failure: say so, rather than exit as if the stage had killed us.
+        with contextlib.suppress(OSError):
+            write_frame(result_fd, dumps(("broken", traceback.format_exc())))
+
+
+def _serve(task_fd: int, result_fd: int, relay_fd: int | None,
+           segments: dict[int, tuple[Chain, int | None, str]], linked: bool) -> None:
     slots = Slots() if AVAILABLE and not linked else None
     views = Views()
     only = next(iter(segments.values()))  # a linked worker's: relayed tasks name none

@@ -810,7 +810,15 @@ class _Run:
         if exc is not None:
             self._fail(node, rec, lost(exc, node.label, short_repr(rec.first)))
             return
-        outputs, error, stats, seconds, skipped = future.result()
+        result = future.result()
+        if isinstance(result[0], str):  # ("broken", traceback)
+            broken = BrokenPipeline(f"blpipe itself failed in the task running {node.label} "
+                                    f"(its traceback is above); this is a bug in blpipe, not "
+                                    f"in the stage: please report it")
+            broken.__cause__ = RemoteTraceback(result[1])
+            self._fail(node, rec, broken)
+            return
+        outputs, error, stats, seconds, skipped = result
         node.observe(rec.n_in, sum(x[0] for x in stats))
         if skipped:
             rec.skipped = [(at, step, local, (item, exc)) for at, step, local, item, exc
@@ -884,6 +892,18 @@ class _Run:
             broken.__cause__ = RemoteTraceback(msg[1])
             self.stop(len(self.nodes))
             self.sink.put_failure(_Failure(broken))
+            return
+        if msg[0] == "broken":  # blpipe's own code failed in the worker, not the stage
+            broken = BrokenPipeline(f"blpipe itself failed in the worker process running "
+                                    f"{worker.label} (its traceback is above); this is a bug "
+                                    f"in blpipe, not in the stage: please report it")
+            broken.__cause__ = RemoteTraceback(msg[1])
+            if worker.pending:
+                node, rec = worker.pending.popleft()
+                self._fail(node, rec, broken)
+            else:
+                self.stop(len(self.nodes))
+                self.sink.put_failure(_Failure(broken))
             return
         if not worker.pending:  # a linked worker's, for chunks that failed meanwhile
             return
