@@ -5,6 +5,14 @@
 >>> with Pipeline([square]) as p:
 ...     list(p.apply(range(6)))
 [0, 1, 4, 9, 16, 25]
+
+Every public name is exported here, once. The public modules (``pipeline``,
+``sequential``, ``stages``, ``statistics``, ``errorlog``, ``errors``) each
+define a part of them; the modules whose names start with ``_`` are the
+machinery, in the order an item meets them: ``_plan`` (stages to segments),
+``_hub`` (the event loop), ``_segments`` (bounded, ordered release),
+``_procs`` and ``_executors`` (where chunks run), ``_worker`` (the child
+side), ``_failures`` (how an exception crosses a boundary).
 """
 
 from ._cpu import usable_cpu_count
@@ -13,6 +21,7 @@ from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerD
 from .pipeline import Pipeline
 from .sequential import SequentialPipeline
 from .stages import Stage, stage
+from .statistics import StageStatistics, Statistics
 
 __all__ = [
     "BrokenPipeline",
@@ -23,6 +32,8 @@ __all__ = [
     "SequentialPipeline",
     "SerializationError",
     "Stage",
+    "StageStatistics",
+    "Statistics",
     "WorkerDied",
     "stage",
     "usable_cpu_count",

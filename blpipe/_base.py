@@ -8,47 +8,12 @@ from typing import Any, NoReturn
 
 import multiprocess
 
-from ._chain import Skipped, StageFailure
 from ._cpu import pool_size, usable_cpu_count
 from ._progress import EVERY, make_progress
+from ._recorder import Recorder
+from ._spec import Placement, StageSpec, read_stages
 from .errorlog import ErrorLog
-from .errors import formatted
-from .stages import Placement, StageSpec, read_stages, short_repr
-from .statistics import Recorder, Statistics
-
-
-def annotate(failure: StageFailure) -> Exception:
-    """The stage's own exception, with a note naming the stage and the input."""
-    exc = failure.exc
-    note = f"raised by blpipe {failure.label} on input {short_repr(failure.item)}"
-    add_note(exc, note)
-    return exc
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)``; on 3.10, which has no notes, the list alone is kept."""
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:
-        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]
-
-
-def settle(log: ErrorLog, seen: list[int], first: int, outputs: list[Any],
-           skipped: list[Skipped]) -> tuple[list[Any], StageFailure | None]:
-    """Count the errors a chunk's stages went on past, in stream order.
-
-    ``seen[i]`` is how many inputs stage ``i`` had before this chunk, which
-    places each error in its stage's stream. At an error over its stage's
-    budget the outputs are cut there, and it is returned to be raised.
-    """
-    for at, step, local, item, exc in skipped:
-        stage = first + step
-        if not log.admit(stage):
-            add_note(exc, log.over_budget(stage))
-            return outputs[:at], StageFailure(log.label(stage), item, exc)
-        if log.wants(stage):
-            log.record(stage, seen[stage] + local, short_repr(item), exc, formatted(exc))
-    return outputs, None
+from .statistics import Statistics
 
 
 class PipelineBase:

@@ -12,25 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 
+from ._failures import Skipped, StageFailure
 from .stages import Stage
 
 # (label for messages, the callable, window size k or None, whether to go on
 # past its errors: on_error 'skip' or 'collect')
 Step = tuple[str, Callable[[Any], Any], "int | None", bool]
-
-# An error a step went on past: (index in the chunk's items, step, index among
-# the step's inputs in this chunk (a window's newest), its input, the exception)
-Skipped = tuple[int, int, int, Any, Exception]
-
-
-class StageFailure(Exception):
-    """A stage raised ``exc`` on ``item``; ``label`` names the stage."""
-
-    def __init__(self, label: str, item: Any, exc: Exception) -> None:
-        super().__init__(label, exc)
-        self.label = label
-        self.item = item
-        self.exc = exc
 
 
 def sliding(items: Sequence[Any], k: int) -> list[tuple[Any, ...]]:
@@ -56,9 +43,6 @@ class Chain:
         self._catch = [catch for *_, catch in steps]
         self._single = (self._steps[0] if len(steps) == 1 and not steps[0][2]
                         and not steps[0][3] else None)
-
-    def label(self, step: int) -> str:
-        return self._steps[step][0]
 
     def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any],
                                                  list[Skipped]]:
@@ -109,7 +93,8 @@ class Chain:
                         out.append(func(v))
                     except Exception as e:
                         out.append(None)
-                        skipped.append((j if pos is None else pos[j], i, j + shift, v, e))
+                        skipped.append((j if pos is None else pos[j], i, j + shift,
+                                        StageFailure(label, v, e)))
             else:
                 try:
                     out.extend(map(func, vals))  # keeps what it appended before a raise

@@ -1,9 +1,13 @@
-"""Chunks run on a ``concurrent.futures.Executor``: a thread stage's, or the user's.
+"""The hub's side of executors: the user's ``executor=``, and thread stages' own.
 
-The hub has no threads of its own and waits in one ``select``, but an
-executor completes futures on its threads. A done callback queues the future
-and writes a byte to a pipe the hub selects on, so a finished chunk is seen
-at once, without polling.
+Pool stages can run on any ``concurrent.futures.Executor``, and a thread
+stage runs on a ``ThreadPoolExecutor`` of its own; both are *backends* of
+segments. The hub has no threads of its own and waits in one ``select``, but
+an executor completes futures on its threads: a done callback queues the
+future and writes a byte to a pipe the hub selects on, so a finished chunk
+is seen at once, without polling. The executor pickles what it sends; a
+failure of the executor itself (a lost worker, something it could not
+serialize) fails the chunk with blpipe's own exception types.
 """
 
 from __future__ import annotations
@@ -11,13 +15,29 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import selectors
 import threading
+import time
 from collections import deque
-from concurrent.futures import BrokenExecutor, Executor, Future
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
+from ._chain import Chain
 from ._cpu import usable_cpu_count
+from ._failures import broken
+from ._messages import Broken
+from ._spec import short_repr
+from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, WorkerDied
+
+if TYPE_CHECKING:
+    from ._segments import Record, Segment
+
+_CHUNK_WORK_REMOTE = 0.02  # seconds of work a chunk aims at on a user's executor...
+_PER_LANE_REMOTE = 3  # ...with more queued per lane: a round trip costs milliseconds there
+_CHUNK_WORK_LOCAL = 0.0002
+_PER_LANE_LOCAL = 2
 
 
 class Lane:
@@ -112,3 +132,119 @@ def lost(exc: BaseException, label: str, where: str) -> BaseException:
                              f"input {where}: {text}")
     err.__cause__ = exc
     return err
+
+
+class Futures:
+    """The futures of one run, whatever executor runs them; their completions
+    reach the hub's ``select`` through a :class:`Waker`."""
+
+    def __init__(self, selector: selectors.BaseSelector, parent_fds: list[int]) -> None:
+        self.waker = Waker()
+        parent_fds.append(self.waker.fd)
+        selector.register(self.waker.fd, selectors.EVENT_READ, self.on_wake)
+        self.pending: set[Future[Any]] = set()
+        self.owned: list[ThreadPoolExecutor] = []  # thread stages' executors
+
+    def submit(self, submit: Callable[[list[Any]], Future[Any]], lane: Lane, segment: Segment,
+               rec: Record) -> None:
+        """Send a chunk; its future wakes the hub when done."""
+        payload, rec.frame = rec.frame, None
+        try:
+            future = submit(payload)
+        except Exception as e:
+            segment.fail(rec, lost(e, segment.label, short_repr(rec.first)))
+            return
+        lane.pending.append(rec)
+        self.pending.add(future)
+        self.waker.watch(future, (lane, segment, rec))
+
+    def on_wake(self) -> None:
+        for (lane, segment, rec), future in self.waker.drain():
+            lane.pending.remove(rec)
+            self.pending.discard(future)
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is not None:
+                segment.fail(rec, lost(exc, segment.label, short_repr(rec.first)))
+                continue
+            result = future.result()
+            if type(result) is Broken:
+                segment.fail(rec, broken(segment.label, result.traceback))
+            else:
+                segment.complete(rec, result)
+
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def close(self, grace: float) -> None:
+        for future in self.pending:
+            future.cancel()  # a running one goes on: an executor cannot stop it
+        deadline = time.monotonic() + grace
+        for ex in self.owned:
+            ex.shutdown(wait=False, cancel_futures=True)
+        for ex in self.owned:  # a thread cannot be killed: give it time to finish its call
+            for t in list(getattr(ex, "_threads", ())):
+                t.join(max(0.0, deadline - time.monotonic()))
+        self.waker.close()
+
+
+class _Lanes:
+    """A segment's places on an executor."""
+
+    death = None
+
+    def __init__(self, futures: Futures, lanes: list[Lane], depth: int, work: float) -> None:
+        self.futures = futures
+        self.lanes = lanes
+        self.depth = depth
+        self.work = work
+
+    def pick(self, limit: int) -> Lane | None:
+        best = None
+        for lane in self.lanes:
+            n = len(lane.pending)
+            if n < limit and (best is None or n < len(best.pending)):
+                best = lane
+                if not n:
+                    break
+        return best
+
+    def pack(self, segment: int, payload: list[Any], place: Lane) -> tuple[Any, None, int]:
+        return payload, None, 0  # the executor pickles, if it needs to
+
+    def post(self, place: Lane, segment: Segment, rec: Record) -> None:
+        self.futures.submit(self._submit, place, segment, rec)
+
+    def _submit(self, payload: list[Any]) -> Future[Any]:
+        raise NotImplementedError
+
+
+class Remote(_Lanes):
+    """A pool segment on the user's executor: its workers load the pool's
+    stages once per process and pipeline (``key``)."""
+
+    def __init__(self, futures: Futures, lanes: list[Lane], executor: Executor, key: bytes,
+                 blob: bytes, segment: int) -> None:
+        super().__init__(futures, lanes, _PER_LANE_REMOTE, _CHUNK_WORK_REMOTE)
+        self.args = executor.submit, key, blob, segment
+
+    def _submit(self, payload: list[Any]) -> Future[Any]:
+        submit, key, blob, segment = self.args
+        return submit(run_chunk, key, blob, segment, payload)
+
+
+class Local(_Lanes):
+    """A thread stage, on a thread pool of its own."""
+
+    def __init__(self, futures: Futures, chain: Chain, window: int | None, threads: int,
+                 name: str) -> None:
+        super().__init__(futures, [Lane() for _ in range(threads)], _PER_LANE_LOCAL,
+                         _CHUNK_WORK_LOCAL)
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix=f"blpipe {name}")
+        futures.owned.append(self.executor)
+        self.chain = chain
+        self.window = window
+
+    def _submit(self, payload: list[Any]) -> Future[Any]:
+        return self.executor.submit(run_local, self.chain, self.window, payload)

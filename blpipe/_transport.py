@@ -9,10 +9,12 @@ passed per call and the user's global dill settings are left alone.
 A frame is an 8-byte little-endian header, ``(length << 2) | flags``,
 followed by the payload: the pickle, made by dill when ``flags & 1``; with
 ``flags & 2``, a pickle of ``(meta, pickle)`` whose large buffers wait in
-shared memory (:mod:`blpipe._shm`). Workers use blocking I/O. The parent never blocks on a
-pipe: it writes through an :class:`Outbox` and reads through an
-:class:`Inbox`, both non-blocking, so it cannot deadlock against a worker that
-is itself blocked writing a large result.
+shared memory (:mod:`blpipe._shm`). Workers block on their pipes. The hub
+never does: it writes through an :class:`Outbox` and reads through an
+:class:`Inbox`, both non-blocking, so it cannot deadlock against a worker
+that is itself blocked writing a large result. Both sides read as much as a
+pipe holds at once and split it into frames, so frames queued together cost
+one system call, not two each.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ def dumps_chunk(obj: Any, slots: Slots | None) -> tuple[Frame, int | None, int]:
             len(payload) + out_of_band_bytes(meta))
 
 
+def first_unpicklable(values: list[Any]) -> tuple[int, Exception] | None:
+    """The first of ``values`` that cannot be pickled alone, and why; ``None``
+    when each can (then only their combination fails)."""
+    for j, x in enumerate(values):
+        try:
+            dumps(x)
+        except Exception as why:
+            return j, why
+    return None
+
+
 def dumps_stage(obj: Any) -> bytes:
     """Pickle a stage by value where needed (dill, ``recurse=True``)."""
     return dill.dumps(obj, protocol=PROTOCOL, recurse=True)  # type: ignore[no-any-return]
@@ -102,30 +115,6 @@ def write_frame(fd: int, frame: Frame) -> None:
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
-
-
-def _read_exact(fd: int, n: int) -> bytearray | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = os.readv(fd, [view[got:]])
-        if k == 0:
-            return None
-        got += k
-    return buf
-
-
-def read_frame(fd: int) -> tuple[int, bytearray] | None:
-    """Read one frame, blocking; ``None`` at end of file."""
-    head = _read_exact(fd, HEADER.size)
-    if head is None:
-        return None
-    word = HEADER.unpack(head)[0]
-    body = _read_exact(fd, word >> 2)
-    if body is None:
-        return None
-    return word, body
 
 
 # -- non-blocking side (the parent) ------------------------------------------
@@ -167,9 +156,10 @@ class Outbox:
 
 
 class Inbox:
-    """Reassembles frames from a non-blocking pipe."""
+    """Reassembles frames from a pipe: non-blocking (:meth:`read`, the hub's)
+    or blocking (:meth:`next`, a worker's)."""
 
-    __slots__ = ("fd", "eof", "_buf", "_body", "_got", "_word")
+    __slots__ = ("fd", "eof", "_buf", "_body", "_got", "_word", "_ready")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -178,35 +168,54 @@ class Inbox:
         self._body: bytearray | None = None  # a large frame being read in place
         self._got = 0
         self._word = 0
+        self._ready: deque[tuple[int, bytes | bytearray]] = deque()  # for next()
 
     def read(self) -> list[tuple[int, bytes | bytearray]]:
         """Every complete frame readable now, without blocking."""
         frames: list[tuple[int, bytes | bytearray]] = []
-        while not self.eof:
-            if self._body is not None:
-                view = memoryview(self._body)
-                try:
-                    n = os.readv(self.fd, [view[self._got:]])
-                except BlockingIOError:
-                    break
-                if n == 0:
-                    self.eof = True
-                    break
-                self._got += n
-                if self._got == len(self._body):
-                    frames.append((self._word, self._body))
-                    self._body = None
-                continue
-            try:
-                chunk = os.read(self.fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.eof = True
-                break
-            self._buf += chunk
-            self._split(frames)
+        try:
+            while not self.eof and self._fill(frames):
+                pass
+        except BlockingIOError:
+            pass
         return frames
+
+    def next(self) -> tuple[int, bytes | bytearray] | None:
+        """The next frame, blocking; ``None`` at end of file."""
+        ready = self._ready
+        while not ready:
+            if self.eof:
+                return None
+            frames: list[tuple[int, bytes | bytearray]] = []
+            self._fill(frames)
+            ready.extend(frames)
+        return ready.popleft()
+
+    def _fill(self, frames: list[tuple[int, bytes | bytearray]]) -> bool:
+        """One read; ``True`` when the pipe may hold more right now.
+
+        A short read means the pipe was empty: reading again would only
+        say so, at the price of a system call.
+        """
+        if self._body is not None:
+            view = memoryview(self._body)
+            n = os.readv(self.fd, [view[self._got:]])
+            if n == 0:
+                self.eof = True
+                return False
+            self._got += n
+            if self._got == len(self._body):
+                frames.append((self._word, self._body))
+                self._body = None
+                return True
+            return False
+        chunk = os.read(self.fd, _READ_SIZE)
+        if not chunk:
+            self.eof = True
+            return False
+        self._buf += chunk
+        self._split(frames)
+        return len(chunk) == _READ_SIZE or self._body is not None
 
     def _split(self, frames: list[tuple[int, bytes | bytearray]]) -> None:
         buf = self._buf

@@ -1,15 +1,15 @@
-"""The loop each worker process runs, pool and dedicated alike.
+"""Where chunks run outside the caller's loop: a worker process, an executor, a thread.
 
-A worker reads ``(segment, items, freed)`` chunks from its task pipe, runs
-the segment's chain over them and writes ``("ok", outputs, error, stats,
-seconds, skipped)`` back, in order: ``skipped`` lists the errors a stage
-went on past (``on_error``), ``stats`` holds each stage's busy seconds and item
-counts, ``seconds`` the time spent unpickling this chunk and pickling the
-previous result, and ``freed`` names the shared memory slots of earlier
-results that the parent has read. The figures ride on the results: no
-message is sent for them alone. End of file on
-the task pipe means stop. A stateful stage keeps its state simply because its
-process lives as long as the pipeline.
+A worker process runs :func:`worker_main`: it reads :class:`~blpipe._messages.Task`
+frames from its task pipe, runs the segment's ``Chain`` over each and writes a
+:class:`~blpipe._messages.Result` back, in order, until end of file. A
+stateful stage keeps its state simply because its process lives as long as
+the pipeline. The figures (each stage's busy time and counts, the time spent
+unpickling and pickling) ride on the results: no message is sent for them
+alone. An executor runs :func:`run_chunk` and a thread stage
+:func:`run_local`; both return the same ``Result``.
+
+This is the child side: it never imports the hub's modules.
 """
 
 from __future__ import annotations
@@ -21,163 +21,48 @@ import time
 import traceback
 from typing import Any
 
-from ._chain import Chain, Skipped, StageFailure, sliding
+from ._chain import Chain, sliding
+from ._failures import RemoteError, Skipped, StageFailure
+from ._messages import Broken, Carry, Loaded, LoadFailed, Result, Task, Unloadable, new
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
-from ._transport import (
-    HEADER,
-    Frame,
-    dumps,
-    dumps_chunk,
-    loads,
-    loads_stage,
-    read_frame,
-    write_frame,
-)
-from .errors import SerializationError, formatted
-from .stages import short_repr
+from ._spec import short_repr
+from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
+from ._transport import write_frame as _write
+from .errors import SerializationError
 
-# label, input repr, pickled exception (or None), formatted traceback, why it could not be pickled
-RemoteError = tuple[str, str, "Frame | None", str, "str | None"]
+# {segment id: (chain, window, its last stage's label)}
+Segments = dict[int, tuple[Chain, "int | None", str]]
 
 
-def remote_error(label: str, item: Any, exc: BaseException) -> RemoteError:
-    """Package an exception for the parent, checking that it survives the trip.
-
-    An exception can pickle yet fail to unpickle (an ``__init__`` that takes
-    other arguments than ``args``, cpython #103061), so the round trip is tried
-    here, where the failure can still be reported with the stage and input.
-    """
-    tb = formatted(exc)
-    frame: Frame | None
-    try:
-        frame = dumps(exc)
-        loads(HEADER.unpack(frame[0])[0], frame[1])
-        reason = None
-    except Exception as why:
-        frame, reason = None, f"{type(why).__name__}: {why}"
-    return label, short_repr(item), frame, tb, reason
-
-
-def skipped_errors(chain: Chain, skipped: list[Skipped]) -> list[Any]:
-    """What a worker sends of the errors its stages went on past."""
-    return [(at, step, local, remote_error(chain.label(step), item, exc))
-            for at, step, local, item, exc in skipped]
-
-
-Carry = tuple["RemoteError | None", list[Any], float]
-
-
-def _merge(failure: StageFailure | None, stats: list[Any], seconds: float,
-           carry: Carry | None) -> tuple[RemoteError | None, list[Any], float]:
-    """This process's error and figures, after those of the linked workers before it.
-
-    A stage here only saw inputs from before an earlier worker's failure, so
-    a failure here is earlier in the stream and is the one reported.
-    """
-    error = None if failure is None else remote_error(failure.label, failure.item, failure.exc)
-    if carry is not None:
-        error = error or carry[0]
-        stats = [*carry[1], *stats]
-        seconds += carry[2]
-    return error, stats, seconds
-
-
-def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], label: str,
-           stats: list[Any], seconds: float, carry: Carry | None) -> Frame:
-    """The task for the next linked worker: this chunk's outputs, with the error
-    and figures so far. It goes through the pipe, not shared memory: the slot
-    could not be handed back to this process."""
-    error, stats, seconds = _merge(failure, stats, seconds, carry)
-    outs = [y for y in outputs if y is not None]
-    stats[-1][2] = len(outs)  # the next stage takes them: this one's outputs are counted
-    try:
-        return dumps((None, outs, [], (error, stats, seconds)))
-    except Exception:
-        pass
-    kept = 0
-    for i, out in enumerate(outputs):
-        if out is None:
-            continue
-        try:
-            dumps(out)
-        except Exception as why:
-            exc = SerializationError(f"{label} returned {short_repr(out)}, which cannot reach "
-                                     f"the next stage's process: {type(why).__name__}: {why}")
-            return dumps((None, outs[:kept], [], (remote_error(label, items[i], exc), stats,
-                                                  seconds)))
-        kept += 1
-    exc = SerializationError(f"the outputs of {label} cannot reach the next stage's process")
-    return dumps((None, [], [], (remote_error(label, items[0], exc), stats, seconds)))
-
-
-def _encode(outputs: list[Any], failure: StageFailure | None, items: list[Any],
-            last_label: str, stats: Any, slots: Slots | None,
-            carry: Carry | None = None) -> Frame:
-    error, merged, seconds = _merge(failure, stats[0], stats[1], carry)
-    stats = (merged, seconds, *stats[2:])
-    for every in (False, True):  # then also memoryviews, and buffers mid-chunk
-        try:
-            return dumps_chunk(("ok", mark_large(outputs, every), error, *stats), slots)[0]
-        except Exception:
-            pass
-    # Some output cannot be pickled: send the ones before it, then say which.
-    for j, out in enumerate(outputs):
-        try:
-            dumps(out)
-        except Exception as why:
-            exc = SerializationError(f"{last_label} returned {short_repr(out)}, which cannot "
-                                     f"leave its worker process: {type(why).__name__}: {why}")
-            return dumps(("ok", outputs[:j], remote_error(last_label, items[j], exc), *stats))
-    exc = SerializationError(f"the outputs of {last_label} cannot leave its worker process")
-    return dumps(("ok", outputs, remote_error(last_label, items[len(outputs) - 1], exc),
-                  *stats))
-
-
-_LOADED: dict[bytes, dict[int, tuple[Chain, int | None, str]]] = {}
-
-
-def load_segments(blob: bytes) -> dict[int, tuple[Chain, int | None, str]]:
-    """``{segment: (chain, window, last stage's label)}`` from a pipeline's blob."""
+def load_segments(blob: bytes) -> Segments:
+    """The segments a pipeline's blob holds: ``{id: ([(label, stage, catch)], window)}``."""
     return {seg: (Chain([(label, loads_stage(data), None, catch)
                          for label, data, catch in steps]), window, steps[-1][0])
             for seg, (steps, window) in loads(0, blob).items()}
 
 
-def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> tuple[Any, ...]:
-    """An executor's task: run segment ``seg`` over one chunk.
+def _sent(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
+    """What a result carries of a chunk's outputs (aligned with its inputs):
+    ``None`` dropped here rather than in the hub, unless errors were gone
+    past, which the hub may have to cut the outputs at."""
+    return outputs if skipped else [y for y in outputs if y is not None]
 
-    It returns ``(outputs, error, stats, seconds, skipped)`` like a worker's result;
-    the executor does the pickling. The stages are unpickled once per
-    process and pipeline (``key``), not per chunk.
-    """
-    start = time.perf_counter()
-    segments = _LOADED.get(key)
-    if segments is None:
-        if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
-            _LOADED.clear()
-        segments = _LOADED[key] = load_segments(blob)
-    try:
-        chain, window, _ = segments[seg]
-        items = sliding(payload, window) if window else payload
-        loaded = time.perf_counter()
-        outputs, failure, stats, skipped = chain.run(items)
-        error = None if failure is None else remote_error(failure.label, failure.item,
-                                                          failure.exc)
-        return outputs, error, stats, loaded - start, skipped_errors(chain, skipped)
-    except Exception:  # not the stage's: Chain.run catches those
-        return "broken", traceback.format_exc()
 
+def _packed(skipped: list[Skipped]) -> list[Skipped]:
+    return [(at, step, local, RemoteError.pack(err) if isinstance(err, StageFailure) else err)
+            for at, step, local, err in skipped]
+
+
+# -- a worker process --------------------------------------------------------
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
                 relay_conn: Any = None, linked: bool = False) -> None:
     """Run chunks until the task pipe closes.
 
-    ``blob`` maps segment ids to ``([(label, pickled stage), ...], window)``;
     ``close_fds`` are the parent's ends of other workers' pipes, inherited
-    under fork: holding them would keep those pipes open after the parent dies.
-
-    In a run of linked stateful stages, each worker but the last writes its
-    outputs to ``relay_conn``, the next worker's task pipe, with the error
+    under fork: holding them would keep those pipes open after the parent
+    dies. In a run of linked stateful stages, each worker but the last writes
+    its outputs to ``relay_conn``, the next worker's task pipe, with the error
     and figures so far; the last one sends the results to the parent. A
     ``linked`` worker sends nothing through shared memory, since the parent
     could not hand its slots back.
@@ -193,63 +78,163 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
             with contextlib.suppress(OSError):
                 os.dup2(null, fd)
         os.close(null)
-    task_fd, result_fd = task_conn.fileno(), result_conn.fileno()
-    relay_fd = None if relay_conn is None else relay_conn.fileno()
+    result_fd = result_conn.fileno()
     try:
         segments = load_segments(blob)
     except BaseException:
-        write_frame(result_fd, dumps(("init", traceback.format_exc())))
+        _write(result_fd, dumps(LoadFailed(traceback.format_exc())))
         return
+    relay_fd = None if relay_conn is None else relay_conn.fileno()
     try:
-        _serve(task_fd, result_fd, relay_fd, segments, linked)
+        _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments, linked)
     except Exception:
-        # Stages' exceptions are caught in Chain.run, so this is blpipe's own
-        # failure: say so, rather than exit as if the stage had killed us.
+        # A stage's exception is caught in Chain.run, so this one is blpipe's
+        # own: say so, rather than exit as if the stage had killed the process.
         with contextlib.suppress(OSError):
-            write_frame(result_fd, dumps(("broken", traceback.format_exc())))
+            _write(result_fd, dumps(Broken(traceback.format_exc())))
 
 
-def _serve(task_fd: int, result_fd: int, relay_fd: int | None,
-           segments: dict[int, tuple[Chain, int | None, str]], linked: bool) -> None:
+def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segments,
+           linked: bool) -> None:
     slots = Slots() if AVAILABLE and not linked else None
     views = Views()
     only = next(iter(segments.values()))  # a linked worker's: relayed tasks name none
     pid = os.getpid()
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
-    while (frame := read_frame(task_fd)) is not None:
+    while (frame := inbox.next()) is not None:
         start = clock()
         views.last = None
-        msg = loads(*frame, views)
+        try:
+            task: Task = new(Task, loads(*frame, views))
+        except Exception:  # the items' fault, not the stage's: their class is missing here
+            _write(result_fd, dumps(Unloadable(traceback.format_exc())))
+            continue
         del frame
-        seg, payload, freed = msg[0], msg[1], msg[2]
-        carry = msg[3] if len(msg) > 3 else None
-        del msg
         if views.last is not None and views.nbytes > BIG:
-            # its slot can go now: the parent frees it
-            write_frame(result_fd, dumps(("loaded", views.last[1])))
-        for owner, ident in freed:
+            _write(result_fd, dumps(Loaded(views.last[1])))  # the hub frees the slot now
+        for owner, ident in task.freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
-        chain, window, label = only if seg is None else segments[seg]
-        items = sliding(payload, window) if window else payload
+        carry = None if task.carry is None else new(Carry, task.carry)
+        chain, window, label = only if task.segment is None else segments[task.segment]
+        items = sliding(task.items, window) if window else task.items
         loaded = clock()
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
-        if relay_fd is not None:
-            result = _relay(outputs, failure, items, label, stats, loaded - start + pickling,
-                            carry)
+        seconds = loaded - start + pickling
+        if relay_fd is not None:  # linked stages go on past no error: none was skipped
+            relayed = _relay(outputs, failure, items, label, stats, seconds, carry)
             pickling = clock() - done
             try:
-                write_frame(relay_fd, result)
+                _write(relay_fd, relayed)
             except BrokenPipeError:
                 return  # the next worker is gone: the parent reports its death
-            del payload, items, outputs, result
-            continue
-        result = _encode(outputs, failure, items, label,
-                         (stats, loaded - start + pickling,
-                          skipped and skipped_errors(chain, skipped)),
-                         slots, carry)
-        pickling = clock() - done
-        write_frame(result_fd, result)
-        del payload, items, outputs, result  # not kept alive while idle
+        else:
+            error, stats, seconds = _merge(failure, stats, seconds, carry)
+            result = _encode(outputs, Result([], error, stats, seconds, _packed(skipped)),
+                             items, label, slots)
+            pickling = clock() - done
+            _write(result_fd, result)
+        del task, items, outputs, carry  # not kept alive while idle
+
+
+def _merge(failure: StageFailure | None, stats: list[Any], seconds: float,
+           carry: Carry | None) -> tuple[RemoteError | None, list[Any], float]:
+    """This process's error and figures, after those of the linked workers before it.
+
+    A stage here only saw inputs from before an earlier worker's failure, so
+    a failure here is earlier in the stream and is the one reported.
+    """
+    error = None if failure is None else RemoteError.pack(failure)
+    if carry is not None:
+        error = error or carry.error
+        stats = [*carry.stats, *stats]
+        seconds += carry.seconds
+    return error, stats, seconds
+
+
+def _encode(outputs: list[Any], result: Result, items: list[Any], label: str,
+            slots: Slots | None) -> Frame:
+    """``result`` with ``outputs`` (aligned with ``items``) as a frame, large
+    buffers through ``slots``. When an output cannot be pickled: the outputs
+    before it, and a ``SerializationError`` in its place."""
+    sent = _sent(outputs, result.skipped)
+    for every in (False, True):  # then also memoryviews, and buffers mid-chunk
+        try:
+            return dumps_chunk((mark_large(sent, every), *result[1:]), slots)[0]
+        except Exception:
+            pass
+    kept, error = _until_unpicklable(outputs, items, label, "leave its worker process")
+    return dumps((_sent(kept, result.skipped), error or result.error, *result[2:]))
+
+
+def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], label: str,
+           stats: list[Any], seconds: float, carry: Carry | None) -> Frame:
+    """The task for the next linked worker: this chunk's outputs, with the error
+    and figures so far. It goes through the pipe, not shared memory: the slot
+    could not be handed back to this process."""
+    error, stats, seconds = _merge(failure, stats, seconds, carry)
+    sent = _sent(outputs, [])
+    stats[-1][2] = len(sent)  # the next stage takes them: this one's outputs are counted
+    try:
+        return dumps((None, sent, [], (error, stats, seconds)))
+    except Exception:
+        pass
+    kept, cut = _until_unpicklable(outputs, items, label, "reach the next stage's process")
+    sent = _sent(kept, [])
+    stats[-1][2] = len(sent)
+    return dumps((None, sent, [], (cut, stats, seconds)))
+
+
+def _until_unpicklable(outputs: list[Any], items: list[Any], label: str,
+                       where: str) -> tuple[list[Any], RemoteError]:
+    """The outputs before the first that cannot be pickled, and the error for
+    it, at its input (``outputs`` are aligned with ``items``)."""
+    bad = first_unpicklable(outputs)
+    if bad is None:  # each pickles, not all together: blame the chunk's first
+        j, exc = 0, SerializationError(f"the outputs of {label} cannot {where}")
+    else:
+        j, why = bad
+        exc = SerializationError(f"{label} returned {short_repr(outputs[j])}, which cannot "
+                                 f"{where}: {type(why).__name__}: {why}")
+    return outputs[:j], RemoteError.pack(StageFailure(label, items[j], exc))
+
+
+# -- an executor's or a thread's task --------------------------------------------
+
+_LOADED: dict[bytes, Segments] = {}
+
+
+def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> Result | Broken:
+    """An executor's task: run segment ``seg`` over one chunk.
+
+    The executor does the pickling. The stages are unpickled once per process
+    and pipeline (``key``), not per chunk.
+    """
+    start = time.perf_counter()
+    segments = _LOADED.get(key)
+    if segments is None:
+        if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
+            _LOADED.clear()
+        segments = _LOADED[key] = load_segments(blob)
+    try:
+        chain, window, _ = segments[seg]
+        items = sliding(payload, window) if window else payload
+        loaded = time.perf_counter()
+        outputs, failure, stats, skipped = chain.run(items)
+        return Result(_sent(outputs, skipped),
+                      None if failure is None else RemoteError.pack(failure), stats,
+                      loaded - start, _packed(skipped))
+    except Exception:  # a stage's are caught in Chain.run: this is blpipe's own
+        return Broken(traceback.format_exc())
+
+
+def run_local(chain: Chain, window: int | None, payload: list[Any]) -> Result | Broken:
+    """A thread stage's task: like :func:`run_chunk`, with nothing to unpickle."""
+    try:
+        outputs, failure, stats, skipped = chain.run(sliding(payload, window) if window
+                                                     else payload)
+        return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)
+    except Exception:
+        return Broken(traceback.format_exc())

@@ -8,7 +8,8 @@ died, and something that cannot cross a process boundary.
 from __future__ import annotations
 
 import signal
-import traceback
+
+__all__ = ["BrokenPipeline", "RemoteTraceback", "SerializationError", "WorkerDied"]
 
 
 class BrokenPipeline(RuntimeError):
@@ -55,12 +56,7 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-def formatted(exc: BaseException) -> str:
-    """``exc``'s traceback as Python prints it."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
-def describe_exit(exitcode: int | None) -> str:
+def _describe_exit(exitcode: int | None) -> str:
     """``'SIGKILL(-9)'`` for a signal death, ``'exit code 3'`` otherwise."""
     if exitcode is None:
         return "an unknown exit status"
@@ -81,7 +77,7 @@ _HINTS = {
 
 
 def _death_message(stage: str, exitcode: int | None, input_repr: str | None) -> str:
-    what = f"the worker running {stage} died with {describe_exit(exitcode)}"
+    what = f"the worker running {stage} died with {_describe_exit(exitcode)}"
     if input_repr is not None:
         what += f" while handling input {input_repr}"
     hint = _HINTS.get(exitcode or 0, "the stage (or native code it calls) ended the process; "

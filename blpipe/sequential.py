@@ -6,8 +6,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._base import PipelineBase, annotate, settle
+from ._base import PipelineBase
 from ._chain import Chain
+from ._failures import settle
+
+__all__ = ["SequentialPipeline"]
 
 
 class SequentialPipeline(PipelineBase):
@@ -56,14 +59,15 @@ class SequentialPipeline(PipelineBase):
                 if x is None:
                     continue
                 outputs, failure, stats, skipped = chain.run([x])
+                exc = None if failure is None else failure.exception()
                 if skipped:
-                    outputs, over = settle(self.errors, rec.n_in, 0, outputs, skipped)
-                    failure = over or failure
+                    outputs, over = settle(self.errors, 0, rec.n_in, outputs, skipped)
+                    exc = over or exc
                 y = outputs[0] if outputs else None
                 rec.add(0, stats, 1, y is not None, 0.0)
-                if failure is not None:
+                if exc is not None:
                     self._closed = True
-                    raise annotate(failure)
+                    raise exc
                 if y is not None:
                     rec.yielded += 1
                     t = clock()

@@ -10,12 +10,8 @@ at most once a millisecond. :meth:`blpipe.Pipeline.statistics` returns a
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from .stages import Placement, StageSpec
 
 __all__ = ["StageStatistics", "Statistics"]
 
@@ -124,98 +120,6 @@ class Statistics:
     def report(self) -> str:
         """A fixed-width table of the figures, the bottleneck and the advice."""
         return _report(self)
-
-
-# -- counting ------------------------------------------------------------------
-
-class Recorder:
-    """The running totals of one pipeline.
-
-    Only the thread that runs the stream writes them, adding a chunk's inputs
-    before its outputs; :meth:`snapshot` copies the outputs before the
-    inputs, each copy in one step, so a snapshot taken from another thread
-    never shows more out than in, and no lock is taken per chunk.
-    """
-
-    def __init__(self, stages: Sequence[StageSpec], pool_size: int, usable_cpus: int) -> None:
-        n = len(stages)
-        self.specs = tuple(stages)
-        self.pool_size = pool_size
-        self.usable_cpus = usable_cpus
-        self.segment = list(range(n))  # set by the pipeline that fuses
-        self.busy = [0.0] * n
-        self.n_in = [0] * n
-        self.n_out = [0] * n
-        self.serialize = [0.0] * n  # per first stage of a segment
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.yielded = 0
-        self.consumer = 0.0
-        self.input = 0.0
-
-    def start(self) -> None:
-        if self.started is None:
-            self.started = time.monotonic()
-
-    def end(self) -> None:
-        if self.started is not None and self.ended is None:
-            self.ended = time.monotonic()
-
-    def add(self, first: int, stats: list[Any], n_in: int, n_out: int, seconds: float) -> None:
-        """A chunk's figures: per stage ``[busy, in, out]`` from ``first`` on, the
-        segment's inputs and outputs, and its serialization seconds."""
-        self.serialize[first] += seconds
-        if len(stats) == 1:  # the common case, kept short
-            self.busy[first] += stats[0][0]
-            self.n_in[first] += n_in
-            self.n_out[first] += n_out
-            return
-        busy, ins, outs = self.busy, self.n_in, self.n_out
-        last = len(stats) - 1
-        for j, (b, i, _) in enumerate(stats):
-            busy[first + j] += b
-            ins[first + j] += n_in if j == 0 else i
-        for j, (_, _, o) in enumerate(stats):
-            outs[first + j] += n_out if j == last else o
-
-    def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
-                 running: bool, errors: Sequence[int],
-                 nbytes: tuple[int, int] = (0, 0), active: int = 0) -> Statistics:
-        """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
-        in flight, starved s, blocked s)``."""
-        n_out = list(self.n_out)  # before the inputs: see the class docstring
-        n_in = list(self.n_in)
-        busy = list(self.busy)
-        serialize = list(self.serialize)
-        end = self.ended or time.monotonic()
-        elapsed = 0.0 if self.started is None else end - self.started
-        stages = []
-        first_of: dict[int, int] = {}
-        for i, seg in enumerate(self.segment):
-            first_of.setdefault(seg, i)
-        for i, spec in enumerate(self.specs):
-            seg = self.segment[i]
-            inflight, peak, starved, blocked = live(seg)
-            workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
-                       Placement.MASTER: 0, Placement.THREAD: spec.threads or 1,
-                       }[spec.placement]
-            can_run = max(1, min(workers, spec.batch_size))
-            stages.append(StageStatistics(
-                name=spec.label, placement=spec.placement.value, window=spec.window,
-                batch_size=spec.batch_size, segment=seg, workers=workers,
-                items_in=n_in[i], items_out=n_out[i],
-                busy_seconds=busy[i], starved_seconds=starved, blocked_seconds=blocked,
-                serialize_seconds=serialize[first_of[seg]], in_flight=inflight,
-                peak_in_flight=peak,
-                throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
-                utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
-                errors=errors[i]))
-        return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
-                          items_yielded=self.yielded, consumer_seconds=self.consumer,
-                          input_seconds=self.input, running=running,
-                          pool_size=self.pool_size, usable_cpus=self.usable_cpus,
-                          bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1],
-                          pool_active=active or self.pool_size)
 
 
 # -- advice --------------------------------------------------------------------

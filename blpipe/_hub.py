@@ -1,0 +1,319 @@
+"""The hub: the calling process's side of one ``apply``, run by the consumer's ``next``.
+
+The data flow, for ``[parse (pool), Total() (dedicated), render (master)]``::
+
+   calling process: the hub, no threads of its own             worker processes
+   ───────────────────────────────────────────────────────     ─────────────────────────
+   input ─pull()─► Segment 0 ─dispatch()─► Outbox ══ Task ════► pool worker: Chain.run
+                   in_buf, records           ▲                   │
+                   (at most batch_size)      └── Inbox ◄ Result ═┘
+                      │ release(), in order
+                      ▼
+                   Segment 1 ─dispatch()─► Outbox ══ Task ════► dedicated worker(s), each
+                      │                      ▲                   feeding the next (a link)
+                      │                      └── Inbox ◄ Result ═┘
+                      ▼ release()
+                   MasterSegment 2: runs render here, as items arrive
+                      ▼
+                   Sink ─► Pipeline's generator yields to the consumer
+
+   wait(): one select over every result pipe, every worker's sentinel (a death
+   is seen as it happens), task pipes with writes pending, and the Waker
+   (futures done on an executor's or a thread stage's threads)
+
+Each step of the consumer's loop is :meth:`Hub.pump` (release finished
+outputs downstream, pull input into the first segment, dispatch chunks), then
+it yields what reached the :class:`~blpipe._segments.Sink`, or waits for
+events (:meth:`Hub.wait`) when nothing can move.
+
+The messages (:mod:`blpipe._messages`):
+
+=====================  ===========================  ===========================================
+from -> to             message                      fields
+=====================  ===========================  ===========================================
+hub -> worker          ``Task``                     segment, items, freed slots, ``None``
+worker -> next linked  ``Task`` (relayed)           ``None``, outputs, ``[]``, ``Carry`` (error,
+                                                    stats, seconds so far)
+worker -> hub          ``Result``                   outputs, error, stats, seconds, skipped
+worker -> hub          ``Loaded``                   slot: a huge input is read, free it now
+worker -> hub          ``LoadFailed``               traceback: the stages could not load
+worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
+worker -> hub          ``Broken``                   traceback: blpipe's own code failed
+executor/thread -> hub ``Result`` or ``Broken``     as a future's result
+hub -> worker          end of file on its task pipe stop
+=====================  ===========================  ===========================================
+"""
+
+from __future__ import annotations
+
+import selectors
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from ._adaptive import Governor
+from ._chain import Chain
+from ._executors import Futures, Lane, Local, Remote
+from ._failures import Failure
+from ._plan import Plan
+from ._procs import GRACE, KILL_AFTER, Link, Pool, Procs
+from ._segments import Flow, MasterSegment, Segment, Sink
+from ._spec import Placement
+from .errors import BrokenPipeline
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from ._recorder import Recorder
+    from .errorlog import ErrorLog
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a run needs of its ``Pipeline``, besides the plan."""
+
+    ctx: Any  # the multiprocess context: the start method
+    pool_size: int
+    auto: bool  # n_cpu="auto": a Governor sizes the pool in use
+    executor: Executor | None
+    budget: int | None  # max_bytes_in_flight
+    recorder: Recorder
+    log: ErrorLog
+    pool_key: bytes  # names this pipeline's stages in an executor's workers
+
+
+class Hub:
+    """The processes, the segments and the event loop of one ``apply``."""
+
+    def __init__(self, plan: Plan, config: Config) -> None:
+        self.inputs: Iterator[Any] = iter(())  # set by the consumer's loop
+        self.src_done = False
+        self.closing = False
+        self.flow = Flow(config.recorder, config.log, config.budget)
+        self.selector = selectors.DefaultSelector()
+        self.parent_fds: list[int] = [self.selector.fileno()]
+        last = plan.segments[-1].stages[-1] if plan.segments else None
+        self.sink = Sink(last.batch_size if last else 64)
+        self.procs: Procs | None = None
+        self.futures: Futures | None = None
+        self.pool: Pool | None = None
+        self.governor: Governor | None = None
+        self.last_tick = time.monotonic()
+        try:
+            self._build(plan, config)
+        except BaseException:
+            self.close(graceful=False)
+            raise
+
+    def _build(self, plan: Plan, config: Config) -> None:
+        kinds = {s.kind for s in plan.segments}
+        if kinds & {Placement.DEDICATED} or (config.executor is None and plan.pool_blob):
+            self.procs = Procs(config.ctx, self.selector, self.parent_fds, self.flow, self.sink)
+        if Placement.THREAD in kinds or (config.executor is not None and plan.pool_blob):
+            self.futures = Futures(self.selector, self.parent_fds)
+        lanes: list[Lane] = []
+        if config.executor is not None:
+            lanes = [Lane() for _ in range(config.pool_size)]
+        elif plan.pool_blob is not None:
+            assert self.procs is not None
+            self.pool = Pool(self.procs, plan.pool_blob, plan.pool_label, config.pool_size)
+            if config.auto:
+                own = [s.index for seg in plan.segments for s in seg.stages
+                       if seg.kind in (Placement.DEDICATED, Placement.MASTER)]
+                self.governor = Governor(config.pool_size, own, config.recorder.busy,
+                                         time.monotonic())
+        nxt: Any = self.sink
+        segments: list[Any] = []
+        for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
+            seg = plan.segments[index]
+            specs = seg.stages
+            first, cap, label = specs[0].index, specs[0].batch_size, seg.label
+            for s in specs:
+                config.recorder.segment[s.index] = index
+            if seg.kind is Placement.MASTER:
+                nxt = MasterSegment(index, first, Chain(
+                    [(s.label, s.func, s.window, s.on_error != "raise") for s in specs]),
+                    self.flow, nxt)
+                segments.append(nxt)
+                continue
+            backend: Any
+            if seg.kind is Placement.POOL:
+                if config.executor is not None:
+                    assert self.futures is not None
+                    assert plan.pool_blob is not None
+                    backend = Remote(self.futures, lanes, config.executor, config.pool_key,
+                                     plan.pool_blob, index)
+                else:
+                    backend = self.pool
+                n = config.pool_size
+            elif seg.kind is Placement.THREAD:
+                assert self.futures is not None
+                s = specs[0]
+                n = s.threads or 1
+                backend = Local(self.futures, Chain([(s.label, s.func, None,
+                                                      s.on_error != "raise")]),
+                                s.window, n, label)
+            else:
+                assert self.procs is not None
+                assert seg.blobs is not None
+                backend = Link(self.procs, seg.blobs, [s.label for s in specs])
+                # The link holds what its stages would hold apart, the sum of their
+                # batch_size, in chunks of which one runs in each worker, one waits.
+                cap *= len(specs)
+                size = max(1, cap // (len(specs) + 1))
+                nxt = Segment(index, first, label, cap, (size, size), None, True, self.flow,
+                              nxt, backend)
+                segments.append(nxt)
+                continue
+            # from every worker with one chunk queued, to two chunks in all
+            nxt = Segment(index, first, label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
+                          specs[0].window, specs[0].ordered, self.flow, nxt, backend)
+            segments.append(nxt)
+        segments.reverse()
+        self.segments = segments
+        # released downstream first, so each has room for what comes from upstream
+        self.outside = [s for s in reversed(segments) if isinstance(s, Segment)]
+        self.head = segments[0] if segments else self.sink
+        # input is pulled a chunk of the first outside segment at a time
+        self.pull_from: Segment | None = self.outside[-1] if self.outside else None
+
+    # -- the stream ------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Move everything that can move: release, pull input, dispatch.
+
+        Releasing goes downstream first, so each segment has room for what
+        comes from upstream; then a dispatch sends each one's chunks. Nothing
+        else can move until results come in, through :meth:`wait`, unless a
+        dispatch says otherwise: then it goes round again.
+        """
+        outside = self.outside
+        head = self.pull_from
+        again = True
+        while again:  # see Segment.dispatch: rare
+            for segment in outside:
+                segment.release()
+            again = False
+            while self.pull():  # a chunk at a time, each sent at once
+                if head is not None and head.dispatch(False):
+                    again = True
+            for segment in outside:
+                if segment.dispatch(True):
+                    again = True
+
+    def pull(self) -> bool:
+        """Pull up to a chunk of input into the first segment; ``True`` when it
+        took all it asked for, so more may be taken now."""
+        if self.src_done or self.flow.stop_upto >= 0:
+            return False
+        room = min(self.head.room(), self.pull_from.chunk if self.pull_from else 64)
+        if room <= 0:
+            return False
+        start = perf_counter()
+        if self.flow.budget is None:
+            raw = list(islice(self.inputs, room))
+            ended = len(raw) < room
+        else:
+            raw, ended = self._take_within_budget(room)
+        self.flow.recorder.input += perf_counter() - start
+        failure = None
+        if raw and type(raw[-1]) is Failure:  # the input's error ends it, full batch or not
+            failure = raw.pop()
+            self.src_done = True
+        elif ended:
+            self.src_done = True
+        batch = [x for x in raw if x is not None]
+        if batch:
+            self.head.put(batch)
+        if failure is not None:
+            self.head.put_failure(failure)
+        return not self.src_done and len(raw) == room
+
+    def _take_within_budget(self, room: int) -> tuple[list[Any], bool]:
+        """Up to ``room`` items that the byte budget has room for, and whether
+        the input ended.
+
+        Nothing is taken while what was pulled last is not yet sent (and so
+        counted). Each item is reckoned at ``sys.getsizeof`` (the whole buffer
+        for bytes, bytearray, str and NumPy arrays) or at the recent average
+        serialized size per item, whichever is larger, and items are taken
+        until the room left is used up: the last one may pass it. With
+        nothing in flight one is always taken, so that an item larger than
+        the budget still goes alone.
+        """
+        first = self.pull_from
+        if first is not None and first.in_buf:
+            return [], False
+        meter = self.flow.meter
+        left: float = self.flow.budget - meter.now  # type: ignore[operator]
+        if left <= 0 and meter.now:
+            return [], False
+        avg = (first.item_bytes if first is not None else None) or 0.0
+        raw: list[Any] = []
+        it = self.inputs
+        while len(raw) < room and (left > 0 or not raw):
+            x = next(it, _END)
+            if x is _END:
+                return raw, True
+            raw.append(x)
+            left -= max(sys.getsizeof(x), avg)
+        return raw, False
+
+    def finished(self) -> bool:
+        return self.src_done and all(s.idle() for s in self.outside)
+
+    def tick(self) -> None:
+        """Sample which segments wait, at most once a millisecond."""
+        now = time.monotonic()
+        dt = now - self.last_tick
+        if dt < 0.001:
+            return
+        self.last_tick = now
+        if self.governor is not None and self.governor.update(now):
+            self.pool.resize(self.governor.active)  # type: ignore[union-attr]
+        more = not self.src_done and self.flow.stop_upto < 0
+        for segment in reversed(self.outside):  # upstream first
+            more = segment.sample(dt, more) or more
+
+    # -- events ------------------------------------------------------------------
+
+    def wait(self, timeout: float | None) -> None:
+        """Handle what the workers and executors did; block up to ``timeout``."""
+        if timeout is None and not ((self.procs and self.procs.busy())
+                                    or (self.futures and self.futures.busy())):
+            raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
+                                 "stream is not finished; please report this with the stages")
+        for key, _ in self.selector.select(timeout):
+            key.data()
+
+    # -- figures -------------------------------------------------------------------
+
+    def live(self, segment: int) -> tuple[int, int, float, float]:
+        """A segment's in flight, peak in flight, starved and blocked seconds."""
+        s = self.segments[segment] if segment < len(self.segments) else None
+        if not isinstance(s, Segment):
+            return 0, 0, 0.0, 0.0
+        return s.inflight, s.peak, s.starved, s.blocked
+
+    def active(self) -> int | None:
+        return self.governor.active if self.governor is not None else None
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def close(self, graceful: bool) -> None:
+        """Stop every worker and thread; release every descriptor and slot."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.procs is not None:
+            self.procs.close(graceful)
+        if self.futures is not None:
+            self.futures.close(GRACE if graceful else KILL_AFTER)
+        self.selector.close()
+
+
+_END = object()

@@ -1,0 +1,74 @@
+"""The messages between the hub and its workers (see the table in :mod:`blpipe._hub`).
+
+Each is a ``NamedTuple``. The two sent once per chunk, :class:`Task` and
+:class:`Result`, travel as plain tuples and are rebuilt with
+``tuple.__new__``: pickling a class by reference costs about a microsecond
+at each end, a share of a chunk's round trip worth saving. The rare ones
+travel as themselves, so their type tells them apart from a result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ._failures import RemoteError, Skipped, StageFailure
+
+
+class Carry(NamedTuple):
+    """What a linked worker passes on with its outputs: the error and figures so far."""
+
+    error: RemoteError | None
+    stats: list[list[Any]]
+    seconds: float
+
+
+class Task(NamedTuple):
+    """hub -> worker (or worker -> the next linked worker): a chunk to run."""
+
+    segment: int | None  # the segment that runs it; None in a relayed task
+    items: list[Any]  # the inputs (a window segment's: the k-1 before them too)
+    freed: list[tuple[int, int]]  # (pid, slot) of this worker's results the hub has read
+    carry: Carry | None = None  # in a relayed task
+
+
+class Result(NamedTuple):
+    """worker -> hub, and an executor's or thread's task -> hub: a chunk's results.
+
+    ``outputs`` have ``None`` dropped, unless ``skipped`` lists errors a stage
+    went on past: then they are aligned with the chunk's inputs, so that the
+    hub can cut them at an error over its budget.
+    """
+
+    outputs: list[Any]
+    error: RemoteError | StageFailure | None  # the chunk failed after its outputs
+    stats: list[list[Any]]  # per stage: [busy seconds, inputs, outputs (-1: the caller counts)]
+    seconds: float  # spent unpickling this chunk and pickling the last result
+    skipped: list[Skipped]
+
+
+class Loaded(NamedTuple):
+    """worker -> hub: a task's huge shared memory slot is read, and can go now."""
+
+    slot: int
+
+
+class LoadFailed(NamedTuple):
+    """worker -> hub: the worker could not load its stages."""
+
+    traceback: str
+
+
+class Unloadable(NamedTuple):
+    """worker -> hub: a task could not be unpickled (its items' classes are missing)."""
+
+    traceback: str
+
+
+class Broken(NamedTuple):
+    """worker or task -> hub: blpipe's own code failed there, not a stage."""
+
+    traceback: str
+
+
+new = tuple.__new__  # Task or Result from the plain tuple that carried it

@@ -1,0 +1,495 @@
+"""Segments: the bounded, ordered stretches of the stream between the input and the consumer.
+
+A *segment* is a run of stages that runs as one: fused pool stages, linked
+stateful stages, a thread stage, or master stages in the caller. Each holds
+at most its ``batch_size`` inputs in flight, cuts what it receives into
+chunks, hands them to its *backend* (worker processes, an executor, threads)
+and releases the results downstream in input order, as far as downstream has
+room. The last one releases into the :class:`Sink`, which the consumer
+drains. A failure waits in its place, behind every earlier chunk.
+
+Segments see the rest of the run only through :class:`Flow`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import sys
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._chain import Chain
+from ._failures import Failure, Skipped, settle
+from ._shm import BIG, tune_malloc
+from ._spec import short_repr
+from ._transport import first_unpicklable
+from .errors import SerializationError, WorkerDied
+
+if TYPE_CHECKING:
+    from ._messages import Result
+    from ._recorder import Recorder
+    from .errorlog import ErrorLog
+
+
+class Meter:
+    """Serialized bytes of the chunks in flight, what ``max_bytes_in_flight`` bounds."""
+
+    __slots__ = ("now", "peak")
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        self.now += n
+        if self.now > self.peak:
+            self.peak = self.now
+
+
+class Flow:
+    """What segments share with the hub: where the stream is cut, the figures, the errors."""
+
+    __slots__ = ("stop_upto", "recorder", "log", "meter", "budget")
+
+    def __init__(self, recorder: Recorder, log: ErrorLog, budget: int | None) -> None:
+        self.stop_upto = -1  # segments up to this one take no more input
+        self.recorder = recorder
+        self.log = log
+        self.meter = Meter()
+        self.budget = budget
+
+    def stop(self, index: int) -> None:
+        """A failure at segment ``index``: what is upstream of it is later in the
+        stream and no longer needed, so stop feeding it."""
+        if index > self.stop_upto:
+            self.stop_upto = index
+
+
+class Record:
+    """A chunk in flight: ``outs`` is set once its results are in.
+
+    ``first`` is its first input (for messages), ``frame`` what was sent
+    (kept until the results are in, to send again if its worker dies before
+    starting it), ``slot`` the shared memory slot of its large inputs.
+    ``start`` is the index of its first input in its segment's stream and
+    ``offset`` how many of its inputs complete no window: with them an error
+    gone past (``skipped``) is placed in the stream when the chunk is released.
+    """
+
+    __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
+                 "skipped", "nbytes")
+
+    def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
+                 outs: list[Any] | None = None, failure: Failure | None = None) -> None:
+        self.n_in = n_in
+        self.first = first
+        self.frame = frame
+        self.slot = slot
+        self.outs = outs
+        self.pos = 0  # outputs already released
+        self.failure = failure
+        self.start = 0
+        self.offset = 0
+        self.skipped: list[Skipped] | None = None
+        self.nbytes = 0  # serialized: its inputs', then its results' once they are in
+
+
+class Shown:
+    """Stands for an item in messages (its ``repr``) without keeping it alive."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class Backend(Protocol):
+    """Where a segment's chunks run: pool workers, a link, an executor, threads."""
+
+    depth: int  # chunks queued per place: one running, the rest ready behind it
+    work: float  # seconds of stage work a chunk aims at
+    death: tuple[str, int | None] | None  # a dedicated worker died: which stage's, and how
+
+    def pick(self, limit: int) -> Any:
+        """The least loaded place with fewer than ``limit`` chunks, or ``None``."""
+
+    def pack(self, segment: int, payload: list[Any], place: Any) -> tuple[Any, int | None, int]:
+        """What to send, its shared memory slot and its bytes; raises when it won't pickle."""
+
+    def post(self, place: Any, segment: Segment, rec: Record) -> None:
+        """Send ``rec`` to ``place``; the result comes back through ``complete``."""
+
+
+class Sink:
+    """Outputs ready for the consumer, kept in the chunks they came in."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.chunks: deque[list[Any]] = deque()
+        self.held = 0  # items in chunks, not yet handed to the consumer
+        self.failure: Failure | None = None
+
+    def room(self) -> int:
+        return self.cap - self.held
+
+    def put(self, items: list[Any]) -> None:
+        self.chunks.append(items)
+        self.held += len(items)
+
+    def put_failure(self, failure: Failure) -> None:
+        if self.failure is None:  # the first is the earliest in the stream
+            self.failure = failure
+
+
+class MasterSegment:
+    """Master stages, run synchronously in the caller as items arrive."""
+
+    def __init__(self, index: int, first: int, chain: Chain, flow: Flow, nxt: Any) -> None:
+        self.index = index
+        self.first = first  # its first stage's index
+        self.chain = chain
+        self.flow = flow
+        self.next = nxt
+        self.dead = False
+
+    def room(self) -> int:
+        return 0 if self.dead else int(self.next.room())
+
+    def put(self, items: list[Any]) -> None:
+        flow = self.flow
+        outputs, failure, stats, skipped = self.chain.run(items)
+        exc = None if failure is None else failure.exception()
+        if skipped:
+            outputs, over = settle(flow.log, self.first, flow.recorder.n_in[self.first:],
+                                   outputs, skipped)
+            exc = over or exc
+        outs = [y for y in outputs if y is not None]
+        flow.recorder.add(self.first, stats, len(items), len(outs), 0.0)
+        if outs:
+            self.next.put(outs)
+        if exc is not None:
+            flow.stop(self.index)
+            self.put_failure(Failure(exc))
+
+    def put_failure(self, failure: Failure) -> None:
+        if not self.dead:  # a later failure changes nothing
+            self.dead = True
+            self.next.put_failure(failure)
+
+
+class Wait(enum.Enum):
+    """What a segment was doing at the last sample, for its starved and blocked time."""
+
+    BUSY = 0  # working, or idle because the stream is over
+    STARVED = 1  # nothing to do while more input may come
+    BLOCKED = 2  # a finished chunk held back by a full downstream
+
+
+class Segment:
+    """Stages that run outside the caller's loop, on a :class:`Backend`."""
+
+    def __init__(self, index: int, first: int, label: str, cap: int, chunks: tuple[int, int],
+                 window: int | None, ordered: bool, flow: Flow, nxt: Any,
+                 backend: Backend) -> None:
+        self.index = index
+        self.first = first  # its first stage's index
+        self.label = label
+        self.cap = cap
+        self.min_chunk, self.max_chunk = chunks
+        self.chunk = self.min_chunk
+        self.window = window
+        self.ordered = ordered
+        self.flow = flow
+        self.next = nxt
+        self.backend = backend
+        self.per_item: float | None = None  # seconds of stage work per input, smoothed
+        self.item_bytes: float | None = None  # serialized bytes per input, smoothed
+        self.huge = False  # items of over BIG bytes: one per chunk, so few copies coexist
+        self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
+        self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
+        self.records: deque[Record] = deque()  # chunks in flight, in input order
+        self.inflight = 0
+        self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
+        self.upstream_failure: Failure | None = None
+        self.closed = False  # takes no more input
+        # statistics: written here only, read by statistics() from any thread
+        self.peak = 0
+        self.starved = 0.0
+        self.blocked = 0.0
+        self.state = Wait.BUSY
+
+    def room(self) -> int:
+        if self.closed:
+            return 0
+        return self.cap - len(self.in_buf) - self.inflight
+
+    def put(self, items: list[Any]) -> None:
+        self.in_buf.extend(items)
+
+    def put_failure(self, failure: Failure) -> None:
+        if not self.closed:  # once closed, anything later is later in the stream
+            self.upstream_failure = failure
+            self.closed = True
+
+    def idle(self) -> bool:
+        return not (self.in_buf or self.records or self.upstream_failure)
+
+    # -- results in --------------------------------------------------------------
+
+    def complete(self, rec: Record, result: Result, nbytes: int = 0) -> None:
+        """A chunk's results are in (``nbytes``: their serialized size)."""
+        outputs, error, stats, seconds, skipped = result
+        rec.frame = None
+        if nbytes or rec.nbytes:
+            self.flow.meter.add(nbytes - rec.nbytes)
+            rec.nbytes = nbytes
+        self._observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats))
+        if skipped:  # outputs are aligned, with None, until settled on release
+            rec.skipped = skipped
+            n_out = sum(1 for y in outputs if y is not None)
+        else:
+            n_out = len(outputs)
+        rec.outs = outputs
+        self.flow.recorder.add(self.first, stats, rec.n_in, n_out, seconds)
+        if error is not None:
+            rec.failure = Failure(error.exception())
+            self.flow.stop(self.index)
+
+    def fail(self, rec: Record, exc: BaseException) -> None:
+        """A chunk failed as a whole: ``exc`` in its place, nothing before it."""
+        rec.frame = None
+        rec.outs = []
+        rec.failure = Failure(exc)
+        self.flow.stop(self.index)
+
+    def _observe(self, n_in: int, seconds: float) -> None:
+        """Size chunks to about ``backend.work`` of stage work, within the bounds.
+
+        The hub's cost is per chunk, so cheap items want large chunks; costly
+        ones want small chunks, spread over every worker.
+        """
+        if n_in:
+            per = seconds / n_in
+            self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
+            want = math.ceil(self.backend.work / max(self.per_item, 1e-9))
+            self.chunk = 1 if self.huge else max(self.min_chunk, min(self.max_chunk, want))
+
+    # -- results out ---------------------------------------------------------------
+
+    def release(self) -> bool:
+        """Hand finished outputs downstream, as far as it has room: in order, or
+        under ``ordered=False`` every finished chunk, whatever its place.
+
+        A failure waits for every chunk before it either way, so the outputs
+        of earlier inputs all come out before it is raised.
+        """
+        moved = False
+        records = self.records
+        nxt = self.next
+        ordered = self.ordered
+        i = 0  # stays 0 in order
+        while i < len(records):
+            rec = records[i]
+            outs = rec.outs
+            if outs is None:
+                if ordered:
+                    break
+                i += 1
+                continue
+            if rec.skipped:
+                outs = self._settle(rec)
+            left = len(outs) - rec.pos
+            if left:
+                before = left
+                # room is asked again after each put: a master segment downstream
+                # may pass on fewer items than it takes
+                while left and (room := nxt.room()) > 0:
+                    take = min(left, room)
+                    nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
+                    rec.pos += take
+                    left -= take
+                if left < before:
+                    moved = True
+                if left:
+                    # their share of its bytes is counted downstream from now on
+                    share = rec.nbytes * (before - left) // before
+                    rec.nbytes -= share
+                    self.flow.meter.now -= share
+                    break
+            if rec.failure is not None and i:
+                i += 1  # raised once every chunk before it is out
+                continue
+            del records[i]
+            self.inflight -= rec.n_in
+            self.flow.meter.now -= rec.nbytes
+            moved = True
+            if rec.failure is not None:
+                nxt.put_failure(rec.failure)
+                self._close_failed()
+                break
+        return moved
+
+    def _close_failed(self) -> None:
+        """It passed a failure on: what it still holds is later in the stream."""
+        self.closed = True
+        self.flow.meter.now -= sum(r.nbytes for r in self.records)
+        self.records.clear()
+        self.in_buf.clear()
+        self.inflight = 0
+
+    def _settle(self, rec: Record) -> list[Any]:
+        """Count the errors its stage went on past in this chunk, in stream order:
+        record them, or at one over budget cut the chunk there and fail."""
+        # a stage with on_error is never fused: it is the segment's first
+        outs, exc = settle(self.flow.log, self.first, (rec.start + rec.offset,),
+                           rec.outs, rec.skipped)  # type: ignore[arg-type]
+        if exc is not None:
+            rec.failure = Failure(exc)
+            self.flow.stop(self.index)
+        rec.skipped = None
+        rec.outs = [y for y in outs if y is not None]
+        return rec.outs
+
+    # -- chunks out ----------------------------------------------------------------
+
+    def dispatch(self, final: bool) -> bool:
+        """Send chunks while workers can queue them: full ones; with ``final``,
+        also a partial one to a worker that would otherwise idle. Returns
+        whether anything can move at once: it put a failure in the stream,
+        or its first inputs only filled its window, which frees room.
+
+        ``final`` says upstream has nothing more to give now. Even then a
+        partial chunk goes only when the segment has room, or takes no more
+        input: a full segment waits for its results to free room instead, as
+        sending what trickles in would lock the stream into one-item round trips.
+        """
+        if self.index <= self.flow.stop_upto:
+            return False
+        in_buf = self.in_buf
+        backend = self.backend
+        if in_buf and backend.death is not None:
+            self._lost_state(backend.death)
+            return True
+        again = False
+        while in_buf:
+            full = len(in_buf) >= self.chunk
+            if not (full or (final and (self.closed or self.room() > 0))):
+                break
+            place = backend.pick(backend.depth if full else 1)
+            if place is None:
+                break
+            n = min(len(in_buf), self.chunk)
+            if n > 1 and self.item_bytes is None and sys.getsizeof(in_buf[0]) > BIG:
+                n = 1  # sizes not yet seen, and a huge first item: it goes alone
+            items = in_buf[:n]
+            del in_buf[:n]
+            if not self._send(place, items):
+                again = True
+                if self.index <= self.flow.stop_upto:  # it failed: the rest is later
+                    break
+        if not in_buf and self.upstream_failure is not None:
+            self._track(Record(0, None, outs=[], failure=self.upstream_failure))
+            self.upstream_failure = None
+            return True
+        return again
+
+    def _lost_state(self, death: tuple[str, int | None]) -> None:
+        """A dedicated worker died: its state is lost, so the next input fails."""
+        first = self.in_buf[0]
+        self.in_buf.clear()
+        label, exitcode = death
+        died = WorkerDied(label, exitcode, short_repr(first) + " (the next input after the "
+                          "death: the stage's state was lost)")
+        self._track(Record(1, first, outs=[], failure=Failure(died)))
+        self.flow.stop(self.index)
+
+    def _send(self, place: Any, items: list[Any]) -> bool:
+        """Send a chunk; ``False`` when it is done at once: it failed (an item
+        would not pickle, the executor refused it), or it only fills the window."""
+        payload = items
+        start = self.sent
+        self.sent += len(items)
+        if self.history is not None:
+            payload = [*self.history, *items]
+            self.history.extend(items)
+            if len(payload) < self.window:  # type: ignore[operator]
+                # not a full window yet: nothing to compute, but the inputs count
+                self.flow.recorder.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
+                return False
+        try:
+            packed = self.backend.pack(self.index, payload, place)
+        except Exception:
+            self._unpicklable(place, items, payload, start)
+            return False
+        return self._post(place, items, payload, start, packed)
+
+    def _post(self, place: Any, items: list[Any], payload: list[Any], start: int,
+              packed: tuple[Any, int | None, int]) -> bool:
+        frame, slot, nbytes = packed
+        rec = Record(len(items), items[0], frame, slot)
+        if nbytes:
+            flow = self.flow
+            if slot is not None:  # its first item is large: keep only what messages need
+                rec.first = Shown(short_repr(items[0]))
+                tune_malloc()
+            if slot is not None or flow.budget is not None:  # sizes matter: smooth them
+                per = nbytes / len(items)
+                self.item_bytes = per if self.item_bytes is None else \
+                    0.7 * self.item_bytes + 0.3 * per
+                if (self.item_bytes > BIG) is not self.huge:
+                    self.huge = not self.huge
+                    self.chunk = 1 if self.huge else self.min_chunk
+            rec.nbytes = nbytes
+            flow.meter.add(nbytes)
+        rec.start = start
+        if self.window:  # the windows of this chunk end at its inputs after these
+            rec.offset = len(items) - (len(payload) - self.window + 1)
+        self._track(rec)
+        self.backend.post(place, self, rec)
+        return rec.outs is None  # else the backend failed it at once
+
+    def _track(self, rec: Record) -> None:
+        """Count a chunk against the bound, in order."""
+        self.records.append(rec)
+        self.inflight += rec.n_in
+        if self.inflight > self.peak:
+            self.peak = self.inflight
+
+    def _unpicklable(self, place: Any, items: list[Any], payload: list[Any],
+                     start: int) -> None:
+        """Send what pickles before the first item that does not, then fail there."""
+        bad, err = first_unpicklable(items) or (0, TypeError("the chunk as a whole cannot be "
+                                                             "pickled"))
+        if bad:  # the segment stops at the bad item: its window history no longer matters
+            prefix = payload[:len(payload) - len(items) + bad]
+            self._post(place, items[:bad], prefix, start,
+                       self.backend.pack(self.index, prefix, place))
+        exc = SerializationError(f"input {short_repr(items[bad])} for {self.label} cannot be "
+                                 f"sent to its worker process: {type(err).__name__}: {err}")
+        exc.__cause__ = err
+        self._track(Record(1, items[bad], outs=[], failure=Failure(exc)))
+        self.flow.stop(self.index)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def sample(self, dt: float, more: bool) -> bool:
+        """Put the ``dt`` seconds since the last sample down to what it was doing
+        then, and look again; ``more``: input may still come from upstream.
+        Returns whether it holds anything, which upstream of the next means more."""
+        if self.state is Wait.STARVED:
+            self.starved += dt
+        elif self.state is Wait.BLOCKED:
+            self.blocked += dt
+        records = self.records
+        busy = bool(self.in_buf or records)
+        if records and records[0].outs is not None:
+            self.state = Wait.BLOCKED
+        elif not busy and more and not self.closed:
+            self.state = Wait.STARVED
+        else:
+            self.state = Wait.BUSY
+        return busy

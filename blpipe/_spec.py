@@ -1,0 +1,212 @@
+"""Reading and validating what each stage asks for: ``StageSpec``.
+
+A stage is any callable. How it may run is read from plain attributes with
+``getattr``, so they can sit on a function, an instance or its class:
+
+==================  ===========  ==============================================
+attribute           default      meaning
+==================  ===========  ==============================================
+``stateful``        ``True``     ``True``: sequential, in a dedicated process;
+                                 ``False``/``None``: stateless, shared pool;
+                                 int ``k >= 1``: sliding windows of ``k``, pool
+``batch_size``      ``1``        at most this many inputs of the stage in flight
+``run_in_master``   absent       present and truthy: runs in the calling process
+``threads``         absent       int ``n >= 1``: a stateless (or window) stage
+                                 runs in ``n`` threads of the calling process
+``ordered``         ``True``     ``False``: a stateless (or window) stage passes
+                                 each chunk's outputs on as soon as they are
+                                 done, not in input order
+``on_error``        ``"raise"``  ``"skip"``: drop an input the stage raises on
+                                 and go on; ``"collect"``: also record it
+``max_errors``      ``None``     with ``"skip"``/``"collect"``: the error after
+                                 this many fails the pipeline
+==================  ===========  ==============================================
+"""
+
+from __future__ import annotations
+
+import enum
+import numbers
+import reprlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+_reprs = reprlib.Repr()
+_reprs.maxstring = 60
+_reprs.maxother = 60
+_reprs.maxlong = 40
+
+
+def short_repr(obj: object) -> str:
+    """A ``repr`` cut to a readable length, for error messages.
+
+    >>> short_repr(b"ab" * 10**6)
+    "b'abababababababababababab'... (2,000,000 bytes)"
+    """
+    if isinstance(obj, (bytes, bytearray)) and len(obj) > 60:
+        # reprlib would build the whole repr first: seconds for a large buffer
+        return f"{obj[:24]!r}... ({len(obj):,} bytes)"
+    try:
+        return _reprs.repr(obj)
+    except Exception as e:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__name__} (repr failed: {e!r})>"
+
+
+def describe(func: object) -> str:
+    """A short human name for a stage: its qualified name, else its ``repr``.
+
+    A wrapper (``blpipe.stage``, ``functools.wraps``) is named after what it wraps.
+    """
+    wrapped = getattr(func, "__wrapped__", None)
+    if wrapped is not None and wrapped is not func:
+        return describe(wrapped)
+    qualname = getattr(func, "__qualname__", None)
+    if isinstance(qualname, str) and not isinstance(func, type):
+        return qualname
+    cls = type(func)
+    if cls.__repr__ is object.__repr__:
+        return f"{cls.__qualname__}()"
+    return short_repr(func)
+
+
+class Placement(enum.Enum):
+    """Where a stage runs."""
+
+    MASTER = "master"
+    DEDICATED = "dedicated"
+    POOL = "pool"
+    THREAD = "thread"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A validated stage: the callable and how it runs."""
+
+    index: int
+    func: Callable[[Any], Any]
+    name: str
+    placement: Placement
+    window: int | None
+    batch_size: int
+    threads: int | None = None
+    ordered: bool = True
+    on_error: str = "raise"
+    max_errors: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``'stage 2 (Accumulator())'``: how messages name the stage."""
+        return f"stage {self.index} ({self.name})"
+
+
+def _positive_int(value: object) -> int | None:
+    """``int(value)`` for an integer that is not a bool, else ``None``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+def read_stage(index: int | None, func: object) -> StageSpec:
+    """Read and validate one stage's attributes; raise naming the stage.
+
+    ``index`` is the stage's position, or ``None`` when validating alone.
+    """
+    name = describe(func)
+    where = f"stage({name})" if index is None else f"stage {index} ({name})"
+    if not callable(func):
+        raise TypeError(f"{where} is not callable: got {short_repr(func)} of type "
+                        f"{type(func).__name__}; a stage must be a function or an object "
+                        f"with __call__")
+
+    stateful = getattr(func, "stateful", True)
+    window: int | None = None
+    if stateful is True:
+        placement = Placement.DEDICATED
+    elif stateful is False or stateful is None:
+        placement = Placement.POOL
+    else:
+        k = _positive_int(stateful)
+        if k is None:
+            raise TypeError(f"{where}: stateful={stateful!r} is a {type(stateful).__name__}; "
+                            f"use True (stateful), False or None (stateless), or a window "
+                            f"size k >= 1 (an int)")
+        if k < 1:
+            raise ValueError(f"{where}: stateful={stateful!r} is not a valid window size; "
+                             f"a window needs k >= 1 inputs")
+        window = k
+        placement = Placement.POOL
+
+    batch_size = _count(where, "batch_size", getattr(func, "batch_size", 1), 1)
+
+    if hasattr(func, "run_in_master"):
+        flag = func.run_in_master
+        if not flag:
+            raise ValueError(
+                f"{where}: run_in_master={flag!r} is present but falsy. blllib ran such a "
+                f"stage in the master process anyway; blpipe does not guess: set it to True "
+                f"to run the stage in the calling process, or delete the attribute")
+        placement = Placement.MASTER
+
+    threads = getattr(func, "threads", None)
+    if threads is not None:
+        n = _count(where, "threads", threads, 1, " (or None for no threads)")
+        if placement is not Placement.POOL:
+            raise ValueError(f"{where}: threads={threads!r} runs a stateless stage in threads, "
+                             f"but this one is {_kind(placement)}; set stateful=False (or a "
+                             f"window size), or delete threads")
+        placement, threads = Placement.THREAD, n
+
+    ordered = getattr(func, "ordered", True)
+    if not isinstance(ordered, bool):
+        raise TypeError(f"{where}: ordered={ordered!r} is a {type(ordered).__name__}; use True "
+                        f"or False")
+    if not ordered and placement not in (Placement.POOL, Placement.THREAD):
+        raise ValueError(f"{where}: ordered=False lets a stateless stage pass outputs on as "
+                         f"they complete, but this one is {_kind(placement)} and runs one "
+                         f"input at a time, in order; delete ordered or set stateful=False")
+
+    on_error = getattr(func, "on_error", "raise")
+    if not isinstance(on_error, str) or on_error not in ON_ERROR:
+        raise ValueError(f"{where}: on_error={on_error!r}; use 'raise' (the default: the "
+                         f"first error ends the stream), 'skip' (drop the input and go on) or "
+                         f"'collect' (drop it and record it in Pipeline.errors)")
+    max_errors = getattr(func, "max_errors", None)
+    if max_errors is not None:
+        n = _count(where, "max_errors", max_errors, 0, " (or None for no limit)")
+        if on_error == "raise":
+            raise ValueError(f"{where}: max_errors={max_errors!r} is a budget for "
+                             f"on_error='skip' or 'collect', but on_error is 'raise', which "
+                             f"fails on the first error; set on_error, or delete max_errors")
+        max_errors = n
+
+    return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
+                     on_error, max_errors)
+
+
+ON_ERROR = ("raise", "skip", "collect")
+
+
+def _count(where: str, name: str, value: object, least: int, other: str = "") -> int:
+    """``value`` as an int of at least ``least`` (a bool is not one); else a
+    ``TypeError`` or ``ValueError`` naming the stage and the attribute."""
+    n = _positive_int(value)
+    if n is None:
+        raise TypeError(f"{where}: {name}={value!r} is a {type(value).__name__}; it must be "
+                        f"an int >= {least}{other}")
+    if n < least:
+        raise ValueError(f"{where}: {name}={value!r}; it must be an int >= {least}")
+    return n
+
+
+def _kind(placement: Placement) -> str:
+    return ("stateful (stateful=True, the default)" if placement is Placement.DEDICATED
+            else "run_in_master")
+
+
+def read_stages(operations: Iterable[object]) -> list[StageSpec]:
+    """Validate a sequence of stages."""
+    if isinstance(operations, (str, bytes)) or not hasattr(operations, "__iter__"):
+        raise TypeError(f"operations must be a sequence of callables, got "
+                        f"{type(operations).__name__}")
+    return [read_stage(i, f) for i, f in enumerate(operations)]
