@@ -32,7 +32,8 @@ from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, WorkerDied
 
 if TYPE_CHECKING:
-    from ._segments import Record, Segment
+    from ._flow import Record
+    from ._segments import Segment
 
 _CHUNK_WORK_REMOTE = 0.02  # seconds of work a chunk aims at on a user's executor...
 _PER_LANE_REMOTE = 3  # ...with more queued per lane: a round trip costs milliseconds there

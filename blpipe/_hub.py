@@ -59,9 +59,11 @@ from ._adaptive import Governor
 from ._chain import Chain
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
+from ._flow import Flow, Sink
 from ._plan import Plan
-from ._procs import GRACE, KILL_AFTER, Link, Pool, Procs
-from ._segments import Flow, MasterSegment, Segment, Sink
+from ._pool import Link, Pool
+from ._procs import GRACE, KILL_AFTER, Procs
+from ._segments import MasterSegment, Segment
 from ._spec import Placement
 from .errors import BrokenPipeline
 

@@ -2,15 +2,9 @@
 
 Every worker has a task pipe (hub -> worker) and a result pipe (worker ->
 hub); the hub holds the non-blocking ends and watches each result pipe and
-each process sentinel in its ``select``. The pool's workers serve every pool
-segment; a :class:`Link` is the dedicated workers of adjacent stateful
-stages, each writing its outputs straight into the next one's task pipe, the
-last one writing the results to the hub. Both are *backends* of segments.
-
-A worker that dies is seen through its sentinel. A pool worker is replaced:
-the chunk it was running fails with ``WorkerDied``, the chunks queued behind
-it go to other workers. A linked worker takes its stage's state with it, so
-its segment fails its next input as well.
+each process sentinel in its ``select``, so a death is seen as it happens.
+Workers come in groups (:mod:`blpipe._pool`): the pool, and links of
+dedicated workers; a group decides what a death of one of its own means.
 """
 
 from __future__ import annotations
@@ -35,13 +29,12 @@ from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
 
 if TYPE_CHECKING:
-    from ._segments import Flow, Record, Segment, Sink
+    from ._flow import Flow, Record, Sink
+    from ._segments import Segment
 
 GRACE = 1.0  # seconds an idle worker gets to exit on end of file after a normal run
 KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
 _PIPE_SIZE = 1 << 20
-_PER_WORKER = 2  # chunks queued per pool worker: one running, one ready behind it
-_CHUNK_WORK = 0.0002  # seconds of stage work a pool chunk aims at
 
 
 class Worker:
@@ -59,121 +52,8 @@ class Worker:
         # (segment, chunk) sent and not yet back; the workers of a link share one
         self.pending: deque[tuple[Segment, Record]] = deque()
         self.label = label
-        self.group: Pool | Link | None = None
+        self.group: Any = None  # its Pool or Link, which handles its death
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
-
-
-class Pool:
-    """The shared pool's workers; pool segments send to the first ``active`` of them."""
-
-    depth = _PER_WORKER
-    work = _CHUNK_WORK
-    death = None
-
-    def __init__(self, procs: Procs, blob: bytes, label: str, size: int) -> None:
-        self.procs = procs
-        self.blob = blob
-        self.label = label
-        self.workers: list[Worker] = []
-        self.active: list[Worker] = []  # the first n_active workers
-        self.n_active = size
-        for _ in range(size):
-            self._add()
-
-    def _add(self) -> None:
-        worker, _ = self.procs.spawn(self.blob, self.label)
-        worker.group = self
-        self.workers.append(worker)
-        self.resize(self.n_active)
-
-    def resize(self, n: int) -> None:
-        """Send to the first ``n`` workers only; the others finish what they hold."""
-        self.n_active = n
-        self.active[:] = self.workers[:n]
-
-    def replace(self, dead: Worker) -> None:
-        """Keep the pool's size: earlier items may still need it downstream."""
-        self.workers.remove(dead)
-        self._add()
-
-    def pick(self, limit: int) -> Worker | None:
-        best = None
-        for w in self.active:
-            n = len(w.pending)
-            if n < limit and (best is None or n < len(best.pending)):
-                best = w
-                if not n:
-                    break
-        return best
-
-    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
-                                                                             int]:
-        return self.procs.pack(segment, payload, place)
-
-    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
-        self.procs.post(place, segment, rec)
-
-
-class Link:
-    """The dedicated workers of one segment, each feeding the next; the hub feeds the first."""
-
-    work = _CHUNK_WORK
-
-    def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str]) -> None:
-        self.procs = procs
-        self.workers: list[Worker] = []
-        self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
-        # A worker of it died: which stage's, and how. Its state is lost, so
-        # whatever comes next fails.
-        self.death: tuple[str, int | None] | None = None
-        relay = None  # the write end of the next worker's task pipe
-        for i in range(len(blobs) - 1, -1, -1):
-            worker, feeder = procs.spawn(blobs[i], labels[i], relay=relay,
-                                         linked=len(blobs) > 1, fed=i == 0)
-            if relay is not None:
-                relay.close()  # the worker before it holds it now: its exit is an EOF
-            relay = feeder
-            worker.group = self
-            self.workers.append(worker)
-        self.workers.reverse()
-        for w in self.workers[1:]:
-            w.pending = self.workers[0].pending  # what goes in first comes out of the last
-        self.feeding.append(self.workers[0])
-        self.depth = len(blobs) + 1  # one chunk in each worker, one waiting
-
-    def pick(self, limit: int) -> Worker | None:
-        for w in self.feeding:
-            if len(w.pending) < limit:
-                return w
-        return None
-
-    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
-                                                                             int]:
-        return self.procs.pack(segment, payload, place)
-
-    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
-        self.procs.post(place, segment, rec)
-
-    def blame(self, worker: Worker, exitcode: int | None) -> None:
-        """Note which of its workers ended the others, and how.
-
-        A worker after the one that died sees end of file and exits cleanly,
-        and its end may be noticed first: the first worker before it that
-        failed is the one to name.
-        """
-        if self.death is not None and self.death[1] != 0:
-            return
-        self.death = worker.label, exitcode
-        for w in self.workers:
-            if w is worker:
-                break
-            code = w.proc.exitcode
-            if code is None and exitcode == 0:  # its end may not be reaped yet
-                w.proc.join(KILL_AFTER)
-                code = w.proc.exitcode
-            if code not in (None, 0):
-                self.death = w.label, code
-                break
 
 
 class Procs:
@@ -280,7 +160,7 @@ class Procs:
         except SlotGone:  # it died after writing: its sentinel is about to fire
             segment, rec = worker.pending.popleft()
             worker.proc.join(KILL_AFTER)
-            self._fail(segment, rec, WorkerDied(segment.label, worker.proc.exitcode,
+            self.fail(segment, rec, WorkerDied(segment.label, worker.proc.exitcode,
                                                 short_repr(rec.first)))
             return
         except Exception as e:
@@ -288,7 +168,7 @@ class Procs:
             bad = SerializationError(f"the results of {segment.label} cannot be unpickled in "
                                      f"the calling process: {type(e).__name__}: {e}")
             bad.__cause__ = e
-            self._fail(segment, rec, bad)
+            self.fail(segment, rec, bad)
             return
         if type(msg) is tuple:  # a Result: see blpipe._messages
             if not worker.pending:  # a linked worker's, for chunks that failed meanwhile
@@ -317,11 +197,7 @@ class Procs:
             else:
                 assert type(msg) is Broken
                 exc = broken(worker.label, msg.traceback)
-            self._fail(segment, rec, exc)
-
-    def _fail(self, segment: Segment, rec: Record, exc: BaseException) -> None:
-        self._release_slot(rec)
-        segment.fail(rec, exc)
+            self.fail(segment, rec, exc)
 
     def _release_slot(self, rec: Record) -> None:
         if rec.slot is not None:
@@ -335,44 +211,12 @@ class Procs:
             return
         self.on_result(worker)  # what it wrote before dying still counts
         worker.proc.join(KILL_AFTER)  # its sentinel fired: only the exit status is missing
-        exitcode = worker.proc.exitcode
         self._forget(worker)
-        group = worker.group
-        pending = list(worker.pending)
-        if isinstance(group, Pool):
-            if not self.closing:
-                group.replace(worker)
-            # The chunk it was running fails; the ones queued behind it never
-            # started, so another worker can take them.
-            for i, (segment, rec) in enumerate(pending):
-                if i == 0:
-                    where = short_repr(rec.first)
-                    if rec.n_in > 1:
-                        where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
-                    self._fail(segment, rec, WorkerDied(segment.label, exitcode, where))
-                else:
-                    self.post(group.pick(_PER_WORKER + 1) or group.workers[0], segment, rec)
-            worker.pending.clear()
-            return
-        assert isinstance(group, Link)
-        if worker in group.feeding:
-            group.feeding.remove(worker)
-        group.blame(worker, exitcode)
-        label, code = group.death  # type: ignore[misc]
-        last = group.workers[-1]
-        if worker is not last and last in self.workers:
-            # The linked workers after it finish what reached them, then see
-            # end of file and end: the chunks still owed fail when the last does.
-            return
-        worker.pending.clear()
-        for segment, rec in pending:
-            where = short_repr(rec.first)
-            if len(group.workers) > 1:
-                where += (f" to {group.workers[0].label} or one after it (its chunk went "
-                          f"through linked stages)")
-            elif rec.n_in > 1:
-                where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
-            self._fail(segment, rec, WorkerDied(label, code, where))
+        worker.group.died(worker, worker.proc.exitcode)
+
+    def fail(self, segment: Segment, rec: Record, exc: BaseException) -> None:
+        self._release_slot(rec)
+        segment.fail(rec, exc)
 
     def _forget(self, worker: Worker) -> None:
         self.views.forget(worker.proc.pid)

@@ -5,10 +5,10 @@ stateful stages, a thread stage, or master stages in the caller. Each holds
 at most its ``batch_size`` inputs in flight, cuts what it receives into
 chunks, hands them to its *backend* (worker processes, an executor, threads)
 and releases the results downstream in input order, as far as downstream has
-room. The last one releases into the :class:`Sink`, which the consumer
-drains. A failure waits in its place, behind every earlier chunk.
+room. The last one releases into the :class:`~blpipe._flow.Sink`, which the
+consumer drains. A failure waits in its place, behind every earlier chunk.
 
-Segments see the rest of the run only through :class:`Flow`.
+Segments see the rest of the run only through a :class:`~blpipe._flow.Flow`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._chain import Chain
-from ._failures import Failure, Skipped, settle
+from ._failures import Failure, settle
+from ._flow import Flow, Record, Shown
 from ._shm import BIG, tune_malloc
 from ._spec import short_repr
 from ._transport import first_unpicklable
@@ -28,83 +29,6 @@ from .errors import SerializationError, WorkerDied
 
 if TYPE_CHECKING:
     from ._messages import Result
-    from ._recorder import Recorder
-    from .errorlog import ErrorLog
-
-
-class Meter:
-    """Serialized bytes of the chunks in flight, what ``max_bytes_in_flight`` bounds."""
-
-    __slots__ = ("now", "peak")
-
-    def __init__(self) -> None:
-        self.now = 0
-        self.peak = 0
-
-    def add(self, n: int) -> None:
-        self.now += n
-        if self.now > self.peak:
-            self.peak = self.now
-
-
-class Flow:
-    """What segments share with the hub: where the stream is cut, the figures, the errors."""
-
-    __slots__ = ("stop_upto", "recorder", "log", "meter", "budget")
-
-    def __init__(self, recorder: Recorder, log: ErrorLog, budget: int | None) -> None:
-        self.stop_upto = -1  # segments up to this one take no more input
-        self.recorder = recorder
-        self.log = log
-        self.meter = Meter()
-        self.budget = budget
-
-    def stop(self, index: int) -> None:
-        """A failure at segment ``index``: what is upstream of it is later in the
-        stream and no longer needed, so stop feeding it."""
-        if index > self.stop_upto:
-            self.stop_upto = index
-
-
-class Record:
-    """A chunk in flight: ``outs`` is set once its results are in.
-
-    ``first`` is its first input (for messages), ``frame`` what was sent
-    (kept until the results are in, to send again if its worker dies before
-    starting it), ``slot`` the shared memory slot of its large inputs.
-    ``start`` is the index of its first input in its segment's stream and
-    ``offset`` how many of its inputs complete no window: with them an error
-    gone past (``skipped``) is placed in the stream when the chunk is released.
-    """
-
-    __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
-                 "skipped", "nbytes")
-
-    def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
-                 outs: list[Any] | None = None, failure: Failure | None = None) -> None:
-        self.n_in = n_in
-        self.first = first
-        self.frame = frame
-        self.slot = slot
-        self.outs = outs
-        self.pos = 0  # outputs already released
-        self.failure = failure
-        self.start = 0
-        self.offset = 0
-        self.skipped: list[Skipped] | None = None
-        self.nbytes = 0  # serialized: its inputs', then its results' once they are in
-
-
-class Shown:
-    """Stands for an item in messages (its ``repr``) without keeping it alive."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 class Backend(Protocol):
@@ -122,27 +46,6 @@ class Backend(Protocol):
 
     def post(self, place: Any, segment: Segment, rec: Record) -> None:
         """Send ``rec`` to ``place``; the result comes back through ``complete``."""
-
-
-class Sink:
-    """Outputs ready for the consumer, kept in the chunks they came in."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.chunks: deque[list[Any]] = deque()
-        self.held = 0  # items in chunks, not yet handed to the consumer
-        self.failure: Failure | None = None
-
-    def room(self) -> int:
-        return self.cap - self.held
-
-    def put(self, items: list[Any]) -> None:
-        self.chunks.append(items)
-        self.held += len(items)
-
-    def put_failure(self, failure: Failure) -> None:
-        if self.failure is None:  # the first is the earliest in the stream
-            self.failure = failure
 
 
 class MasterSegment:

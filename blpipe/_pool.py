@@ -1,0 +1,177 @@
+"""Worker groups: the shared pool, and links of dedicated workers. Both are segment backends.
+
+The pool's workers serve every pool segment. A :class:`Link` is the dedicated
+workers of adjacent stateful stages, each writing its outputs straight into
+the next one's task pipe, the last one writing the results to the hub: a
+chunk leaves the caller once and comes back once.
+
+When a pool worker dies it is replaced: the chunk it was running fails with
+``WorkerDied``, the chunks queued behind it go to other workers. A linked
+worker takes its stage's state with it, so its segment fails every chunk it
+holds, and its next input as well.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._procs import KILL_AFTER, Procs, Worker
+from ._spec import short_repr
+from ._transport import Frame
+from .errors import WorkerDied
+
+if TYPE_CHECKING:
+    from ._flow import Record
+    from ._segments import Segment
+
+_PER_WORKER = 2  # chunks queued per pool worker: one running, one ready behind it
+_CHUNK_WORK = 0.0002  # seconds of stage work a chunk aims at
+
+
+class Pool:
+    """The shared pool's workers; pool segments send to the first ``active`` of them."""
+
+    depth = _PER_WORKER
+    work = _CHUNK_WORK
+    death = None
+
+    def __init__(self, procs: Procs, blob: bytes, label: str, size: int) -> None:
+        self.procs = procs
+        self.blob = blob
+        self.label = label
+        self.workers: list[Worker] = []
+        self.active: list[Worker] = []  # the first n_active workers
+        self.n_active = size
+        for _ in range(size):
+            self._add()
+
+    def _add(self) -> None:
+        worker, _ = self.procs.spawn(self.blob, self.label)
+        worker.group = self
+        self.workers.append(worker)
+        self.resize(self.n_active)
+
+    def resize(self, n: int) -> None:
+        """Send to the first ``n`` workers only; the others finish what they hold."""
+        self.n_active = n
+        self.active[:] = self.workers[:n]
+
+    def died(self, worker: Worker, exitcode: int | None) -> None:
+        """Replace it, to keep the pool's size: earlier items may still need it
+        downstream. The chunk it was running fails; the ones queued behind it
+        never started, so other workers take them."""
+        procs = self.procs
+        self.workers.remove(worker)
+        if not procs.closing:
+            self._add()
+        pending = list(worker.pending)
+        worker.pending.clear()
+        for i, (segment, rec) in enumerate(pending):
+            if i == 0:
+                where = short_repr(rec.first)
+                if rec.n_in > 1:
+                    where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
+                procs.fail(segment, rec, WorkerDied(segment.label, exitcode, where))
+            else:
+                procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
+
+    def pick(self, limit: int) -> Worker | None:
+        best = None
+        for w in self.active:
+            n = len(w.pending)
+            if n < limit and (best is None or n < len(best.pending)):
+                best = w
+                if not n:
+                    break
+        return best
+
+    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
+                                                                             int]:
+        return self.procs.pack(segment, payload, place)
+
+    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
+        self.procs.post(place, segment, rec)
+
+
+class Link:
+    """The dedicated workers of one segment, each feeding the next; the hub feeds the first."""
+
+    work = _CHUNK_WORK
+
+    def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str]) -> None:
+        self.procs = procs
+        self.workers: list[Worker] = []
+        self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
+        # A worker of it died: which stage's, and how. Its state is lost, so
+        # whatever comes next fails.
+        self.death: tuple[str, int | None] | None = None
+        relay = None  # the write end of the next worker's task pipe
+        for i in range(len(blobs) - 1, -1, -1):
+            worker, feeder = procs.spawn(blobs[i], labels[i], relay=relay,
+                                         linked=len(blobs) > 1, fed=i == 0)
+            if relay is not None:
+                relay.close()  # the worker before it holds it now: its exit is an EOF
+            relay = feeder
+            worker.group = self
+            self.workers.append(worker)
+        self.workers.reverse()
+        for w in self.workers[1:]:
+            w.pending = self.workers[0].pending  # what goes in first comes out of the last
+        self.feeding.append(self.workers[0])
+        self.depth = len(blobs) + 1  # one chunk in each worker, one waiting
+
+    def pick(self, limit: int) -> Worker | None:
+        for w in self.feeding:
+            if len(w.pending) < limit:
+                return w
+        return None
+
+    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
+                                                                             int]:
+        return self.procs.pack(segment, payload, place)
+
+    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
+        self.procs.post(place, segment, rec)
+
+    def died(self, worker: Worker, exitcode: int | None) -> None:
+        """Its state is lost: fail what the link holds, once its last worker is gone."""
+        if worker in self.feeding:
+            self.feeding.remove(worker)
+        self._blame(worker, exitcode)
+        label, code = self.death  # type: ignore[misc]
+        last = self.workers[-1]
+        if worker is not last and last in self.procs.workers:
+            # The linked workers after it finish what reached them, then see
+            # end of file and end: the chunks still owed fail when the last does.
+            return
+        pending = list(worker.pending)
+        worker.pending.clear()
+        for segment, rec in pending:
+            where = short_repr(rec.first)
+            if len(self.workers) > 1:
+                where += (f" to {self.workers[0].label} or one after it (its chunk went "
+                          f"through linked stages)")
+            elif rec.n_in > 1:
+                where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
+            self.procs.fail(segment, rec, WorkerDied(label, code, where))
+
+    def _blame(self, worker: Worker, exitcode: int | None) -> None:
+        """Note which of its workers ended the others, and how.
+
+        A worker after the one that died sees end of file and exits cleanly,
+        and its end may be noticed first: the first worker before it that
+        failed is the one to name.
+        """
+        if self.death is not None and self.death[1] != 0:
+            return
+        self.death = worker.label, exitcode
+        for w in self.workers:
+            if w is worker:
+                break
+            code = w.proc.exitcode
+            if code is None and exitcode == 0:  # its end may not be reaped yet
+                w.proc.join(KILL_AFTER)
+                code = w.proc.exitcode
+            if code not in (None, 0):
+                self.death = w.label, code
+                break
