@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._chain import Chain
 from ._cpu import usable_cpu_count
-from ._failures import broken
-from ._messages import Broken
+from ._failures import broken, cannot_load
+from ._messages import Broken, LoadFailed
 from ._spec import short_repr
 from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, WorkerDied
@@ -172,6 +172,8 @@ class Futures:
             result = future.result()
             if type(result) is Broken:
                 segment.fail(rec, broken(segment.label, result.traceback))
+            elif type(result) is LoadFailed:
+                segment.fail(rec, cannot_load(segment.label, result.traceback))
             else:
                 segment.complete(rec, result)
 

@@ -206,7 +206,8 @@ def _until_unpicklable(outputs: list[Any], items: list[Any], label: str,
 _LOADED: dict[bytes, Segments] = {}
 
 
-def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> Result | Broken:
+def run_chunk(key: bytes, blob: bytes, seg: int,
+              payload: list[Any]) -> Result | Broken | LoadFailed:
     """An executor's task: run segment ``seg`` over one chunk.
 
     The executor does the pickling. The stages are unpickled once per process
@@ -217,7 +218,10 @@ def run_chunk(key: bytes, blob: bytes, seg: int, payload: list[Any]) -> Result |
     if segments is None:
         if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
             _LOADED.clear()
-        segments = _LOADED[key] = load_segments(blob)
+        try:
+            segments = _LOADED[key] = load_segments(blob)
+        except Exception:
+            return LoadFailed(traceback.format_exc())
     try:
         chain, window, _ = segments[seg]
         items = sliding(payload, window) if window else payload

@@ -303,3 +303,30 @@ class Total(Attrs):
 
     def __call__(self, a: Any) -> int:
         return int(a.sum())
+
+
+def _refuse(what: str) -> Any:
+    raise ImportError(f"{what} cannot be rebuilt here")
+
+
+class LoadsNowhere:
+    """A stage that pickles, but cannot be rebuilt in a worker process."""
+
+    def __init__(self, stateful: bool) -> None:
+        self.stateful = stateful
+
+    def __reduce__(self) -> Any:
+        return _refuse, ("LoadsNowhere",)
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+class UnpicklesNowhere:
+    """An item that pickles, but cannot be rebuilt on the other side."""
+
+    def __reduce__(self) -> Any:
+        return _refuse, ("UnpicklesNowhere",)
+
+    def __repr__(self) -> str:
+        return "UnpicklesNowhere()"
