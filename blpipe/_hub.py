@@ -284,12 +284,19 @@ class Hub:
     # -- events ------------------------------------------------------------------
 
     def wait(self, timeout: float | None) -> None:
-        """Handle what the workers and executors did; block up to ``timeout``."""
-        if timeout is None and not ((self.procs and self.procs.busy())
-                                    or (self.futures and self.futures.busy())):
-            raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
-                                 "stream is not finished; please report this with the stages")
-        for key, _ in self.selector.select(timeout):
+        """Handle what the workers and executors did, waiting up to ``timeout``
+        seconds for it (``None``: until something happens)."""
+        events = self.selector.select(_NOTHING_FOR if timeout is None else timeout)
+        while not events and timeout is None:
+            # Checked only now, off the hot path: with nothing in flight, no
+            # event will ever come, and waiting on would hang.
+            if not ((self.procs and self.procs.busy()) or (self.futures and
+                                                           self.futures.busy())):
+                raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
+                                     "stream is not finished; please report this with the "
+                                     "stages")
+            events = self.selector.select(_NOTHING_FOR)
+        for key, _ in events:
             key.data()
 
     # -- figures -------------------------------------------------------------------
@@ -319,3 +326,4 @@ class Hub:
 
 
 _END = object()
+_NOTHING_FOR = 1.0  # seconds without an event before the hub checks that work is in flight
