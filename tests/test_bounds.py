@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from blpipe import Pipeline
-from tests.conftest import Endless
+from tests.helpers import Endless
 from tests.stages import Add, MasterScale, RunningSum, Stamp, Weighted
 
 

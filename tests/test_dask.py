@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests import test_executors as checks
-from tests.conftest import wait_no_children
+from tests.helpers import wait_no_children
 
 distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
 
@@ -99,7 +99,7 @@ def test_a_dead_dask_worker_is_an_error_not_a_hang() -> None:
     import dask
 
     from blpipe import Pipeline, WorkerDied
-    from tests.conftest import drain
+    from tests.helpers import drain
     from tests.stages import DieAt
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \

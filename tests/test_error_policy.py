@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied, stage
-from tests.conftest import drain
+from tests.helpers import drain
 from tests.stages import DieAt
 from tests.test_oracle import build, recipes
 

@@ -20,7 +20,7 @@ from blpipe import (
     SerializationError,
     WorkerDied,
 )
-from tests.conftest import drain
+from tests.helpers import drain
 from tests.stages import SIGKILL, Add, DieAt, FailAt, RunningSum, slow_identity
 
 KINDS = {

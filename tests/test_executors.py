@@ -22,7 +22,7 @@ from blpipe import (
     WorkerDied,
     stage,
 )
-from tests.conftest import Endless, drain
+from tests.helpers import Endless, drain
 from tests.stages import Add, DieAt, DropMultiples, FailAt, RunningSum, Sleepy, Weighted
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.conftest import Endless, drain, wait_no_children
+from tests.helpers import Endless, drain, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,

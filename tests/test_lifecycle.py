@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline
-from tests.conftest import live_children, wait_no_children
+from tests.helpers import live_children, wait_no_children
 from tests.stages import Add, RunningSum
 
 OPS = [Add(1, batch_size=8), RunningSum(batch_size=4), Add(2, batch_size=8)]

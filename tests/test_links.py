@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.conftest import drain, wait_no_children
+from tests.helpers import drain, wait_no_children
 from tests.stages import BIG, DieAt, FailAt, Pid, RunningSum, Weighted
 
 pytestmark = pytest.mark.timeout(60)

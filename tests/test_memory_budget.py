@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.conftest import Endless
+from tests.helpers import Endless
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, WorkerDied
-from tests.conftest import drain
+from tests.helpers import drain
 from tests.stages import Blob, Echo, Measure, Newest
 
 MiB = 1 << 20

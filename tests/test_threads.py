@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.conftest import Endless, drain
+from tests.helpers import Endless, drain
 from tests.stages import Add, FailAt, RunningSum, Sleepy, Weighted
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, SerializationError, stage
-from tests.conftest import live_children
+from tests.helpers import live_children
 
 
 def with_attrs(**attrs: Any) -> Callable[[Any], Any]:
