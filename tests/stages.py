@@ -10,6 +10,13 @@ from typing import Any
 BIG = 1_000_003
 
 
+class Attrs:
+    """A stage whose blpipe attributes are set from keyword arguments."""
+
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
 class Add:
     """Stateless: ``x + k``."""
 
@@ -75,14 +82,12 @@ class MasterScale:
         return (x * self.k + 1) % BIG
 
 
-class Pid:
+class Pid(Attrs):
     """Stateless by default: tags the item with the pid that handled it."""
 
     def __init__(self, name: str, **attrs: Any) -> None:
+        super().__init__(**{"stateful": False, **attrs})
         self.name = name
-        self.stateful = False
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, item: Any) -> Any:
         if isinstance(item, tuple) and item and isinstance(item[0], tuple):
@@ -91,13 +96,12 @@ class Pid:
         return x, (*trace, (self.name, os.getpid()))
 
 
-class FailAt:
+class FailAt(Attrs):
     """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``; else returns ``x``."""
 
     def __init__(self, at: int, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.at = at
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         value = x[-1] if isinstance(x, tuple) else x
@@ -106,14 +110,13 @@ class FailAt:
         return value
 
 
-class DieAt:
+class DieAt(Attrs):
     """Ends its own process on ``x == at``: ``exit`` code, or a signal when negative."""
 
     def __init__(self, at: int, code: int, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.at = at
         self.code = code
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         x = x[-1] if isinstance(x, tuple) else x  # a window: its newest input
@@ -125,12 +128,8 @@ class DieAt:
         return x
 
 
-class Stamp:
+class Stamp(Attrs):
     """Tags an item with when each stage finished it: ``(x, (t0, t1, ...))``."""
-
-    def __init__(self, **attrs: Any) -> None:
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, item: Any) -> tuple[Any, tuple[float, ...]]:
         x, times = item if isinstance(item, tuple) else (item, ())
@@ -138,14 +137,13 @@ class Stamp:
         return x, (*times, time.monotonic())
 
 
-class Sleepy:
+class Sleepy(Attrs):
     """Sleeps ``seconds`` on input ``at`` (every input when ``at`` is None)."""
 
     def __init__(self, seconds: float, at: int | None = None, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.seconds = seconds
         self.at = at
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         if self.at is None or x == self.at:
@@ -242,26 +240,18 @@ class Newest:
         return w[-1]
 
 
-class Spin:
+class Spin(Attrs):
     """Burns ``seconds`` of CPU per input (no sleeping), then returns it."""
 
     def __init__(self, seconds: float, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.seconds = seconds
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         end = time.thread_time() + self.seconds
         while time.thread_time() < end:
             pass
         return x
-
-
-class Attrs:
-    """A stage whose blpipe attributes are set from keyword arguments."""
-
-    def __init__(self, **attrs: Any) -> None:
-        vars(self).update(attrs)
 
 
 class Same(Attrs):

@@ -17,6 +17,7 @@ from tests.helpers import Endless, drain, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
+    Attrs,
     DieAt,
     FailAt,
     Pid,
@@ -140,13 +141,12 @@ def test_stress_faults_in_a_row() -> None:
         assert not wait_no_children(1.0)
 
 
-class Jitter:
+class Jitter(Attrs):
     """Identity with a random tiny delay on a few items, so timings interleave."""
 
     def __init__(self, seed: int, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.rng = random.Random(seed)
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         if self.rng.random() < 0.002:

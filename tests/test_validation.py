@@ -16,8 +16,7 @@ def with_attrs(**attrs: Any) -> Callable[[Any], Any]:
     def f(x: Any) -> Any:
         return x
 
-    for key, value in attrs.items():
-        setattr(f, key, value)
+    vars(f).update(attrs)
     return f
 
 
