@@ -97,15 +97,18 @@ class Pid(Attrs):
 
 
 class FailAt(Attrs):
-    """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``; else returns ``x``."""
+    """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``, or on every multiple of
+    ``every``; else returns ``x`` (a window: its newest input)."""
 
-    def __init__(self, at: int, **attrs: Any) -> None:
+    def __init__(self, at: int | None = None, *, every: int | None = None,
+                 **attrs: Any) -> None:
         super().__init__(**attrs)
         self.at = at
+        self.every = every
 
     def __call__(self, x: Any) -> Any:
         value = x[-1] if isinstance(x, tuple) else x
-        if value == self.at:
+        if value == self.at or (self.every is not None and value % self.every == 0):
             raise ValueError(f"bad {value}", value)
         return value
 

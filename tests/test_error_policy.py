@@ -14,25 +14,10 @@ from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied, stage
 from tests.helpers import drain
-from tests.stages import DieAt
+from tests.stages import DieAt, FailAt
 from tests.test_oracle import build, recipes
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class FailOn:
-    """Raises ``ValueError`` on multiples of ``m`` (a window: its newest input)."""
-
-    def __init__(self, m: int, **attrs: Any) -> None:
-        self.m = m
-        for key, value in attrs.items():
-            setattr(self, key, value)
-
-    def __call__(self, x: Any) -> Any:
-        v = x[-1] if isinstance(x, tuple) else x
-        if v % self.m == 0:
-            raise ValueError(f"bad {v}", v)
-        return v
 
 
 KINDS = {
@@ -67,8 +52,8 @@ def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, A
     batch = {} if kind == "master" else {"batch_size": 8}
 
     def make() -> list[Any]:
-        return [stage(abs, stateful=False, batch_size=16), FailOn(7, **KINDS[kind], **policy,
-                                                                  **batch)]
+        return [stage(abs, stateful=False, batch_size=16),
+                FailAt(every=7, **KINDS[kind], **policy, **batch)]
 
     data = [None if i % 11 == 5 else i for i in range(1, 400)]
     expected, actual = outcome(make, data, n_cpu=2)
@@ -96,7 +81,8 @@ def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], p
         stages = build(recipe)
         batch = {} if kind == "master" else {"batch_size": size}
         stages.insert(min(position, len(stages)),
-                      FailOn(m, on_error=on_error, max_errors=max_errors, **KINDS[kind], **batch))
+                      FailAt(every=m, on_error=on_error, max_errors=max_errors, **KINDS[kind],
+                             **batch))
         return stages
 
     expected, actual = outcome(make, data, n_cpu=2)
@@ -105,7 +91,7 @@ def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], p
 
 def test_budget_is_exact() -> None:
     """max_errors=3: three inputs skipped, the fourth error raised, nothing after it."""
-    fail = FailOn(10, stateful=False, batch_size=64, on_error="skip", max_errors=3)
+    fail = FailAt(every=10, stateful=False, batch_size=64, on_error="skip", max_errors=3)
     with Pipeline([fail], n_cpu=2) as p:
         got, err = drain(p.apply(range(1, 1000)))
     assert got == [x for x in range(1, 40) if x % 10]
@@ -116,7 +102,7 @@ def test_budget_is_exact() -> None:
 
 
 def test_records_are_bounded_and_write_as_json_lines() -> None:
-    fail = FailOn(2, stateful=False, batch_size=16, on_error="collect")
+    fail = FailAt(every=2, stateful=False, batch_size=16, on_error="collect")
     with Pipeline([fail], n_cpu=2, keep_errors=10) as p:
         got = list(p.apply(range(1, 101)))
     assert got == list(range(1, 101, 2))
@@ -127,7 +113,7 @@ def test_records_are_bounded_and_write_as_json_lines() -> None:
     assert [r.position for r in log.records] == list(range(81, 100, 2))  # the latest ten
     r = log.records[-1]
     assert (r.stage, r.input, r.error_type, r.message) == (
-        "stage 0 (FailOn())", "100", "ValueError", "('bad 100', 100)")
+        "stage 0 (FailAt())", "100", "ValueError", "('bad 100', 100)")
     assert "raise ValueError" in r.traceback
     assert isinstance(r.exception, ValueError)
     buf = io.StringIO()
@@ -138,11 +124,11 @@ def test_records_are_bounded_and_write_as_json_lines() -> None:
 
 
 def test_statistics_and_report_count_errors() -> None:
-    fail = FailOn(3, stateful=False, batch_size=8, on_error="skip")
+    fail = FailAt(every=3, stateful=False, batch_size=8, on_error="skip")
     with Pipeline([fail], n_cpu=2) as p:
         list(p.apply(range(1, 31)))
     assert p.statistics().stages[0].errors == 10
-    assert "errors gone past (on_error): stage 0 (FailOn()) 10" in p.report()
+    assert "errors gone past (on_error): stage 0 (FailAt()) 10" in p.report()
 
 
 @pytest.mark.parametrize("stateful", [False, True])
@@ -176,7 +162,7 @@ def test_window_errors_are_placed_at_their_newest_input(kind: str) -> None:
              "thread-window": {"batch_size": 16, "threads": 2}}[kind]
 
     def make() -> list[Any]:
-        return [FailOn(3, stateful=3, on_error="collect", **attrs)]
+        return [FailAt(every=3, stateful=3, on_error="collect", **attrs)]
 
     expected, actual = outcome(make, list(range(1, 40)), n_cpu=1)
     assert actual == expected
@@ -188,7 +174,7 @@ def test_errors_can_be_read_while_the_pipeline_runs() -> None:
 
     seen: list[int] = []
     stop = threading.Event()
-    fail = FailOn(3, stateful=False, batch_size=8, on_error="collect")
+    fail = FailAt(every=3, stateful=False, batch_size=8, on_error="collect")
     with Pipeline([fail], n_cpu=2, keep_errors=50) as p:
 
         def watch() -> None:
