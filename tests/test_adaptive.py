@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from blpipe import Pipeline, SequentialPipeline, _adaptive, usable_cpu_count
+from blpipe import Pipeline, _adaptive, usable_cpu_count
 from blpipe._adaptive import Governor
+from tests.oracle import assert_matches_sequential
 from tests.stages import Add, RunningSum, Spin, Weighted
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,10 +91,7 @@ def test_resizing_loses_and_reorders_nothing(monkeypatch: pytest.MonkeyPatch,
                 Add(2, batch_size=4)]
 
     data = [None if i % 9 == 0 else i for i in range(5000)]
-    with SequentialPipeline(ops()) as ref:
-        expected = list(ref.apply(data))
-    with Pipeline(ops(), n_cpu="auto", start_method=start_method) as p:
-        assert list(p.apply(data)) == expected
+    assert_matches_sequential(ops, data, n_cpu="auto", start_method=start_method)
     assert flips[0] > 3
 
 

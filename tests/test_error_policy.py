@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blpipe import Pipeline, SequentialPipeline, WorkerDied, stage
+from blpipe import Pipeline, WorkerDied, stage
 from tests.helpers import drain
+from tests.oracle import assert_matches_sequential, build, outcome, recipes
 from tests.stages import DieAt, FailAt
-from tests.test_oracle import build, recipes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,19 +29,11 @@ KINDS = {
 }
 
 
-def run(p: Any, data: list[Any]) -> tuple[Any, ...]:
-    got, err = drain(p.apply(data))
+def with_errors(p: Any, data: list[Any]) -> tuple[Any, ...]:
+    """A run's outputs and failure, then the error records and counts it left."""
+    got, failure = outcome(p, data, raises=(ValueError,))
     records = [(r.stage, r.position, r.input, r.error_type, r.message) for r in p.errors.records]
-    failure = None if err is None else (type(err), err.args)
     return got, failure, records, list(p.errors.counts)
-
-
-def outcome(make: Any, data: list[Any], **kw: Any) -> tuple[Any, Any]:
-    with SequentialPipeline(make()) as ref:
-        expected = run(ref, data)
-    with Pipeline(make(), **kw) as p:
-        actual = run(p, data)
-    return expected, actual
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -56,8 +48,7 @@ def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, A
                 FailAt(every=7, **KINDS[kind], **policy, **batch)]
 
     data = [None if i % 11 == 5 else i for i in range(1, 400)]
-    expected, actual = outcome(make, data, n_cpu=2)
-    assert actual == expected
+    actual = assert_matches_sequential(make, data, observe=with_errors, n_cpu=2)
     got, failure, records, counts = actual
     errors = 6 if "max_errors" in policy and policy["max_errors"] == 5 else \
         1 if policy.get("max_errors") == 0 else len([x for x in data if x and x % 7 == 0])
@@ -85,8 +76,7 @@ def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], p
                              **batch))
         return stages
 
-    expected, actual = outcome(make, data, n_cpu=2)
-    assert actual == expected
+    assert_matches_sequential(make, data, observe=with_errors, n_cpu=2)
 
 
 def test_budget_is_exact() -> None:
@@ -164,8 +154,7 @@ def test_window_errors_are_placed_at_their_newest_input(kind: str) -> None:
     def make() -> list[Any]:
         return [FailAt(every=3, stateful=3, on_error="collect", **attrs)]
 
-    expected, actual = outcome(make, list(range(1, 40)), n_cpu=1)
-    assert actual == expected
+    actual = assert_matches_sequential(make, list(range(1, 40)), observe=with_errors, n_cpu=1)
     assert [r[1] for r in actual[2]][:3] == [2, 5, 8]
 
 

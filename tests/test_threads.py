@@ -12,6 +12,7 @@ import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
 from tests.helpers import Endless, drain
+from tests.oracle import assert_matches_sequential
 from tests.stages import Add, FailAt, RunningSum, Sleepy, Weighted
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,10 +62,7 @@ def test_thread_stages_mix_with_every_kind(start_method: str) -> None:
         return [a, RunningSum(batch_size=4), w, Add(1, batch_size=32)]
 
     data = [None if i % 7 == 0 else i for i in range(3000)]
-    with SequentialPipeline(ops()) as ref:
-        expected = list(ref.apply(data))
-    with Pipeline(ops(), n_cpu=2, start_method=start_method) as p:
-        assert list(p.apply(data)) == expected
+    assert_matches_sequential(ops, data, n_cpu=2, start_method=start_method)
 
 
 def test_a_failing_thread_stage_gives_earlier_outputs_then_its_error() -> None:
