@@ -9,6 +9,23 @@ from typing import Any
 
 BIG = 1_000_003
 
+# The attributes that make a stage of each kind, for tests that try every kind.
+KINDS: dict[str, dict[str, Any]] = {
+    "pool": {"stateful": False},
+    "window": {"stateful": 2},
+    "dedicated": {"stateful": True},
+    "master": {"run_in_master": True},
+    "thread": {"stateful": False, "threads": 3},
+    "thread-window": {"stateful": 2, "threads": 2},
+}
+
+
+def kind_attrs(kind: str, batch_size: int) -> dict[str, Any]:
+    """The attributes of a stage of ``kind``, with ``batch_size`` unless it runs in the
+    caller (where batches do not apply)."""
+    attrs = KINDS[kind]
+    return attrs if "run_in_master" in attrs else {**attrs, "batch_size": batch_size}
+
 
 class Attrs:
     """A stage whose blpipe attributes are set from keyword arguments."""

@@ -15,18 +15,9 @@ from hypothesis import strategies as st
 from blpipe import Pipeline, WorkerDied, stage
 from tests.helpers import drain
 from tests.oracle import assert_matches_sequential, build, outcome, recipes
-from tests.stages import DieAt, FailAt
+from tests.stages import KINDS, DieAt, FailAt, kind_attrs
 
 pytestmark = pytest.mark.timeout(120)
-
-
-KINDS = {
-    "pool": {"stateful": False},
-    "window": {"stateful": 2},
-    "dedicated": {"stateful": True},
-    "master": {"run_in_master": True},
-    "thread": {"stateful": False, "threads": 3},
-}
 
 
 def with_errors(p: Any, data: list[Any]) -> tuple[Any, ...]:
@@ -41,11 +32,9 @@ def with_errors(p: Any, data: list[Any]) -> tuple[Any, ...]:
                                     {"on_error": "collect", "max_errors": 5},
                                     {"on_error": "skip", "max_errors": 0}])
 def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, Any]) -> None:
-    batch = {} if kind == "master" else {"batch_size": 8}
-
     def make() -> list[Any]:
         return [stage(abs, stateful=False, batch_size=16),
-                FailAt(every=7, **KINDS[kind], **policy, **batch)]
+                FailAt(every=7, **kind_attrs(kind, 8), **policy)]
 
     data = [None if i % 11 == 5 else i for i in range(1, 400)]
     actual = assert_matches_sequential(make, data, observe=with_errors, n_cpu=2)
@@ -57,7 +46,8 @@ def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, A
         assert failure[0] is ValueError
     if policy["on_error"] == "collect" and failure is None:
         # nothing lost that is not recorded: every input is an output or a record
-        reached = len([x for x in data if x is not None]) - (1 if kind == "window" else 0)
+        window = KINDS[kind].get("stateful") == 2  # no output for the first input
+        reached = len([x for x in data if x is not None]) - (1 if window else 0)
         assert len(got) + len(records) == reached
 
 
@@ -70,10 +60,9 @@ def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], p
                                            size: int, m: int) -> None:
     def make() -> list[Any]:
         stages = build(recipe)
-        batch = {} if kind == "master" else {"batch_size": size}
         stages.insert(min(position, len(stages)),
-                      FailAt(every=m, on_error=on_error, max_errors=max_errors, **KINDS[kind],
-                             **batch))
+                      FailAt(every=m, on_error=on_error, max_errors=max_errors,
+                             **kind_attrs(kind, size)))
         return stages
 
     assert_matches_sequential(make, data, observe=with_errors, n_cpu=2)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from blpipe import Pipeline
 from tests.oracle import assert_matches_sequential, batch, build, inputs, recipes
-from tests.stages import Add, FailAt, Weighted
+from tests.stages import KINDS, Add, FailAt, Weighted, kind_attrs
 
 
 def check(recipe: list[tuple[str, int, Any]], data: list[int | None], n_cpu: int,
@@ -60,19 +60,14 @@ def failing_source(data: list[int | None], raise_after: int | None) -> Any:
         raise Broken("input", raise_after)
 
 
-fail_kinds = st.sampled_from([
-    {"stateful": False}, {"stateful": 2}, {"stateful": True}, {"run_in_master": True},
-    {"stateful": False, "threads": 3}, {"stateful": 2, "threads": 2}])
-
-
-faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), fail_kinds,
+faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), st.sampled_from(sorted(KINDS)),
           st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(*faults)
 def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
-                                 position: int, kind: dict[str, Any], at: int, size: int,
+                                 position: int, kind: str, at: int, size: int,
                                  raise_after: int | None) -> None:
     """A stage failing anywhere, or the input raising: same outputs first, same error."""
     check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "fork")
@@ -81,18 +76,17 @@ def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(*faults)
 def test_faults_match_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int,
-                                       position: int, kind: dict[str, Any], at: int,
+                                       position: int, kind: str, at: int,
                                        size: int, raise_after: int | None) -> None:
     check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "spawn")
 
 
 def check_fault(recipe: list[Any], data: list[Any], n_cpu: int, position: int,
-                kind: dict[str, Any], at: int, size: int, raise_after: int | None,
+                kind: str, at: int, size: int, raise_after: int | None,
                 start_method: str) -> None:
     def ops() -> list[Any]:
         stages = build(recipe)
-        attrs = dict(kind, **({} if "run_in_master" in kind else {"batch_size": size}))
-        stages.insert(min(position, len(stages)), FailAt(at, **attrs))
+        stages.insert(min(position, len(stages)), FailAt(at, **kind_attrs(kind, size)))
         return stages
 
     assert_matches_sequential(ops, lambda: failing_source(data, raise_after),
