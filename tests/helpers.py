@@ -13,6 +13,14 @@ import psutil
 START_METHODS = [m for m in ("fork", "spawn", "forkserver")
                  if m in multiprocess.get_all_start_methods()]
 
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def payload(i: int, size: int) -> bytes:
+    """``size`` bytes that all read ``i % 251``: each item's content is its own."""
+    return bytes([i % 251]) * size
+
 
 def _helpers(proc: psutil.Process) -> bool:
     """multiprocess's own long-lived helpers, which are not blpipe's to stop.

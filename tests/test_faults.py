@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.helpers import Endless, drain, wait_no_children
+from tests.helpers import Endless, MiB, drain, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
@@ -81,7 +81,7 @@ def test_early_stop_while_stages_are_busy(where: str, start_method: str) -> None
 def test_early_stop_while_a_worker_is_blocked_writing() -> None:
     """A stage's big results fill the pipe while the consumer is away."""
     def big(x: int) -> bytes:
-        return bytes(4 << 20)
+        return bytes(4 * MiB)
 
     big.stateful = False  # type: ignore[attr-defined]
     big.batch_size = 8  # type: ignore[attr-defined]
@@ -98,7 +98,7 @@ def test_huge_items_go_through(start_method: str) -> None:
         return b + b
 
     double.stateful = False  # type: ignore[attr-defined]
-    sizes = [len(b) for b in (b"a" * (64 << 20), b"b", b"c" * (96 << 20))]
+    sizes = [len(b) for b in (b"a" * (64 * MiB), b"b", b"c" * (96 * MiB))]
     with Pipeline([double, len], start_method=start_method) as p:
         got = list(p.apply(b"x" * n for n in sizes))
     assert got == [2 * n for n in sizes]

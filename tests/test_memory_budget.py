@@ -9,17 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.helpers import Endless
+from tests.helpers import Endless, KiB, MiB, payload
 
 pytestmark = pytest.mark.timeout(120)
-
-KiB = 1 << 10
-MiB = 1 << 20
-
-
-def blob(i: int, size: int) -> bytes:
-    return bytes([i % 251]) * size
-
 
 class Tag:
     """Stateful: ``(running count, len)``, so order and completeness both show."""
@@ -44,7 +36,7 @@ def make() -> list[Any]:
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.integers(0, 300 * KiB), max_size=60), st.integers(1, 2 * MiB))
 def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
-    data = [blob(i, n) for i, n in enumerate(sizes)]
+    data = [payload(i, n) for i, n in enumerate(sizes)]
     with SequentialPipeline(make()) as ref:
         expected = list(ref.apply(data))
     with Pipeline(make(), n_cpu=3, max_bytes_in_flight=budget) as p:
@@ -56,7 +48,7 @@ def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
 
 
 def test_an_item_larger_than_the_budget_goes_alone() -> None:
-    data = [blob(i, MiB) for i in range(30)]
+    data = [payload(i, MiB) for i in range(30)]
     with Pipeline([stage(len, stateful=False, batch_size=8)], n_cpu=2,
                   max_bytes_in_flight=1000) as p:
         assert list(p.apply(data)) == [MiB] * 30
@@ -66,7 +58,7 @@ def test_an_item_larger_than_the_budget_goes_alone() -> None:
 
 def endless_blobs(size: int) -> Any:
     for i in Endless():
-        yield blob(i, size)
+        yield payload(i, size)
 
 
 @pytest.mark.parametrize("budget", [None, 8 * MiB])

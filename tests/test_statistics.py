@@ -11,6 +11,7 @@ import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
 from blpipe.statistics import Statistics
+from tests.helpers import MiB
 from tests.stages import Add, DropMultiples, Echo, RunningSum, Sleepy, Spin, Weighted
 
 
@@ -160,7 +161,7 @@ def test_advice_slow_consumer() -> None:
 
 def test_advice_large_items() -> None:
     p = Pipeline([stage(len, stateful=False, batch_size=8)], n_cpu=2)
-    run(p, (bytes(4 << 20) for _ in range(150)))
+    run(p, (bytes(4 * MiB) for _ in range(150)))
     assert "its items are large" in advice(p)
 
 
