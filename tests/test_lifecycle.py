@@ -13,8 +13,6 @@ from blpipe import Pipeline, SequentialPipeline
 from tests.helpers import live_children, wait_no_children
 from tests.stages import Add, RunningSum
 
-OPS = [Add(1, batch_size=8), RunningSum(batch_size=4), Add(2, batch_size=8)]
-
 
 def fresh() -> list[object]:
     return [Add(1, batch_size=8), RunningSum(batch_size=4), Add(2, batch_size=8)]
@@ -79,22 +77,17 @@ def test_exhausted_generator_stops_processes() -> None:
     p.close()
 
 
-def test_closed_generator_stops_processes() -> None:
+@pytest.mark.parametrize("how", ["closed", "collected"])
+def test_a_generator_that_goes_away_stops_processes(how: str) -> None:
     p = Pipeline(fresh())
     out = p.apply(itertools.count())
     next(out)
     assert live_children()
-    out.close()
-    assert not wait_no_children(1.0)
-    p.close()
-
-
-def test_collected_generator_stops_processes() -> None:
-    p = Pipeline(fresh())
-    out = p.apply(itertools.count())
-    next(out)
-    del out
-    gc.collect()
+    if how == "closed":
+        out.close()
+    else:
+        del out
+        gc.collect()
     assert not wait_no_children(1.0)
     p.close()
 
