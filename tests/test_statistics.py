@@ -101,19 +101,28 @@ def test_consistent_from_another_thread() -> None:
             assert s.in_flight <= s.peak_in_flight or s.placement == "master"
 
 
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
 @pytest.mark.parametrize("inputs", [[], range(50)], ids=["empty", "fifty"])
-def test_report_renders_for_every_stage_kind(inputs: Any) -> None:
+def test_report_renders_for_every_stage_kind(cls: type, inputs: Any) -> None:
     ops = [Add(1, batch_size=4), RunningSum(), Weighted(2, batch_size=4),
-           stage(lambda x: x, run_in_master=True)]
-    p = Pipeline(ops, n_cpu=2)
+           stage(abs, run_in_master=True)]
+    rows = [("stage 0 (Add())", "pool"), ("stage 1 (RunningSum())", "dedicated"),
+            ("stage 2 (Weighted())", "pool"), ("stage 3 (abs)", "master")]
+
+    def check(text: str) -> None:
+        lines = text.splitlines()
+        assert lines[0].startswith("blpipe:"), text
+        for name, where in rows:  # a row for each stage, with its placement
+            assert any(line.startswith(name) and where in line.split() for line in lines), \
+                (name, text)
+        assert len(lines) >= 3 + len(ops)
+
+    p = cls(ops, n_cpu=2)
     before = p.report()
-    assert "not started" in before
+    check(before)
+    assert "not started" in before.splitlines()[0]
     run(p, inputs)
-    text = p.report()
-    for kind in ("pool", "dedicated", "master"):
-        assert kind in text
-    assert len(text.splitlines()) >= 3 + len(ops)
-    assert SequentialPipeline(ops).report()
+    check(p.report())
 
 
 # -- advice: each builds its situation ------------------------------------------
