@@ -75,11 +75,17 @@ def test_a_failing_thread_stage_gives_earlier_outputs_then_its_error() -> None:
 
 
 def test_breaking_out_stops_the_threads() -> None:
+    before = set(threading.enumerate())
     with Pipeline([Sleepy(0.01, stateful=False, threads=8, batch_size=16)]) as p:
         for x in p.apply(Endless()):
             if x == 20:
+                during = [t for t in threading.enumerate() if t not in before]
                 break
-    # the autouse fixture checks that no thread is left
+        else:
+            pytest.fail("the endless stream ended")
+    assert any(t.name.startswith("blpipe stage 0") for t in during), during
+    left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not left, left
 
 
 @pytest.mark.parametrize("kind", [{"threads": 4}, {}])
