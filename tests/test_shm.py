@@ -72,7 +72,7 @@ def test_slots_are_reused(start_method: str) -> None:
         for i, (n, first, _) in enumerate(p.apply(payload(i, MiB) for i in range(300))):
             assert (n, first) == (MiB, i % 251)
             held.append(len(memfds()))
-    assert max(held) <= 4  # two workers, two chunks each
+    assert 0 < max(held) <= 4  # slots were used, and no more than two workers' two chunks
 
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["pool", "dedicated"])
@@ -80,7 +80,9 @@ def test_killed_worker_leaves_no_shared_memory(start_method: str, stateful: bool
     """A worker killed while large items are in flight: nothing is left behind.
 
     A dedicated worker's death always fails the stream (its state is lost); a pool
-    worker's fails it only if the worker held a chunk, else it is replaced.
+    worker's fails it only if the worker held a chunk, else it is replaced. So the
+    pool case accepts either outcome, and the check that matters here is the
+    ``dev_shm_untouched`` fixture: no segment or memfd is left behind either way.
     """
     stage = Measure(batch_size=8)
     stage.stateful = stateful  # type: ignore[attr-defined]
