@@ -14,7 +14,7 @@ from blpipe import (
     SequentialPipeline,
     WorkerDied,
 )
-from tests.helpers import Endless, drain
+from tests.helpers import Endless, drain, take
 from tests.stages import Add, DieAt, DropMultiples, FailAt, RunningSum, Sleepy, Weighted
 
 
@@ -50,9 +50,7 @@ def check_bounded(executor: Executor) -> None:
     src = Endless()
     with Pipeline([Sleepy(0.001, stateful=False, batch_size=8), Weighted(2, batch_size=8)],
                   executor=executor) as p:
-        for i, _ in enumerate(p.apply(src)):
-            if i == 200:
-                break
+        take(p.apply(src), 201)
         peaks = [s.peak_in_flight for s in p.statistics().stages]
     assert max(peaks) <= 8
     assert src.pulled <= 201 + 8 + 8 + 64

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import multiprocess
@@ -67,6 +68,14 @@ class Endless:
     def __next__(self) -> int:
         self.pulled += 1
         return self.pulled - 1
+
+
+def take(it: Iterable[Any], n: int) -> list[Any]:
+    """The first ``n`` items of a stream that should not end: fails if it ends sooner,
+    rather than let a check of what was pulled pass on a short run."""
+    got = list(itertools.islice(it, n))
+    assert len(got) == n, f"the stream ended after {len(got)} of {n} items"
+    return got
 
 
 def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.helpers import Endless, MiB, drain, wait_no_children
+from tests.helpers import Endless, MiB, drain, take, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
@@ -135,9 +135,7 @@ def test_stress_faults_in_a_row() -> None:
             if r % 10 == 0:
                 one_round(name, "spawn")
         with Pipeline([Add(0, batch_size=8), RunningSum(batch_size=4)], n_cpu=2) as p:
-            for n, _ in enumerate(p.apply(itertools.count())):  # and an early stop
-                if n == 100:
-                    break
+            take(p.apply(itertools.count()), 101)  # and an early stop
         assert not wait_no_children(1.0)
 
 

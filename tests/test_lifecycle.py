@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline
-from tests.helpers import live_children, wait_no_children
+from tests.helpers import live_children, take, wait_no_children
 from tests.stages import Add, RunningSum
 
 
@@ -50,9 +50,7 @@ def test_close_while_reading_raises() -> None:
 def test_break_then_exit_over_endless_input(start_method: str) -> None:
     with Pipeline(fresh(), start_method=start_method) as p:
         out = p.apply(itertools.count())  # held, so only leaving 'with' can stop it
-        for n, _ in enumerate(out, 1):
-            if n == 100:
-                break
+        take(out, 100)
         assert live_children()
     assert not wait_no_children(1.0)
     del out

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.helpers import Endless, KiB, MiB, payload
+from tests.helpers import Endless, KiB, MiB, payload, take
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,9 +67,7 @@ def test_the_budget_bounds_bytes_in_flight(budget: int | None) -> None:
     with Pipeline([stage(bytes, stateful=False, batch_size=64), stage(len, stateful=False,
                                                                       batch_size=64)],
                   n_cpu=2, max_bytes_in_flight=budget) as p:
-        for i, _ in enumerate(p.apply(endless_blobs(2 * MiB))):
-            if i == 300:
-                break
+        take(p.apply(endless_blobs(2 * MiB)), 301)
         peak = p.statistics().peak_bytes_in_flight
     if budget is None:
         assert peak > 24 * MiB

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.helpers import Endless, drain
+from tests.helpers import Endless, drain, take
 from tests.oracle import assert_matches_sequential
 from tests.stages import Add, FailAt, RunningSum, Sleepy, Weighted
 
@@ -131,9 +131,7 @@ def test_unordered_stays_bounded_on_an_endless_stream(kind: dict[str, Any]) -> N
     src = Endless()
     with Pipeline([Add(0, batch_size=8), stage(jitter, stateful=False, batch_size=8,
                                                  ordered=False, **kind)], n_cpu=2) as p:
-        for i, _ in enumerate(p.apply(src)):
-            if i == 300:
-                break
+        take(p.apply(src), 301)
         peak = max(s.peak_in_flight for s in p.statistics().stages)
     assert peak <= 8
     assert src.pulled <= 301 + 8 + 8 + 64 + 8
