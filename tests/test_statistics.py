@@ -73,12 +73,16 @@ def test_consistent_from_another_thread() -> None:
            Weighted(2, batch_size=16)]
     p = Pipeline(ops, n_cpu=3)
     snaps: list[Statistics] = []
+    failed: list[BaseException] = []
     done = threading.Event()
 
     def watch() -> None:
-        while not done.wait(0.001):
-            snaps.append(p.statistics())
-            p.report()
+        try:
+            while not done.wait(0.001):
+                snaps.append(p.statistics())
+                p.report()
+        except BaseException as e:  # raised in a thread, it would not fail the test
+            failed.append(e)
 
     watcher = threading.Thread(target=watch)
     with p:
@@ -89,6 +93,7 @@ def test_consistent_from_another_thread() -> None:
         finally:
             done.set()
             watcher.join(10)
+    assert not failed, failed
     assert len(snaps) > 10
     assert any(s.running and 0 < s.stages[0].items_in < 20_000 for s in snaps)
     for snap in snaps:
