@@ -72,6 +72,7 @@ def test_slots_are_reused(start_method: str) -> None:
         for i, (n, first, _) in enumerate(p.apply(payload(i, MiB) for i in range(300))):
             assert (n, first) == (MiB, i % 251)
             held.append(len(memfds()))
+    assert len(held) == 300
     assert 0 < max(held) <= 4  # slots were used, and no more than two workers' two chunks
 
 
