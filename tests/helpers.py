@@ -10,9 +10,14 @@ from typing import Any
 
 import multiprocess
 import psutil
+from hypothesis import HealthCheck
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver")
                  if m in multiprocess.get_all_start_methods()]
+
+# The health checks that the property tests turn off: generation is timed by the wall
+# clock, which a busy machine stretches, and inputs of hundreds of items are large.
+SLOW_AND_LARGE = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -9,11 +9,11 @@ import signal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, WorkerDied, stage
-from tests.helpers import drain
+from tests.helpers import SLOW_AND_LARGE, drain
 from tests.oracle import assert_matches_sequential, build, outcome, recipes
 from tests.stages import KINDS, DieAt, FailAt, kind_attrs
 
@@ -51,7 +51,7 @@ def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, A
         assert len(got) + len(records) == reached
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(recipes, st.lists(st.one_of(st.none(), st.integers(0, 500)), max_size=200),
        st.integers(0, 6), st.sampled_from(sorted(KINDS)), st.sampled_from(["skip", "collect"]),
        st.one_of(st.none(), st.integers(0, 8)), st.integers(1, 16), st.integers(2, 9))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.helpers import Endless, KiB, MiB, payload, take
+from tests.helpers import SLOW_AND_LARGE, Endless, KiB, MiB, payload, take
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ def make() -> list[Any]:
             stage(pair, stateful=2, batch_size=8)]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(st.lists(st.integers(0, 300 * KiB), max_size=60), st.integers(1, 2 * MiB))
 def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
     data = [payload(i, n) for i, n in enumerate(sizes)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline
+from tests.helpers import SLOW_AND_LARGE
 from tests.oracle import assert_matches_sequential, batch, build, inputs, recipes
 from tests.stages import KINDS, Add, FailAt, Weighted, kind_attrs
 
@@ -18,13 +19,13 @@ def check(recipe: list[tuple[str, int, Any]], data: list[int | None], n_cpu: int
                               start_method=start_method)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(recipes, inputs, st.integers(1, 4))
 def test_matches_sequential_fork(recipe: list[Any], data: list[Any], n_cpu: int) -> None:
     check(recipe, data, n_cpu, "fork")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(recipes, inputs, st.integers(1, 3))
 def test_matches_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int) -> None:
     check(recipe, data, n_cpu, "spawn")
@@ -64,7 +65,7 @@ faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), st.sampled_from
           st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(*faults)
 def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
                                  position: int, kind: str, at: int, size: int,
@@ -73,7 +74,7 @@ def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
     check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "fork")
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(*faults)
 def test_faults_match_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int,
                                        position: int, kind: str, at: int,
