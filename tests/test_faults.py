@@ -93,6 +93,7 @@ def test_early_stop_while_a_worker_is_blocked_writing() -> None:
     del out
 
 
+@pytest.mark.slow
 def test_huge_items_go_through(start_method: str) -> None:
     def double(b: bytes) -> bytes:
         return b + b
@@ -126,6 +127,7 @@ def one_round(name: str, start_method: str) -> None:
     assert isinstance(err, error), (name, err)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_stress_faults_in_a_row() -> None:
     """Every fault, STRESS_ROUNDS times in a row, under fork and spawn: flush out races."""
@@ -152,6 +154,7 @@ class Jitter(Attrs):
         return x
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_soak_exact_output_and_flat_memory() -> None:
     n = 300_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ def check(recipe: list[tuple[str, int, Any]], data: list[int | None], n_cpu: int
                               start_method=start_method)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(recipes, inputs, st.integers(1, 4))
 def test_matches_sequential_fork(recipe: list[Any], data: list[Any], n_cpu: int) -> None:
@@ -65,6 +67,7 @@ faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), st.sampled_from
           st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(*faults)
 def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
