@@ -24,7 +24,7 @@ def kind_attrs(kind: str, batch_size: int) -> dict[str, Any]:
     """The attributes of a stage of ``kind``, with ``batch_size`` unless it runs in the
     caller (where batches do not apply)."""
     attrs = KINDS[kind]
-    return attrs if "run_in_master" in attrs else {**attrs, "batch_size": batch_size}
+    return {**attrs} if "run_in_master" in attrs else {**attrs, "batch_size": batch_size}
 
 
 class Attrs:
