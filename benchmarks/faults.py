@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,45 +131,24 @@ def run_early_stop(method: str) -> tuple[float, float]:
     return left - t0, no_children() - t0
 
 
-SIGNAL_SCRIPT = textwrap.dedent('''
-    import itertools, sys, time
-    from blpipe import Pipeline, stage
-    def slow(x):
-        time.sleep(0.01)
-        return x
-    class Total:
-        batch_size = 8
-        def __init__(self):
-            self.total = 0
-        def __call__(self, x):
-            self.total += x
-            return self.total
-    if __name__ == "__main__":
-        with Pipeline([stage(slow, stateful=False, batch_size=8), Total()],
-                      start_method=sys.argv[1]) as p:
-            for n, _ in enumerate(p.apply(itertools.count())):
-                if n == 20:
-                    print("running", flush=True)
-''')
+# The child script is shared with tests/test_signals.py.
+SIGNAL_SCRIPT = Path(__file__).resolve().parent.parent / "tests" / "scripts" / "endless_total.py"
 
 
 def run_ctrl_c(method: str) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "ctrl_c.py"
-        script.write_text(SIGNAL_SCRIPT)
-        proc = subprocess.Popen([sys.executable, str(script), method], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        kids = [k for k in psutil.Process(proc.pid).children(recursive=True)
-                if "resource_tracker" not in " ".join(k.cmdline())]  # multiprocess's, not ours
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(10)
-        exited = time.monotonic()
-        psutil.wait_procs(kids, timeout=5)
-        return exited - t0, time.monotonic() - t0
+    proc = subprocess.Popen([sys.executable, str(SIGNAL_SCRIPT), method], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    kids = [k for k in psutil.Process(proc.pid).children(recursive=True)
+            if "resource_tracker" not in " ".join(k.cmdline())]  # multiprocess's, not ours
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(10)
+    exited = time.monotonic()
+    psutil.wait_procs(kids, timeout=5)
+    return exited - t0, time.monotonic() - t0
 
 
 def main() -> None:

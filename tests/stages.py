@@ -9,6 +9,30 @@ from typing import Any
 
 BIG = 1_000_003
 
+# The attributes that make a stage of each kind, for tests that try every kind.
+KINDS: dict[str, dict[str, Any]] = {
+    "pool": {"stateful": False},
+    "window": {"stateful": 2},
+    "dedicated": {"stateful": True},
+    "master": {"run_in_master": True},
+    "thread": {"stateful": False, "threads": 3},
+    "thread-window": {"stateful": 2, "threads": 2},
+}
+
+
+def kind_attrs(kind: str, batch_size: int) -> dict[str, Any]:
+    """The attributes of a stage of ``kind``, with ``batch_size`` unless it runs in the
+    caller (where batches do not apply)."""
+    attrs = KINDS[kind]
+    return {**attrs} if "run_in_master" in attrs else {**attrs, "batch_size": batch_size}
+
+
+class Attrs:
+    """A stage whose blpipe attributes are set from keyword arguments."""
+
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
 
 class Add:
     """Stateless: ``x + k``."""
@@ -75,14 +99,12 @@ class MasterScale:
         return (x * self.k + 1) % BIG
 
 
-class Pid:
+class Pid(Attrs):
     """Stateless by default: tags the item with the pid that handled it."""
 
     def __init__(self, name: str, **attrs: Any) -> None:
+        super().__init__(**{"stateful": False, **attrs})
         self.name = name
-        self.stateful = False
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, item: Any) -> Any:
         if isinstance(item, tuple) and item and isinstance(item[0], tuple):
@@ -91,29 +113,30 @@ class Pid:
         return x, (*trace, (self.name, os.getpid()))
 
 
-class FailAt:
-    """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``; else returns ``x``."""
+class FailAt(Attrs):
+    """Raises ``ValueError(f"bad {x}", x)`` on ``x == at``, or on every multiple of
+    ``every``; else returns ``x`` (a window: its newest input)."""
 
-    def __init__(self, at: int, **attrs: Any) -> None:
+    def __init__(self, at: int | None = None, *, every: int | None = None,
+                 **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.at = at
-        for key, value in attrs.items():
-            setattr(self, key, value)
+        self.every = every
 
     def __call__(self, x: Any) -> Any:
         value = x[-1] if isinstance(x, tuple) else x
-        if value == self.at:
+        if value == self.at or (self.every is not None and value % self.every == 0):
             raise ValueError(f"bad {value}", value)
         return value
 
 
-class DieAt:
+class DieAt(Attrs):
     """Ends its own process on ``x == at``: ``exit`` code, or a signal when negative."""
 
     def __init__(self, at: int, code: int, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.at = at
         self.code = code
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         x = x[-1] if isinstance(x, tuple) else x  # a window: its newest input
@@ -125,12 +148,8 @@ class DieAt:
         return x
 
 
-class Stamp:
+class Stamp(Attrs):
     """Tags an item with when each stage finished it: ``(x, (t0, t1, ...))``."""
-
-    def __init__(self, **attrs: Any) -> None:
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, item: Any) -> tuple[Any, tuple[float, ...]]:
         x, times = item if isinstance(item, tuple) else (item, ())
@@ -138,14 +157,13 @@ class Stamp:
         return x, (*times, time.monotonic())
 
 
-class Sleepy:
+class Sleepy(Attrs):
     """Sleeps ``seconds`` on input ``at`` (every input when ``at`` is None)."""
 
     def __init__(self, seconds: float, at: int | None = None, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.seconds = seconds
         self.at = at
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         if self.at is None or x == self.at:
@@ -242,26 +260,18 @@ class Newest:
         return w[-1]
 
 
-class Spin:
+class Spin(Attrs):
     """Burns ``seconds`` of CPU per input (no sleeping), then returns it."""
 
     def __init__(self, seconds: float, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.seconds = seconds
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         end = time.thread_time() + self.seconds
         while time.thread_time() < end:
             pass
         return x
-
-
-class Attrs:
-    """A stage whose blpipe attributes are set from keyword arguments."""
-
-    def __init__(self, **attrs: Any) -> None:
-        vars(self).update(attrs)
 
 
 class Same(Attrs):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from blpipe import Pipeline
-from tests.conftest import Endless
+from tests.helpers import Endless
 from tests.stages import Add, MasterScale, RunningSum, Stamp, Weighted
 
 
@@ -25,6 +27,8 @@ def test_lead_is_bounded(start_method: str) -> None:
                 assert source.pulled - n <= bound, (n, source.pulled)
             if n == 5000:
                 break
+        else:
+            pytest.fail("the endless stream ended")
     assert source.pulled - 5000 <= bound
 
 

@@ -9,7 +9,6 @@ not fork this process: the Dask client leaves threads running in it.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests import test_executors as checks
-from tests.conftest import wait_no_children
+from tests import executor_checks as checks
+from tests.helpers import wait_no_children
 
 distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
 
@@ -98,22 +97,9 @@ def test_a_dead_dask_worker_is_an_error_not_a_hang() -> None:
     KilledWorker, which blpipe raises as WorkerDied with the stage's name."""
     import dask
 
-    from blpipe import Pipeline, WorkerDied
-    from tests.conftest import drain
-    from tests.stages import DieAt
-
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                      dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c, \
-            Pipeline([DieAt(300, 3, stateful=False, batch_size=16)],
-                     executor=c.get_executor()) as p:
-        start = time.monotonic()
-        got, err = drain(p.apply(range(1000)))
-        took = time.monotonic() - start
-    assert isinstance(err, WorkerDied), err
-    assert "stage 0 (DieAt())" in str(err)
-    assert "KilledWorker" in str(err)
-    assert got == list(range(len(got)))
-    assert len(got) <= 300
-    assert took < 30
+            distributed.Client(cluster) as c:
+        checks.check_dead_worker(c.get_executor(), "KilledWorker", at=300, inputs=1000,
+                                 within=30)

@@ -20,21 +20,14 @@ from blpipe import (
     SerializationError,
     WorkerDied,
 )
-from tests.conftest import drain
-from tests.stages import SIGKILL, Add, DieAt, FailAt, RunningSum, slow_identity
-
-KINDS = {
-    "pool": {"stateful": False, "batch_size": 8},
-    "window": {"stateful": 2, "batch_size": 8},
-    "dedicated": {"stateful": True, "batch_size": 8},
-    "master": {"run_in_master": True},
-}
+from tests.helpers import drain
+from tests.stages import KINDS, SIGKILL, Add, DieAt, FailAt, RunningSum, kind_attrs, slow_identity
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_stage_error_keeps_type_and_earlier_outputs(kind: str, start_method: str) -> None:
     def ops() -> list[Any]:
-        return [Add(0, batch_size=8), FailAt(60, **KINDS[kind]), Add(1, batch_size=8)]
+        return [Add(0, batch_size=8), FailAt(60, **kind_attrs(kind, 8)), Add(1, batch_size=8)]
 
     got_ref, ref_err = drain(SequentialPipeline(ops()).apply(range(200)))
     with Pipeline(ops(), n_cpu=2, start_method=start_method) as p:
@@ -51,7 +44,7 @@ def test_stage_error_keeps_type_and_earlier_outputs(kind: str, start_method: str
         (note,) = err.__notes__
         assert "stage 1 (FailAt())" in note
         assert "60" in note
-    if kind != "master":
+    if kind in ("pool", "window", "dedicated"):  # raised in a worker process
         assert isinstance(err.__cause__, RemoteTraceback)
         assert "tests/stages.py" in str(err.__cause__)
         assert 'raise ValueError(f"bad {value}", value)' in str(err.__cause__)

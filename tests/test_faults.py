@@ -13,10 +13,11 @@ import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.conftest import Endless, drain, wait_no_children
+from tests.helpers import Endless, MiB, drain, take, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
+    Attrs,
     DieAt,
     FailAt,
     Pid,
@@ -80,7 +81,7 @@ def test_early_stop_while_stages_are_busy(where: str, start_method: str) -> None
 def test_early_stop_while_a_worker_is_blocked_writing() -> None:
     """A stage's big results fill the pipe while the consumer is away."""
     def big(x: int) -> bytes:
-        return bytes(4 << 20)
+        return bytes(4 * MiB)
 
     big.stateful = False  # type: ignore[attr-defined]
     big.batch_size = 8  # type: ignore[attr-defined]
@@ -92,12 +93,13 @@ def test_early_stop_while_a_worker_is_blocked_writing() -> None:
     del out
 
 
+@pytest.mark.slow
 def test_huge_items_go_through(start_method: str) -> None:
     def double(b: bytes) -> bytes:
         return b + b
 
     double.stateful = False  # type: ignore[attr-defined]
-    sizes = [len(b) for b in (b"a" * (64 << 20), b"b", b"c" * (96 << 20))]
+    sizes = [len(b) for b in (b"a" * (64 * MiB), b"b", b"c" * (96 * MiB))]
     with Pipeline([double, len], start_method=start_method) as p:
         got = list(p.apply(b"x" * n for n in sizes))
     assert got == [2 * n for n in sizes]
@@ -125,6 +127,7 @@ def one_round(name: str, start_method: str) -> None:
     assert isinstance(err, error), (name, err)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_stress_faults_in_a_row() -> None:
     """Every fault, STRESS_ROUNDS times in a row, under fork and spawn: flush out races."""
@@ -134,19 +137,16 @@ def test_stress_faults_in_a_row() -> None:
             if r % 10 == 0:
                 one_round(name, "spawn")
         with Pipeline([Add(0, batch_size=8), RunningSum(batch_size=4)], n_cpu=2) as p:
-            for n, _ in enumerate(p.apply(itertools.count())):  # and an early stop
-                if n == 100:
-                    break
+            take(p.apply(itertools.count()), 101)  # and an early stop
         assert not wait_no_children(1.0)
 
 
-class Jitter:
+class Jitter(Attrs):
     """Identity with a random tiny delay on a few items, so timings interleave."""
 
     def __init__(self, seed: int, **attrs: Any) -> None:
+        super().__init__(**attrs)
         self.rng = random.Random(seed)
-        for key, value in attrs.items():
-            setattr(self, key, value)
 
     def __call__(self, x: Any) -> Any:
         if self.rng.random() < 0.002:
@@ -154,6 +154,7 @@ class Jitter:
         return x
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_soak_exact_output_and_flat_memory() -> None:
     n = 300_000

@@ -10,10 +10,8 @@ import warnings
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline
-from tests.conftest import live_children, wait_no_children
+from tests.helpers import live_children, take, wait_no_children
 from tests.stages import Add, RunningSum
-
-OPS = [Add(1, batch_size=8), RunningSum(batch_size=4), Add(2, batch_size=8)]
 
 
 def fresh() -> list[object]:
@@ -52,9 +50,7 @@ def test_close_while_reading_raises() -> None:
 def test_break_then_exit_over_endless_input(start_method: str) -> None:
     with Pipeline(fresh(), start_method=start_method) as p:
         out = p.apply(itertools.count())  # held, so only leaving 'with' can stop it
-        for n, _ in enumerate(out, 1):
-            if n == 100:
-                break
+        take(out, 100)
         assert live_children()
     assert not wait_no_children(1.0)
     del out
@@ -79,22 +75,17 @@ def test_exhausted_generator_stops_processes() -> None:
     p.close()
 
 
-def test_closed_generator_stops_processes() -> None:
+@pytest.mark.parametrize("how", ["closed", "collected"])
+def test_a_generator_that_goes_away_stops_processes(how: str) -> None:
     p = Pipeline(fresh())
     out = p.apply(itertools.count())
     next(out)
     assert live_children()
-    out.close()
-    assert not wait_no_children(1.0)
-    p.close()
-
-
-def test_collected_generator_stops_processes() -> None:
-    p = Pipeline(fresh())
-    out = p.apply(itertools.count())
-    next(out)
-    del out
-    gc.collect()
+    if how == "closed":
+        out.close()
+    else:
+        del out
+        gc.collect()
     assert not wait_no_children(1.0)
     p.close()
 

@@ -5,21 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.conftest import Endless
+from tests.helpers import SLOW_AND_LARGE, Endless, KiB, MiB, payload, take
 
 pytestmark = pytest.mark.timeout(120)
-
-KiB = 1 << 10
-MiB = 1 << 20
-
-
-def blob(i: int, size: int) -> bytes:
-    return bytes([i % 251]) * size
-
 
 class Tag:
     """Stateful: ``(running count, len)``, so order and completeness both show."""
@@ -41,10 +33,10 @@ def make() -> list[Any]:
             stage(pair, stateful=2, batch_size=8)]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(st.lists(st.integers(0, 300 * KiB), max_size=60), st.integers(1, 2 * MiB))
 def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
-    data = [blob(i, n) for i, n in enumerate(sizes)]
+    data = [payload(i, n) for i, n in enumerate(sizes)]
     with SequentialPipeline(make()) as ref:
         expected = list(ref.apply(data))
     with Pipeline(make(), n_cpu=3, max_bytes_in_flight=budget) as p:
@@ -56,7 +48,7 @@ def test_random_sizes_never_deadlock(sizes: list[int], budget: int) -> None:
 
 
 def test_an_item_larger_than_the_budget_goes_alone() -> None:
-    data = [blob(i, MiB) for i in range(30)]
+    data = [payload(i, MiB) for i in range(30)]
     with Pipeline([stage(len, stateful=False, batch_size=8)], n_cpu=2,
                   max_bytes_in_flight=1000) as p:
         assert list(p.apply(data)) == [MiB] * 30
@@ -66,7 +58,7 @@ def test_an_item_larger_than_the_budget_goes_alone() -> None:
 
 def endless_blobs(size: int) -> Any:
     for i in Endless():
-        yield blob(i, size)
+        yield payload(i, size)
 
 
 @pytest.mark.parametrize("budget", [None, 8 * MiB])
@@ -75,9 +67,7 @@ def test_the_budget_bounds_bytes_in_flight(budget: int | None) -> None:
     with Pipeline([stage(bytes, stateful=False, batch_size=64), stage(len, stateful=False,
                                                                       batch_size=64)],
                   n_cpu=2, max_bytes_in_flight=budget) as p:
-        for i, _ in enumerate(p.apply(endless_blobs(2 * MiB))):
-            if i == 300:
-                break
+        take(p.apply(endless_blobs(2 * MiB)), 301)
         peak = p.statistics().peak_bytes_in_flight
     if budget is None:
         assert peak > 24 * MiB

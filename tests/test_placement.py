@@ -7,7 +7,7 @@ import os
 import psutil
 
 from blpipe import Pipeline
-from tests.conftest import live_children
+from tests.helpers import live_children
 from tests.stages import Pid
 
 

@@ -10,23 +10,17 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, WorkerDied
-from tests.conftest import drain
+from tests.helpers import MiB, drain, payload
 from tests.stages import Blob, Echo, Measure, Newest
-
-MiB = 1 << 20
-
-
-def big(i: int, size: int = 200_000) -> bytes:
-    """Distinct large content: every byte depends on the item."""
-    return bytes([i % 251]) * size
 
 
 def items() -> list[Any]:
     """Every kind of large buffer, mixed with small items in the same chunks."""
     out: list[Any] = []
     for i in range(40):
-        out += [big(i), bytearray(big(i + 1, 70_000)), memoryview(big(i + 2, 90_000)),
-                Blob(bytearray(big(i + 3, 300_000))), i, b"small", bytearray(b"tiny")]
+        out += [payload(i, 200_000), bytearray(payload(i + 1, 70_000)),
+                memoryview(payload(i + 2, 90_000)), Blob(bytearray(payload(i + 3, 300_000))),
+                i, b"small", bytearray(b"tiny")]
     return out
 
 
@@ -75,10 +69,11 @@ def test_slots_are_reused(start_method: str) -> None:
     """A long stream of large items goes through a handful of slots."""
     held = []
     with Pipeline([Measure(batch_size=8)], n_cpu=2, start_method=start_method) as p:
-        for i, (n, first, _) in enumerate(p.apply(big(i, MiB) for i in range(300))):
+        for i, (n, first, _) in enumerate(p.apply(payload(i, MiB) for i in range(300))):
             assert (n, first) == (MiB, i % 251)
             held.append(len(memfds()))
-    assert max(held) <= 4  # two workers, two chunks each
+    assert len(held) == 300
+    assert 0 < max(held) <= 4  # slots were used, and no more than two workers' two chunks
 
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["pool", "dedicated"])
@@ -86,12 +81,14 @@ def test_killed_worker_leaves_no_shared_memory(start_method: str, stateful: bool
     """A worker killed while large items are in flight: nothing is left behind.
 
     A dedicated worker's death always fails the stream (its state is lost); a pool
-    worker's fails it only if the worker held a chunk, else it is replaced.
+    worker's fails it only if the worker held a chunk, else it is replaced. So the
+    pool case accepts either outcome, and the check that matters here is the
+    ``dev_shm_untouched`` fixture: no segment or memfd is left behind either way.
     """
     stage = Measure(batch_size=8)
     stage.stateful = stateful  # type: ignore[attr-defined]
     with Pipeline([stage], n_cpu=2, start_method=start_method) as p:
-        out = p.apply(big(i, MiB) for i in range(10_000))
+        out = p.apply(payload(i, MiB) for i in range(10_000))
         first = next(out)
         os.kill(first[2], signal.SIGKILL)
         got, err = drain(out)

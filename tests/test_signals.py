@@ -6,40 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-SCRIPT = textwrap.dedent('''
-    import itertools, signal, sys, time
-    from blpipe import Pipeline, stage
-
-    def slow(x):
-        time.sleep(0.01)
-        return x
-
-    class Total:
-        batch_size = 8
-        def __init__(self):
-            self.total = 0
-        def __call__(self, x):
-            self.total += x
-            return self.total
-
-    def on_term(signum, frame):
-        raise SystemExit("terminated")
-
-    if __name__ == "__main__":
-        signal.signal(signal.SIGTERM, on_term)
-        with Pipeline([stage(slow, stateful=False, batch_size=8), Total()],
-                      start_method=sys.argv[1]) as p:
-            for n, out in enumerate(p.apply(itertools.count())):
-                if n == 20:
-                    print("running", flush=True)
-''')
+SCRIPT = Path(__file__).parent / "scripts" / "endless_total.py"
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
@@ -47,12 +20,9 @@ SCRIPT = textwrap.dedent('''
     ("SIGINT to the group", "KeyboardInterrupt"),
     ("SIGTERM to the parent", "terminated\n"),  # SystemExit prints its message
 ])
-def test_signal_stops_everything(tmp_path: Path, start_method: str, how: str,
-                                 expected: str) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
+def test_signal_stops_everything(start_method: str, how: str, expected: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(script), start_method], stdout=subprocess.PIPE,
+        [sys.executable, str(SCRIPT), start_method], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
         # a shell may have started this test with SIGINT ignored; a terminal's child would not
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

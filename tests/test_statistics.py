@@ -11,6 +11,7 @@ import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
 from blpipe.statistics import Statistics
+from tests.helpers import MiB
 from tests.stages import Add, DropMultiples, Echo, RunningSum, Sleepy, Spin, Weighted
 
 
@@ -72,12 +73,16 @@ def test_consistent_from_another_thread() -> None:
            Weighted(2, batch_size=16)]
     p = Pipeline(ops, n_cpu=3)
     snaps: list[Statistics] = []
+    failed: list[BaseException] = []
     done = threading.Event()
 
     def watch() -> None:
-        while not done.wait(0.001):
-            snaps.append(p.statistics())
-            p.report()
+        try:
+            while not done.wait(0.001):
+                snaps.append(p.statistics())
+                p.report()
+        except BaseException as e:  # raised in a thread, it would not fail the test
+            failed.append(e)
 
     watcher = threading.Thread(target=watch)
     with p:
@@ -88,6 +93,7 @@ def test_consistent_from_another_thread() -> None:
         finally:
             done.set()
             watcher.join(10)
+    assert not failed, failed
     assert len(snaps) > 10
     assert any(s.running and 0 < s.stages[0].items_in < 20_000 for s in snaps)
     for snap in snaps:
@@ -100,19 +106,28 @@ def test_consistent_from_another_thread() -> None:
             assert s.in_flight <= s.peak_in_flight or s.placement == "master"
 
 
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
 @pytest.mark.parametrize("inputs", [[], range(50)], ids=["empty", "fifty"])
-def test_report_renders_for_every_stage_kind(inputs: Any) -> None:
+def test_report_renders_for_every_stage_kind(cls: type, inputs: Any) -> None:
     ops = [Add(1, batch_size=4), RunningSum(), Weighted(2, batch_size=4),
-           stage(lambda x: x, run_in_master=True)]
-    p = Pipeline(ops, n_cpu=2)
+           stage(abs, run_in_master=True)]
+    rows = [("stage 0 (Add())", "pool"), ("stage 1 (RunningSum())", "dedicated"),
+            ("stage 2 (Weighted())", "pool"), ("stage 3 (abs)", "master")]
+
+    def check(text: str) -> None:
+        lines = text.splitlines()
+        assert lines[0].startswith("blpipe:"), text
+        for name, where in rows:  # a row for each stage, with its placement
+            assert any(line.startswith(name) and where in line.split() for line in lines), \
+                (name, text)
+        assert len(lines) >= 3 + len(ops)
+
+    p = cls(ops, n_cpu=2)
     before = p.report()
-    assert "not started" in before
+    check(before)
+    assert "not started" in before.splitlines()[0]
     run(p, inputs)
-    text = p.report()
-    for kind in ("pool", "dedicated", "master"):
-        assert kind in text
-    assert len(text.splitlines()) >= 3 + len(ops)
-    assert SequentialPipeline(ops).report()
+    check(p.report())
 
 
 # -- advice: each builds its situation ------------------------------------------
@@ -160,7 +175,7 @@ def test_advice_slow_consumer() -> None:
 
 def test_advice_large_items() -> None:
     p = Pipeline([stage(len, stateful=False, batch_size=8)], n_cpu=2)
-    run(p, (bytes(4 << 20) for _ in range(150)))
+    run(p, (bytes(4 * MiB) for _ in range(150)))
     assert "its items are large" in advice(p)
 
 

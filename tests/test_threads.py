@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from tests.conftest import Endless, drain
+from tests.helpers import Endless, drain, take
+from tests.oracle import assert_matches_sequential
 from tests.stages import Add, FailAt, RunningSum, Sleepy, Weighted
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,10 +62,7 @@ def test_thread_stages_mix_with_every_kind(start_method: str) -> None:
         return [a, RunningSum(batch_size=4), w, Add(1, batch_size=32)]
 
     data = [None if i % 7 == 0 else i for i in range(3000)]
-    with SequentialPipeline(ops()) as ref:
-        expected = list(ref.apply(data))
-    with Pipeline(ops(), n_cpu=2, start_method=start_method) as p:
-        assert list(p.apply(data)) == expected
+    assert_matches_sequential(ops, data, n_cpu=2, start_method=start_method)
 
 
 def test_a_failing_thread_stage_gives_earlier_outputs_then_its_error() -> None:
@@ -77,11 +75,17 @@ def test_a_failing_thread_stage_gives_earlier_outputs_then_its_error() -> None:
 
 
 def test_breaking_out_stops_the_threads() -> None:
+    before = set(threading.enumerate())
     with Pipeline([Sleepy(0.01, stateful=False, threads=8, batch_size=16)]) as p:
         for x in p.apply(Endless()):
             if x == 20:
+                during = [t for t in threading.enumerate() if t not in before]
                 break
-    # the autouse fixture checks that no thread is left
+        else:
+            pytest.fail("the endless stream ended")
+    assert any(t.name.startswith("blpipe stage 0") for t in during), during
+    left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not left, left
 
 
 @pytest.mark.parametrize("kind", [{"threads": 4}, {}])
@@ -127,9 +131,7 @@ def test_unordered_stays_bounded_on_an_endless_stream(kind: dict[str, Any]) -> N
     src = Endless()
     with Pipeline([Add(0, batch_size=8), stage(jitter, stateful=False, batch_size=8,
                                                  ordered=False, **kind)], n_cpu=2) as p:
-        for i, _ in enumerate(p.apply(src)):
-            if i == 300:
-                break
+        take(p.apply(src), 301)
         peak = max(s.peak_in_flight for s in p.statistics().stages)
     assert peak <= 8
     assert src.pulled <= 301 + 8 + 8 + 64 + 8

@@ -9,15 +9,14 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, SerializationError, stage
-from tests.conftest import live_children
+from tests.helpers import live_children
 
 
 def with_attrs(**attrs: Any) -> Callable[[Any], Any]:
     def f(x: Any) -> Any:
         return x
 
-    for key, value in attrs.items():
-        setattr(f, key, value)
+    vars(f).update(attrs)
     return f
 
 
