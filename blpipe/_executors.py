@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import selectors
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from ._cpu import usable_cpu_count
 from ._failures import broken, cannot_load
 from ._messages import Broken, LoadFailed
 from ._spec import short_repr
+from ._transport import Poller
 from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, WorkerDied
 
@@ -139,10 +139,10 @@ class Futures:
     """The futures of one run, whatever executor runs them; their completions
     reach the hub's ``select`` through a :class:`Waker`."""
 
-    def __init__(self, selector: selectors.BaseSelector, parent_fds: list[int]) -> None:
+    def __init__(self, poller: Poller, parent_fds: list[int]) -> None:
         self.waker = Waker()
         parent_fds.append(self.waker.fd)
-        selector.register(self.waker.fd, selectors.EVENT_READ, self.on_wake)
+        poller.register(self.waker.fd, poller.READ, self.on_wake)
         self.pending: set[Future[Any]] = set()
         self.owned: list[ThreadPoolExecutor] = []  # thread stages' executors
 

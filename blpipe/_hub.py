@@ -46,7 +46,6 @@ hub -> worker          end of file on its task pipe stop
 
 from __future__ import annotations
 
-import selectors
 import sys
 import time
 from collections.abc import Iterator
@@ -65,6 +64,7 @@ from ._pool import Link, Pool
 from ._procs import GRACE, KILL_AFTER, Procs
 from ._segments import MasterSegment, Segment
 from ._spec import Placement
+from ._transport import Poller
 from .errors import BrokenPipeline
 
 if TYPE_CHECKING:
@@ -96,8 +96,9 @@ class Hub:
         self.src_done = False
         self.closing = False
         self.flow = Flow(config.recorder, config.log, config.budget)
-        self.selector = selectors.DefaultSelector()
-        self.parent_fds: list[int] = [self.selector.fileno()]
+        self.poller = Poller()
+        fd = self.poller.fileno()
+        self.parent_fds: list[int] = [] if fd is None else [fd]
         last = plan.segments[-1].stages[-1] if plan.segments else None
         self.sink = Sink(last.batch_size if last else 64)
         self.procs: Procs | None = None
@@ -114,9 +115,9 @@ class Hub:
     def _build(self, plan: Plan, config: Config) -> None:
         kinds = {s.kind for s in plan.segments}
         if kinds & {Placement.DEDICATED} or (config.executor is None and plan.pool_blob):
-            self.procs = Procs(config.ctx, self.selector, self.parent_fds, self.flow, self.sink)
+            self.procs = Procs(config.ctx, self.poller, self.parent_fds, self.flow, self.sink)
         if Placement.THREAD in kinds or (config.executor is not None and plan.pool_blob):
-            self.futures = Futures(self.selector, self.parent_fds)
+            self.futures = Futures(self.poller, self.parent_fds)
         lanes: list[Lane] = []
         if config.executor is not None:
             lanes = [Lane() for _ in range(config.pool_size)]
@@ -286,8 +287,8 @@ class Hub:
     def wait(self, timeout: float | None) -> None:
         """Handle what the workers and executors did, waiting up to ``timeout``
         seconds for it (``None``: until something happens)."""
-        events = self.selector.select(_NOTHING_FOR if timeout is None else timeout)
-        while not events and timeout is None:
+        ready = self.poller.poll(_NOTHING_FOR if timeout is None else timeout)
+        while not ready and timeout is None:
             # Checked only now, off the hot path: with nothing in flight, no
             # event will ever come, and waiting on would hang.
             if not ((self.procs and self.procs.busy()) or (self.futures and
@@ -295,9 +296,9 @@ class Hub:
                 raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
                                      "stream is not finished; please report this with the "
                                      "stages")
-            events = self.selector.select(_NOTHING_FOR)
-        for key, _ in events:
-            key.data()
+            ready = self.poller.poll(_NOTHING_FOR)
+        for handler in ready:
+            handler()
 
     # -- figures -------------------------------------------------------------------
 
@@ -322,7 +323,7 @@ class Hub:
             self.procs.close(graceful)
         if self.futures is not None:
             self.futures.close(GRACE if graceful else KILL_AFTER)
-        self.selector.close()
+        self.poller.close()
 
 
 _END = object()

@@ -13,6 +13,7 @@ holds, and its next input as well.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._procs import KILL_AFTER, Procs, Worker
@@ -28,7 +29,17 @@ _PER_WORKER = 2  # chunks queued per pool worker: one running, one ready behind 
 _CHUNK_WORK = 0.0002  # seconds of stage work a chunk aims at
 
 
-class Pool:
+class _Group:
+    """Worker processes that a segment sends chunks to, through ``procs``."""
+
+    def __init__(self, procs: Procs) -> None:
+        self.procs = procs
+        # straight to Procs: a call less per chunk
+        self.pack: Callable[[int, list[Any], Worker], tuple[Frame, int | None, int]] = procs.pack
+        self.post: Callable[[Worker, Segment, Record], None] = procs.post
+
+
+class Pool(_Group):
     """The shared pool's workers; pool segments send to the first ``active`` of them."""
 
     depth = _PER_WORKER
@@ -36,7 +47,7 @@ class Pool:
     death = None
 
     def __init__(self, procs: Procs, blob: bytes, label: str, size: int) -> None:
-        self.procs = procs
+        super().__init__(procs)
         self.blob = blob
         self.label = label
         self.workers: list[Worker] = []
@@ -85,21 +96,14 @@ class Pool:
                     break
         return best
 
-    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
-                                                                             int]:
-        return self.procs.pack(segment, payload, place)
 
-    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
-        self.procs.post(place, segment, rec)
-
-
-class Link:
+class Link(_Group):
     """The dedicated workers of one segment, each feeding the next; the hub feeds the first."""
 
     work = _CHUNK_WORK
 
     def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str]) -> None:
-        self.procs = procs
+        super().__init__(procs)
         self.workers: list[Worker] = []
         self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
         # A worker of it died: which stage's, and how. Its state is lost, so
@@ -125,13 +129,6 @@ class Link:
             if len(w.pending) < limit:
                 return w
         return None
-
-    def pack(self, segment: int, payload: list[Any], place: Worker) -> tuple[Frame, int | None,
-                                                                             int]:
-        return self.procs.pack(segment, payload, place)
-
-    def post(self, place: Worker, segment: Segment, rec: Record) -> None:
-        self.procs.post(place, segment, rec)
 
     def died(self, worker: Worker, exitcode: int | None) -> None:
         """Its state is lost: fail what the link holds, once its last worker is gone."""

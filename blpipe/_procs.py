@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import selectors
 import time
 from collections import deque
 from functools import partial
@@ -24,7 +23,7 @@ from ._failures import Failure, broken, cannot_load, cannot_unpickle
 from ._messages import Broken, Loaded, LoadFailed, Result, Unloadable, new
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
-from ._transport import Frame, Inbox, Outbox, dumps_chunk, loads
+from ._transport import Frame, Inbox, Outbox, Poller, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
 
@@ -59,11 +58,11 @@ class Worker:
 class Procs:
     """Starts worker processes, and handles what the ``select`` reports of them."""
 
-    def __init__(self, ctx: Any, selector: selectors.BaseSelector, parent_fds: list[int],
+    def __init__(self, ctx: Any, poller: Poller, parent_fds: list[int],
                  flow: Flow, sink: Sink) -> None:
         self.ctx = ctx
         self.fork = ctx.get_start_method() == "fork"
-        self.selector = selector
+        self.poller = poller
         self.parent_fds = parent_fds  # what a child must not keep open under fork
         self.flow = flow
         self.sink = sink
@@ -100,9 +99,9 @@ class Procs:
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             self.parent_fds.append(fd)
-        select = self.selector
-        select.register(result_r.fileno(), selectors.EVENT_READ, partial(self.on_result, worker))
-        select.register(proc.sentinel, selectors.EVENT_READ, partial(self.on_death, worker))
+        poller = self.poller
+        poller.register(result_r.fileno(), poller.READ, partial(self.on_result, worker))
+        poller.register(proc.sentinel, poller.READ, partial(self.on_death, worker))
         self.workers.append(worker)
         return worker, None if fed else task_w
 
@@ -123,14 +122,13 @@ class Procs:
     def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
         worker.pending.append((segment, rec))
         outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
-        waiting = bool(outbox)  # already registered for writability
         try:
-            done = outbox.put(rec.frame)
+            if outbox.put(rec.frame) or outbox.waiting:
+                return
         except BrokenPipeError:
             return  # the worker is gone; its sentinel reports it
-        if not done and not waiting:
-            self.selector.register(outbox.fd, selectors.EVENT_WRITE,
-                                   partial(self.on_writable, worker))
+        outbox.waiting = True  # until the pipe takes the rest
+        self.poller.register(outbox.fd, self.poller.WRITE, partial(self.on_writable, worker))
 
     def on_writable(self, worker: Worker) -> None:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]
@@ -139,7 +137,8 @@ class Procs:
         except BrokenPipeError:
             done = True
         if done:
-            self.selector.unregister(outbox.fd)
+            outbox.waiting = False
+            self.poller.unregister(outbox.fd)
 
     # -- results in ------------------------------------------------------------------
 
@@ -150,7 +149,7 @@ class Procs:
         for word, payload in inbox.read():
             self._on_frame(worker, word, payload)
         if inbox.eof:  # its sentinel will say why; stop selecting a closed pipe
-            self.selector.unregister(inbox.fd)
+            self.poller.unregister(inbox.fd)
 
     def _on_frame(self, worker: Worker, word: int, payload: bytes | bytearray) -> None:
         views = self.views
@@ -224,8 +223,7 @@ class Procs:
         if worker.outbox is not None:
             fds.append(worker.outbox.fd)
         for fd in fds:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(fd)
+            self.poller.unregister(fd)
         self.workers.remove(worker)
         if worker.task is not None:
             worker.task.close()

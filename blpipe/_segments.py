@@ -150,7 +150,17 @@ class Segment:
         if nbytes or rec.nbytes:
             self.flow.meter.add(nbytes - rec.nbytes)
             rec.nbytes = nbytes
-        self._observe(rec.n_in, stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats))
+        # Size chunks to about backend.work of stage work, within the bounds: the
+        # hub's cost is per chunk, so cheap items want large chunks; costly ones
+        # want small chunks, spread over every worker.
+        n_in = rec.n_in
+        if n_in:
+            per = (stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats)) / n_in
+            per = self.per_item = per if self.per_item is None else \
+                0.7 * self.per_item + 0.3 * per
+            want = self.backend.work / per if per > 1e-9 else 1e9
+            self.chunk = 1 if self.huge else max(self.min_chunk,
+                                                 min(self.max_chunk, math.ceil(want)))
         if skipped:  # outputs are aligned, with None, until settled on release
             rec.skipped = skipped
             n_out = sum(1 for y in outputs if y is not None)
@@ -168,18 +178,6 @@ class Segment:
         rec.outs = []
         rec.failure = Failure(exc)
         self.flow.stop(self.index)
-
-    def _observe(self, n_in: int, seconds: float) -> None:
-        """Size chunks to about ``backend.work`` of stage work, within the bounds.
-
-        The hub's cost is per chunk, so cheap items want large chunks; costly
-        ones want small chunks, spread over every worker.
-        """
-        if n_in:
-            per = seconds / n_in
-            self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
-            want = math.ceil(self.backend.work / max(self.per_item, 1e-9))
-            self.chunk = 1 if self.huge else max(self.min_chunk, min(self.max_chunk, want))
 
     # -- results out ---------------------------------------------------------------
 
