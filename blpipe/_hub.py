@@ -132,49 +132,7 @@ class Hub:
         nxt: Any = self.sink
         segments: list[Any] = []
         for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
-            seg = plan.segments[index]
-            specs = seg.stages
-            first, cap, label = specs[0].index, specs[0].batch_size, seg.label
-            for s in specs:
-                config.recorder.segment[s.index] = index
-            if seg.kind is Placement.MASTER:
-                nxt = MasterSegment(index, first, Chain(
-                    [(s.label, s.func, s.window, s.on_error != "raise") for s in specs]),
-                    self.flow, nxt)
-                segments.append(nxt)
-                continue
-            backend: Any
-            if seg.kind is Placement.POOL:
-                if config.executor is not None:
-                    assert self.futures is not None
-                    assert plan.pool_blob is not None
-                    backend = Remote(self.futures, lanes, config.executor, config.pool_key,
-                                     plan.pool_blob, index)
-                else:
-                    backend = self.pool
-                n = config.pool_size
-            elif seg.kind is Placement.THREAD:
-                assert self.futures is not None
-                s = specs[0]
-                n = s.threads or 1
-                backend = Local(self.futures, Chain([(s.label, s.func, None,
-                                                      s.on_error != "raise")]),
-                                s.window, n, label)
-            else:
-                assert self.procs is not None
-                assert seg.blobs is not None
-                backend = Link(self.procs, seg.blobs, [s.label for s in specs])
-                # The link holds what its stages would hold apart, the sum of their
-                # batch_size, in chunks of which one runs in each worker, one waits.
-                cap *= len(specs)
-                size = max(1, cap // (len(specs) + 1))
-                nxt = Segment(index, first, label, cap, (size, size), None, True, self.flow,
-                              nxt, backend)
-                segments.append(nxt)
-                continue
-            # from every worker with one chunk queued, to two chunks in all
-            nxt = Segment(index, first, label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
-                          specs[0].window, specs[0].ordered, self.flow, nxt, backend)
+            nxt = self._segment(index, plan, config, lanes, nxt)
             segments.append(nxt)
         segments.reverse()
         self.segments = segments
@@ -183,6 +141,46 @@ class Hub:
         self.head = segments[0] if segments else self.sink
         # input is pulled a chunk of the first outside segment at a time
         self.pull_from: Segment | None = self.outside[-1] if self.outside else None
+
+    def _segment(self, index: int, plan: Plan, config: Config, lanes: list[Lane],
+                 nxt: Any) -> Segment | MasterSegment:
+        seg = plan.segments[index]
+        specs = seg.stages
+        s = specs[0]
+        for spec in specs:
+            config.recorder.segment[spec.index] = index
+        if seg.kind is Placement.MASTER:
+            return MasterSegment(index, s.index, Chain(
+                [(x.label, x.func, x.window, x.on_error != "raise") for x in specs]), self.flow,
+                nxt)
+        if seg.kind is Placement.DEDICATED:
+            assert self.procs is not None
+            assert seg.blobs is not None
+            # The link holds what its stages would hold apart, the sum of their
+            # batch_size, in chunks of which one runs in each worker, one waits.
+            cap = s.batch_size * len(specs)
+            size = max(1, cap // (len(specs) + 1))
+            return Segment(index, s.index, seg.label, cap, (size, size), None, True, self.flow,
+                           nxt, Link(self.procs, seg.blobs, [x.label for x in specs]))
+        backend: Any
+        if seg.kind is Placement.THREAD:
+            assert self.futures is not None
+            n = s.threads or 1
+            backend = Local(self.futures, Chain([(s.label, s.func, None, s.on_error != "raise")]),
+                            s.window, n, seg.label)
+        elif config.executor is not None:
+            assert self.futures is not None
+            assert plan.pool_blob is not None
+            n = config.pool_size
+            backend = Remote(self.futures, lanes, config.executor, config.pool_key,
+                             plan.pool_blob, index)
+        else:
+            n = config.pool_size
+            backend = self.pool
+        cap = s.batch_size
+        # from every worker with one chunk queued, to two chunks in all
+        return Segment(index, s.index, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
+                       s.window, s.ordered, self.flow, nxt, backend)
 
     # -- the stream ------------------------------------------------------------
 
@@ -287,17 +285,14 @@ class Hub:
     def wait(self, timeout: float | None) -> None:
         """Handle what the workers and executors did, waiting up to ``timeout``
         seconds for it (``None``: until something happens)."""
-        ready = self.poller.poll(_NOTHING_FOR if timeout is None else timeout)
-        while not ready and timeout is None:
-            # Checked only now, off the hot path: with nothing in flight, no
-            # event will ever come, and waiting on would hang.
-            if not ((self.procs and self.procs.busy()) or (self.futures and
-                                                           self.futures.busy())):
-                raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
-                                     "stream is not finished; please report this with the "
-                                     "stages")
-            ready = self.poller.poll(_NOTHING_FOR)
-        for handler in ready:
+        if timeout is None and not ((self.procs and self.procs.busy())
+                                    or (self.futures and self.futures.busy())):
+            # nothing in flight: no event will ever come, and waiting would hang
+            raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
+                                 "stream is not finished; please report this with the stages")
+        # No timeout: on a virtual machine, arming a timer for each wait costs
+        # more than the rest of the wait.
+        for handler in self.poller.poll(timeout):
             handler()
 
     # -- figures -------------------------------------------------------------------
@@ -327,4 +322,3 @@ class Hub:
 
 
 _END = object()
-_NOTHING_FOR = 1.0  # seconds without an event before the hub checks that work is in flight
