@@ -106,6 +106,7 @@ class Hub:
         self.pool: Pool | None = None
         self.governor: Governor | None = None
         self.last_tick = time.monotonic()
+        self.waited = 0.0  # seconds a blocking wait took, smoothed
         try:
             self._build(plan, config)
         except BaseException:
@@ -284,15 +285,33 @@ class Hub:
 
     def wait(self, timeout: float | None) -> None:
         """Handle what the workers and executors did, waiting up to ``timeout``
-        seconds for it (``None``: until something happens)."""
-        if timeout is None and not ((self.procs and self.procs.busy())
-                                    or (self.futures and self.futures.busy())):
-            # nothing in flight: no event will ever come, and waiting would hang
-            raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
-                                 "stream is not finished; please report this with the stages")
-        # No timeout: on a virtual machine, arming a timer for each wait costs
-        # more than the rest of the wait.
-        for handler in self.poller.poll(timeout):
+        seconds for it (``None``: until something happens).
+
+        A wait that blocks puts the process to sleep, and on a virtual machine
+        waking it again costs tens of microseconds: more than a cheap stage
+        takes over a chunk. So while recent waits were short, the hub first
+        polls for up to ``_SPIN`` seconds, as an adaptive mutex spins before
+        it sleeps; once waits grow longer (costly stages), it sleeps at once.
+        No timeout either: arming a timer for each wait costs as much again.
+        """
+        poll = self.poller.poll
+        ready = poll(0)
+        if not ready and timeout is None:
+            if not ((self.procs and self.procs.busy()) or (self.futures and
+                                                           self.futures.busy())):
+                # nothing in flight: no event will ever come, and waiting would hang
+                raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
+                                     "stream is not finished; please report this with the "
+                                     "stages")
+            start = perf_counter()
+            if self.waited < _SPIN:
+                end = start + _SPIN
+                while not (ready := poll(0)) and perf_counter() < end:
+                    pass
+            if not ready:
+                ready = poll(None)
+            self.waited += 0.3 * (perf_counter() - start - self.waited)
+        for handler in ready:
             handler()
 
     # -- figures -------------------------------------------------------------------
@@ -322,3 +341,4 @@ class Hub:
 
 
 _END = object()
+_SPIN = 50e-6  # seconds the hub polls before it sleeps, while waits are this short
