@@ -8,7 +8,7 @@ import pytest
 
 from blpipe import Pipeline
 from tests.helpers import Endless
-from tests.stages import Add, MasterScale, RunningSum, Stamp, Weighted
+from tests.stages import Add, MasterScale, RunningSum, Sleepy, Stamp, Weighted
 
 
 def test_lead_is_bounded(start_method: str) -> None:
@@ -48,3 +48,17 @@ def test_consumer_overlaps_with_workers() -> None:
         # held by a result not yet handed on). Without the top-up only 4 or 5 are.
         assert sum(times[-1] < resumed for _, times in got) >= 6
         assert [x for x, _ in out] == list(range(18, 400))
+
+
+@pytest.mark.parametrize("attrs", [{"stateful": False, "batch_size": 2}, {"batch_size": 2},
+                                   {"stateful": False, "threads": 2}],
+                         ids=["pool", "dedicated", "thread"])
+def test_the_hub_sleeps_while_it_waits_for_slow_stages(attrs: dict[str, object]) -> None:
+    """Waiting for results costs the calling process no CPU: it may poll for a
+    few microseconds before it sleeps, never for the length of a stage's call."""
+    with Pipeline([Sleepy(0.05, **attrs)], n_cpu=2) as p:
+        started, cpu = time.monotonic(), time.process_time()
+        assert list(p.apply(range(20))) == list(range(20))
+        cpu, took = time.process_time() - cpu, time.monotonic() - started
+    assert took >= 0.45  # it did wait
+    assert cpu < 0.1 * took, (cpu, took)
