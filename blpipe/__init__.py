@@ -13,15 +13,15 @@ machinery, in the order an item meets them: ``_plan`` (stages to segments),
 ``_hub`` (the event loop), ``_segments`` (bounded, ordered release),
 ``_procs`` and ``_executors`` (where chunks run), ``_worker`` (the child
 side), ``_failures`` (how an exception crosses a boundary).
+
+A name's module is imported when the name is first used: a worker process
+imports ``blpipe._worker`` and what it needs, never the calling process's side.
 """
 
-from ._cpu import usable_cpu_count
-from .errorlog import ErrorLog, ErrorRecord
-from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
-from .pipeline import Pipeline
-from .sequential import SequentialPipeline
-from .stages import Stage, stage
-from .statistics import StageStatistics, Statistics
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __all__ = [
     "BrokenPipeline",
@@ -39,3 +39,34 @@ __all__ = [
     "usable_cpu_count",
 ]
 __version__ = "0.1.0"
+
+_MODULE = {
+    "BrokenPipeline": "errors", "RemoteTraceback": "errors", "SerializationError": "errors",
+    "WorkerDied": "errors", "ErrorLog": "errorlog", "ErrorRecord": "errorlog",
+    "Pipeline": "pipeline", "SequentialPipeline": "sequential", "Stage": "stages",
+    "stage": "stages", "StageStatistics": "statistics", "Statistics": "statistics",
+    "usable_cpu_count": "_cpu",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once: later lookups find it without this call
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._cpu import usable_cpu_count
+    from .errorlog import ErrorLog, ErrorRecord
+    from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
+    from .pipeline import Pipeline
+    from .sequential import SequentialPipeline
+    from .stages import Stage, stage
+    from .statistics import StageStatistics, Statistics

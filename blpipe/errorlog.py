@@ -111,6 +111,3 @@ class ErrorLog:
         spec = self._specs[stage]
         return (f"blpipe: {spec.label} raised on {self.counts[stage]} inputs, over its "
                 f"max_errors={spec.max_errors}; this is the last, and the stream ends here")
-
-    def label(self, stage: int) -> str:
-        return self._specs[stage].label

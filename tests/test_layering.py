@@ -144,3 +144,17 @@ def _copy(tmp_path: Path, module: str, line: str) -> Path:
             text += f"\n{line}\n"
         (tmp_path / p.name).write_text(text)
     return tmp_path
+
+
+def test_a_worker_process_loads_no_hub_side_module() -> None:
+    """What a worker imports at run time, package __init__ included: a spawned
+    worker pays for every module it loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys, blpipe._worker; "
+            "print(' '.join(m.split('.')[1] for m in sys.modules if m.startswith('blpipe.')))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True, timeout=60).stdout.split())
+    assert "_worker" in loaded
+    assert loaded & HUB_SIDE == set()
