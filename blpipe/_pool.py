@@ -70,7 +70,7 @@ class Pool(_Group):
     def died(self, worker: Worker, exitcode: int | None) -> None:
         """Replace it, to keep the pool's size: earlier items may still need it
         downstream. The chunk it was running fails; the ones queued behind it
-        never started, so other workers take them."""
+        never started, nor did those sent after it died, so other workers take them."""
         procs = self.procs
         self.workers.remove(worker)
         if not procs.closing:
@@ -85,6 +85,9 @@ class Pool(_Group):
                 procs.fail(segment, rec, WorkerDied(segment.label, exitcode, where))
             else:
                 procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
+        for segment, rec in worker.unsent:
+            procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
+        worker.unsent.clear()
 
     def pick(self, limit: int) -> Worker | None:
         best = None
@@ -141,8 +144,9 @@ class Link(_Group):
             # The linked workers after it finish what reached them, then see
             # end of file and end: the chunks still owed fail when the last does.
             return
-        pending = list(worker.pending)
+        pending = [*worker.pending, *worker.unsent]
         worker.pending.clear()
+        worker.unsent.clear()
         for segment, rec in pending:
             where = short_repr(rec.first)
             if len(self.workers) > 1:

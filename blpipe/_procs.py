@@ -39,8 +39,8 @@ _PIPE_SIZE = 1 << 20
 class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
-    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "label", "group",
-                 "freed")
+    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "label",
+                 "group", "freed")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -50,6 +50,7 @@ class Worker:
         self.inbox = Inbox(result.fileno())
         # (segment, chunk) sent and not yet back; the workers of a link share one
         self.pending: deque[tuple[Segment, Record]] = deque()
+        self.unsent: list[tuple[Segment, Record]] = []  # posted after it died
         self.label = label
         self.group: Any = None  # its Pool or Link, which handles its death
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
@@ -120,13 +121,19 @@ class Procs:
         return packed
 
     def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
-        worker.pending.append((segment, rec))
         outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
+        queued = bool(outbox)
+        worker.pending.append((segment, rec))
         try:
             if outbox.put(rec.frame) or outbox.waiting:
                 return
         except BrokenPipeError:
-            return  # the worker is gone; its sentinel reports it
+            # The worker is gone, and its sentinel will say so. With nothing queued
+            # before it, none of this chunk reached the worker: it never started,
+            # so its group may send it elsewhere.
+            if not queued:
+                worker.unsent.append(worker.pending.pop())
+            return
         outbox.waiting = True  # until the pipe takes the rest
         self.poller.register(outbox.fd, self.poller.WRITE, partial(self.on_writable, worker))
 
@@ -231,7 +238,7 @@ class Procs:
 
     def busy(self) -> bool:
         """Whether any worker holds a chunk or has one waiting to be written."""
-        return any(w.pending or w.outbox for w in self.workers)
+        return any(w.pending or w.unsent or w.outbox for w in self.workers)
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -218,3 +219,24 @@ def test_idle_dedicated_worker_killed_from_outside(start_method: str) -> None:
     assert "stage 1 (Pid())" in str(err)
     assert "SIGKILL(-9)" in str(err)
     assert "1 (the next input after the death: the stage's state was lost)" in str(err)
+
+
+def test_a_chunk_sent_to_a_worker_already_dead_is_not_lost(start_method: str) -> None:
+    """The input kills every pool worker (idle: all they had is answered) and
+    waits for them to die, so the hub sends the next chunks to dead workers
+    before it has seen the deaths: those chunks never started, and go elsewhere."""
+    seen: list[Any] = []
+
+    def source() -> Iterator[int]:
+        yield from range(20)
+        time.sleep(0.3)
+        victims = [psutil.Process(pid) for pid in {t[0][1] for _, t in seen}]
+        for v in victims:
+            v.kill()
+        psutil.wait_procs(victims, timeout=5)
+        yield from range(20, 200)
+
+    with Pipeline([Pid("pool", batch_size=4)], n_cpu=2, start_method=start_method) as p:
+        for out in p.apply(source()):
+            seen.append(out)
+    assert [x for x, _ in seen] == list(range(200))
