@@ -240,14 +240,15 @@ class Remote(_Lanes):
 class Local(_Lanes):
     """A thread stage, on a thread pool of its own."""
 
-    def __init__(self, futures: Futures, chain: Chain, window: int | None, threads: int,
-                 name: str) -> None:
+    def __init__(self, futures: Futures, chain: Chain, window: int | None, group: int | None,
+                 threads: int, name: str) -> None:
         super().__init__(futures, [Lane() for _ in range(threads)], _PER_LANE_LOCAL,
                          _CHUNK_WORK_LOCAL)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix=f"blpipe {name}")
         futures.owned.append(self.executor)
         self.chain = chain
         self.window = window
+        self.group = group
 
     def _submit(self, payload: list[Any]) -> Future[Any]:
-        return self.executor.submit(run_local, self.chain, self.window, payload)
+        return self.executor.submit(run_local, self.chain, self.window, self.group, payload)

@@ -18,7 +18,7 @@ before it is raised. :func:`settle` places the errors a stage went on past
 from __future__ import annotations
 
 import traceback as _traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._spec import short_repr
@@ -107,9 +107,10 @@ class RemoteError(NamedTuple):
         return exc
 
 
-# An error a stage went on past: (index in the chunk's items, step, index
-# among the step's inputs in the chunk (a window's newest), the error).
-Skipped = tuple[int, int, int, "StageFailure | RemoteError"]
+# An error a stage went on past: (where it sits among the chunk's outputs, the
+# step, its index among the step's inputs in the chunk (a window's newest, a
+# group's first), the error, how many inputs it covers (a group's size)).
+Skipped = tuple[int, int, int, "StageFailure | RemoteError", int]
 
 
 class Failure:
@@ -125,13 +126,13 @@ def settle(log: ErrorLog, first: int, bases: Sequence[int], outputs: list[Any],
            skipped: list[Skipped]) -> tuple[list[Any], BaseException | None]:
     """Count the errors a chunk's stages went on past, in stream order.
 
-    ``outputs`` are aligned with the chunk's inputs (``None`` where an input
-    gave nothing). Step ``s`` is stage ``first + s``, and ``bases[s]`` is its
-    position in that stage's stream at the chunk's first input, which places
-    each error recorded. At an error over its stage's budget the outputs are
-    cut there, and that error is returned, to be raised in their place.
+    An error sits before ``outputs[at]``. Step ``s`` is stage ``first + s``,
+    and ``bases[s]`` is its position in that stage's stream at the chunk's
+    first input, which places each error recorded. At an error over its
+    stage's budget the outputs are cut there, and that error is returned, to
+    be raised in their place.
     """
-    for at, step, local, err in skipped:
+    for at, step, local, err, size in skipped:
         stage = first + step
         if not log.admit(stage):
             exc = err.exception()
@@ -139,8 +140,33 @@ def settle(log: ErrorLog, first: int, bases: Sequence[int], outputs: list[Any],
             return outputs[:at], exc
         if log.wants(stage):
             tb = err.traceback
-            log.record(stage, bases[step] + local, err.input_repr, err.exception(), tb)
+            log.record(stage, bases[step] + local, err.input_repr, err.exception(), tb, size)
     return outputs, None
+
+
+def settled(run: Any, log: ErrorLog, first: int) -> Iterator[Any]:
+    """The outputs of a lazy run (:class:`blpipe._chain.Run`), each error gone
+    past settled before the output it precedes. An error over its budget, or
+    the run's failure, is raised after every output before it."""
+    skipped = run.skipped
+    done = n = 0
+    it = iter(run)
+    while True:
+        y = next(it, _END)
+        while done < len(skipped) and (y is _END or skipped[done][0] <= n):
+            _, exc = settle(log, first, run.base, [], [skipped[done]])
+            done += 1
+            if exc is not None:
+                raise exc
+        if y is _END:
+            break
+        n += 1
+        yield y
+    if run.failure is not None:
+        raise run.failure.exception()
+
+
+_END = object()
 
 
 def broken(label: str, tb: str) -> BrokenPipeline:

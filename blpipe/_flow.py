@@ -102,6 +102,7 @@ class Sink:
         self.chunks: deque[list[Any]] = deque()
         self.held = 0  # items in chunks, not yet handed to the consumer
         self.failure: Failure | None = None
+        self.ended = False  # every output is in
 
     def room(self) -> int:
         return self.cap - self.held
@@ -113,3 +114,6 @@ class Sink:
     def put_failure(self, failure: Failure) -> None:
         if self.failure is None:  # the first is the earliest in the stream
             self.failure = failure
+
+    def end(self) -> None:
+        self.ended = True

@@ -55,14 +55,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._adaptive import Governor
-from ._chain import Chain
+from ._chain import Chain, step_of
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
 from ._flow import Flow, Sink
+from ._master import MasterSegment
 from ._plan import Plan
 from ._pool import Link, Pool
 from ._procs import GRACE, KILL_AFTER, Procs
-from ._segments import MasterSegment, Segment
+from ._segments import Segment
 from ._spec import Placement
 from ._transport import Poller
 from .errors import BrokenPipeline
@@ -137,8 +138,14 @@ class Hub:
             segments.append(nxt)
         segments.reverse()
         self.segments = segments
-        # released downstream first, so each has room for what comes from upstream
         self.outside = [s for s in reversed(segments) if isinstance(s, Segment)]
+        # released downstream first, so each has room for what comes from upstream;
+        # a master segment needs releasing only when its stages may pause midway
+        self.releasing = [s for s in reversed(segments)
+                          if isinstance(s, Segment) or s.chain.lazy]
+        # those with partial groups to pass on after group_wait
+        self.timed = [s for s in segments if any(x.group_wait for x in
+                                                 plan.segments[s.index].stages)]
         self.head = segments[0] if segments else self.sink
         # input is pulled a chunk of the first outside segment at a time
         self.pull_from: Segment | None = self.outside[-1] if self.outside else None
@@ -151,9 +158,8 @@ class Hub:
         for spec in specs:
             config.recorder.segment[spec.index] = index
         if seg.kind is Placement.MASTER:
-            return MasterSegment(index, s.index, Chain(
-                [(x.label, x.func, x.window, x.on_error != "raise") for x in specs]), self.flow,
-                nxt)
+            return MasterSegment(index, s.index, Chain([step_of(x) for x in specs]), self.flow,
+                                 nxt)
         if seg.kind is Placement.DEDICATED:
             assert self.procs is not None
             assert seg.blobs is not None
@@ -161,14 +167,14 @@ class Hub:
             # batch_size, in chunks of which one runs in each worker, one waits.
             cap = s.batch_size * len(specs)
             size = max(1, cap // (len(specs) + 1))
-            return Segment(index, s.index, seg.label, cap, (size, size), None, True, self.flow,
-                           nxt, Link(self.procs, seg.blobs, [x.label for x in specs]))
+            return Segment(index, s, seg.label, cap, (size, size), self.flow, nxt,
+                           Link(self.procs, seg.blobs, [x.label for x in specs]))
         backend: Any
         if seg.kind is Placement.THREAD:
             assert self.futures is not None
             n = s.threads or 1
-            backend = Local(self.futures, Chain([(s.label, s.func, None, s.on_error != "raise")]),
-                            s.window, n, seg.label)
+            backend = Local(self.futures, Chain([step_of(s, formed=True)]), s.window, s.group,
+                            n, seg.label)
         elif config.executor is not None:
             assert self.futures is not None
             assert plan.pool_blob is not None
@@ -180,8 +186,8 @@ class Hub:
             backend = self.pool
         cap = s.batch_size
         # from every worker with one chunk queued, to two chunks in all
-        return Segment(index, s.index, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
-                       s.window, s.ordered, self.flow, nxt, backend)
+        return Segment(index, s, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
+                       self.flow, nxt, backend)
 
     # -- the stream ------------------------------------------------------------
 
@@ -195,9 +201,14 @@ class Hub:
         """
         outside = self.outside
         head = self.pull_from
+        if self.timed:
+            now = time.monotonic()
+            for timed in self.timed:
+                if isinstance(timed, MasterSegment):
+                    timed.poll(now)
         again = True
         while again:  # see Segment.dispatch: rare
-            for segment in outside:
+            for segment in self.releasing:
                 segment.release()
             again = False
             while self.pull():  # a chunk at a time, each sent at once
@@ -233,6 +244,8 @@ class Hub:
             self.head.put(batch)
         if failure is not None:
             self.head.put_failure(failure)
+        elif self.src_done:
+            self.head.end()
         return not self.src_done and len(raw) == room
 
     def _take_within_budget(self, room: int) -> tuple[list[Any], bool]:
@@ -266,7 +279,7 @@ class Hub:
         return raw, False
 
     def finished(self) -> bool:
-        return self.src_done and all(s.idle() for s in self.outside)
+        return self.sink.ended
 
     def tick(self) -> None:
         """Sample which segments wait, at most once a millisecond."""
@@ -297,8 +310,11 @@ class Hub:
         poll = self.poller.poll
         ready = poll(0)
         if not ready and timeout is None:
-            if not ((self.procs and self.procs.busy()) or (self.futures and
-                                                           self.futures.busy())):
+            due = self._deadline()
+            if due is not None:  # a partial group goes on then, whatever else happens
+                timeout = max(0.0, due - time.monotonic())
+            elif not ((self.procs and self.procs.busy()) or (self.futures and
+                                                             self.futures.busy())):
                 # nothing in flight: no event will ever come, and waiting would hang
                 raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
                                      "stream is not finished; please report this with the "
@@ -309,10 +325,14 @@ class Hub:
                 while not (ready := poll(0)) and perf_counter() < end:
                     pass
             if not ready:
-                ready = poll(None)
+                ready = poll(timeout)
             self.waited += 0.3 * (perf_counter() - start - self.waited)
         for handler in ready:
             handler()
+
+    def _deadline(self) -> float | None:
+        due = [d for s in self.timed if (d := s.deadline()) is not None]
+        return min(due) if due else None
 
     # -- figures -------------------------------------------------------------------
 

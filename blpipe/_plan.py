@@ -4,9 +4,11 @@ A segment is a run of stages that runs as one, so an item crosses a
 process boundary once per segment, not once per stage:
 
 * pool stages in a row with one ``batch_size`` and ``ordered``, a window
-  only on the first, none going on past errors: fused, one task each chunk;
+  or a group only on the first, none going on past errors: fused, one task
+  each chunk;
 * stateful stages in a row with one ``batch_size``, none going on past
-  errors: linked, each worker feeding the next;
+  errors, a group only on the first, none expanding: linked, each worker
+  feeding the next;
 * master stages in a row: run together in the caller;
 * a thread stage, and any stage with ``on_error``: alone, so its errors are
   placed in its own stream.
@@ -53,19 +55,20 @@ def plan(stages: tuple[StageSpec, ...] | list[StageSpec], pool: str = "the pool"
     groups: list[list[StageSpec]] = []
     for s in stages:
         prev = groups[-1][0] if groups else None
-        if prev is not None and s.placement is prev.placement and _joins(prev, s):
+        if prev is not None and s.placement is prev.placement and _joins(groups[-1], s):
             groups[-1].append(s)
         else:
             groups.append([s])
     segments: list[SegmentPlan] = []
-    pool_steps: dict[int, tuple[list[tuple[str, bytes, bool]], int | None]] = {}
+    pool_steps: dict[int, tuple[list[Pickled], int | None, int | None]] = {}
     for index, specs in enumerate(groups):
         kind = specs[0].placement
         blobs = None
         if kind is Placement.POOL:
-            pool_steps[index] = ([_pickled(s) for s in specs], specs[0].window)
+            pool_steps[index] = ([_pickled(s) for s in specs], specs[0].window, specs[0].group)
         elif kind is Placement.DEDICATED:  # one process per stage
-            blobs = [pickle.dumps({index: ([_pickled(s)], None)}, PROTOCOL) for s in specs]
+            blobs = [pickle.dumps({index: ([_pickled(s)], None, s.group)}, PROTOCOL)
+                     for s in specs]
         segments.append(SegmentPlan(kind, specs, blobs))
     pool_blob = pickle.dumps(pool_steps, PROTOCOL) if pool_steps else None
     pool_label = f"{pool} (" + ", ".join(
@@ -73,19 +76,27 @@ def plan(stages: tuple[StageSpec, ...] | list[StageSpec], pool: str = "the pool"
     return Plan(segments, pool_blob, pool_label)
 
 
-def _joins(first: StageSpec, s: StageSpec) -> bool:
-    """Whether ``s`` runs in the segment that ``first`` starts (same placement)."""
+def _joins(run: list[StageSpec], s: StageSpec) -> bool:
+    """Whether ``s`` runs in the segment of ``run`` (same placement)."""
     if s.placement is Placement.MASTER:
         return True
-    same = s.batch_size == first.batch_size and s.on_error == first.on_error == "raise"
+    first, last = run[0], run[-1]
+    same = (s.batch_size == first.batch_size and s.on_error == first.on_error == "raise"
+            and s.group is None)  # the hub cuts the groups: only a segment's first groups
     if s.placement is Placement.POOL:
         return same and s.window is None and s.ordered == first.ordered
-    return same and s.placement is Placement.DEDICATED
+    # A linked worker relays whole chunks: an expansion streams only to the hub.
+    return same and s.placement is Placement.DEDICATED and not (s.expand or last.expand)
 
 
-def _pickled(s: StageSpec) -> tuple[str, bytes, bool]:
+# What a worker loads of a stage: its label, the pickled callable, whether it
+# goes on past errors, whether it expands.
+Pickled = tuple[str, bytes, bool, bool]
+
+
+def _pickled(s: StageSpec) -> Pickled:
     try:
-        return s.label, dumps_stage(s.func), s.on_error != "raise"
+        return s.label, dumps_stage(s.func), s.on_error != "raise", s.expand
     except Exception as e:
         raise SerializationError(
             f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "

@@ -16,14 +16,14 @@ from __future__ import annotations
 import enum
 import math
 import sys
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._chain import Chain
 from ._failures import Failure, settle
 from ._flow import Flow, Record, Shown
 from ._shm import BIG, tune_malloc
-from ._spec import short_repr
+from ._spec import StageSpec, short_repr
 from ._transport import first_unpicklable
 from .errors import SerializationError, WorkerDied
 
@@ -48,42 +48,6 @@ class Backend(Protocol):
         """Send ``rec`` to ``place``; the result comes back through ``complete``."""
 
 
-class MasterSegment:
-    """Master stages, run synchronously in the caller as items arrive."""
-
-    def __init__(self, index: int, first: int, chain: Chain, flow: Flow, nxt: Any) -> None:
-        self.index = index
-        self.first = first  # its first stage's index
-        self.chain = chain
-        self.flow = flow
-        self.next = nxt
-        self.dead = False
-
-    def room(self) -> int:
-        return 0 if self.dead else int(self.next.room())
-
-    def put(self, items: list[Any]) -> None:
-        flow = self.flow
-        outputs, failure, stats, skipped = self.chain.run(items)
-        exc = None if failure is None else failure.exception()
-        if skipped:
-            outputs, over = settle(flow.log, self.first, flow.recorder.n_in[self.first:],
-                                   outputs, skipped)
-            exc = over or exc
-        outs = [y for y in outputs if y is not None]
-        flow.recorder.add(self.first, stats, len(items), len(outs), 0.0)
-        if outs:
-            self.next.put(outs)
-        if exc is not None:
-            flow.stop(self.index)
-            self.put_failure(Failure(exc))
-
-    def put_failure(self, failure: Failure) -> None:
-        if not self.dead:  # a later failure changes nothing
-            self.dead = True
-            self.next.put_failure(failure)
-
-
 class Wait(enum.Enum):
     """What a segment was doing at the last sample, for its starved and blocked time."""
 
@@ -95,17 +59,18 @@ class Wait(enum.Enum):
 class Segment:
     """Stages that run outside the caller's loop, on a :class:`Backend`."""
 
-    def __init__(self, index: int, first: int, label: str, cap: int, chunks: tuple[int, int],
-                 window: int | None, ordered: bool, flow: Flow, nxt: Any,
-                 backend: Backend) -> None:
+    def __init__(self, index: int, head: StageSpec, label: str, cap: int,
+                 chunks: tuple[int, int], flow: Flow, nxt: Any, backend: Backend) -> None:
         self.index = index
-        self.first = first  # its first stage's index
+        self.first = head.index  # its first stage's
         self.label = label
         self.cap = cap
-        self.min_chunk, self.max_chunk = chunks
+        self.window = head.window
+        self.group = head.group  # it sends whole groups of this many inputs, but the last
+        self.group_wait = head.group_wait
+        self.min_chunk, self.max_chunk = (self._whole(n) for n in chunks)
         self.chunk = self.min_chunk
-        self.window = window
-        self.ordered = ordered
+        self.ordered = head.ordered
         self.flow = flow
         self.next = nxt
         self.backend = backend
@@ -116,9 +81,13 @@ class Segment:
         self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
         self.records: deque[Record] = deque()  # chunks in flight, in input order
         self.inflight = 0
-        self.history: deque[Any] | None = deque(maxlen=window - 1) if window else None
+        self.history: deque[Any] | None = (deque(maxlen=self.window - 1) if self.window
+                                           else None)
         self.upstream_failure: Failure | None = None
         self.closed = False  # takes no more input
+        self.ended = False  # nothing more comes from upstream
+        self.told = False  # and downstream has been told, once this one was done
+        self.arrived: deque[tuple[int, float]] = deque()  # with group_wait: (input, when)
         # statistics: written here only, read by statistics() from any thread
         self.peak = 0
         self.starved = 0.0
@@ -131,7 +100,33 @@ class Segment:
         return self.cap - len(self.in_buf) - self.inflight
 
     def put(self, items: list[Any]) -> None:
+        if self.group_wait is not None:  # when each input came, for its group's wait
+            self.arrived.append((self.sent + len(self.in_buf), time.monotonic()))
         self.in_buf.extend(items)
+
+    def end(self) -> None:
+        """Nothing more comes from upstream: its last group may go unfilled."""
+        self.ended = True
+        self._check_end()
+
+    def _check_end(self) -> None:
+        if self.ended and not self.told and self.idle():
+            self.told = True
+            self.next.end()
+
+    def deadline(self) -> float | None:
+        """When its oldest input waiting for a group is due to go anyway."""
+        if self.group_wait is None or not self.in_buf:
+            return None
+        arrived = self.arrived
+        while len(arrived) > 1 and arrived[1][0] <= self.sent:
+            arrived.popleft()
+        return arrived[0][1] + self.group_wait
+
+    def _whole(self, n: int) -> int:
+        """``n`` inputs, rounded down to whole groups (at least one)."""
+        g = self.group
+        return n if g is None else max(g, n - n % g)
 
     def put_failure(self, failure: Failure) -> None:
         if not self.closed:  # once closed, anything later is later in the stream
@@ -159,8 +154,9 @@ class Segment:
             per = self.per_item = per if self.per_item is None else \
                 0.7 * self.per_item + 0.3 * per
             want = self.backend.work / per if per > 1e-9 else 1e9
-            self.chunk = 1 if self.huge else max(self.min_chunk,
-                                                 min(self.max_chunk, math.ceil(want)))
+            self.chunk = 1 if self.huge else self._whole(max(self.min_chunk,
+                                                             min(self.max_chunk,
+                                                                 math.ceil(want))))
         if skipped:  # outputs are aligned, with None, until settled on release
             rec.skipped = skipped
             n_out = sum(1 for y in outputs if y is not None)
@@ -232,6 +228,8 @@ class Segment:
                 nxt.put_failure(rec.failure)
                 self._close_failed()
                 break
+        if self.ended:
+            self._check_end()
         return moved
 
     def _close_failed(self) -> None:
@@ -276,15 +274,22 @@ class Segment:
             self._lost_state(backend.death)
             return True
         again = False
+        g = self.group
         while in_buf:
             full = len(in_buf) >= self.chunk
-            if not (full or (final and (self.closed or self.room() > 0))):
+            if not (full or (final and (self.closed or self.ended or self.room() > 0))):
                 break
+            n = min(len(in_buf), self.chunk)
+            if g is not None and n % g:
+                n -= n % g  # whole groups only, but for the last, which goes when no
+                if not n and not (self.closed or self.ended or self._due()):  # more comes
+                    break
+                n = n or len(in_buf)
             place = backend.pick(backend.depth if full else 1)
             if place is None:
                 break
-            n = min(len(in_buf), self.chunk)
-            if n > 1 and self.item_bytes is None and sys.getsizeof(in_buf[0]) > BIG:
+            if n > 1 and self.item_bytes is None and g is None and \
+                    sys.getsizeof(in_buf[0]) > BIG:
                 n = 1  # sizes not yet seen, and a huge first item: it goes alone
             items = in_buf[:n]
             del in_buf[:n]
@@ -296,7 +301,13 @@ class Segment:
             self._track(Record(0, None, outs=[], failure=self.upstream_failure))
             self.upstream_failure = None
             return True
+        if self.ended:
+            self._check_end()
         return again
+
+    def _due(self) -> bool:
+        due = self.deadline()
+        return due is not None and time.monotonic() >= due
 
     def _lost_state(self, death: tuple[str, int | None]) -> None:
         """A dedicated worker died: its state is lost, so the next input fails."""
@@ -341,7 +352,7 @@ class Segment:
                 per = nbytes / len(items)
                 self.item_bytes = per if self.item_bytes is None else \
                     0.7 * self.item_bytes + 0.3 * per
-                if (self.item_bytes > BIG) is not self.huge:
+                if (self.item_bytes > BIG) is not self.huge and self.group is None:
                     self.huge = not self.huge
                     self.chunk = 1 if self.huge else self.min_chunk
             rec.nbytes = nbytes

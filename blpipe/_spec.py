@@ -20,6 +20,13 @@ attribute           default      meaning
                                  and go on; ``"collect"``: also record it
 ``max_errors``      ``None``     with ``"skip"``/``"collect"``: the error after
                                  this many fails the pipeline
+``expand``          ``False``    ``True``: the stage returns an iterable for each
+                                 input, and each of its elements goes on
+``group``           ``None``     int ``n >= 1``: the stage is called with lists
+                                 of ``n`` consecutive inputs (the last may be
+                                 shorter); ``batch_size`` must hold a group
+``group_wait``      ``None``     with ``group``: seconds after which a partial
+                                 group goes on, counted from its oldest input
 ==================  ===========  ==============================================
 """
 
@@ -93,11 +100,19 @@ class StageSpec:
     ordered: bool = True
     on_error: str = "raise"
     max_errors: int | None = None
+    expand: bool = False
+    group: int | None = None
+    group_wait: float | None = None
 
     @property
     def label(self) -> str:
         """``'stage 2 (Accumulator())'``: how messages name the stage."""
         return f"stage {self.index} ({self.name})"
+
+    @property
+    def shape(self) -> str:
+        """Inputs per call to outputs per call: ``'1:1'``, ``'1:n'``, ``'64:1'``, ``'64:n'``."""
+        return f"{self.group or 1}:{'n' if self.expand else 1}"
 
 
 def _positive_int(value: object) -> int | None:
@@ -180,8 +195,44 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                              f"fails on the first error; set on_error, or delete max_errors")
         max_errors = n
 
+    expand, group, group_wait = _shape(where, func, window, batch_size)
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
-                     on_error, max_errors)
+                     on_error, max_errors, expand, group, group_wait)
+
+
+def _shape(where: str, func: object, window: int | None,
+           batch_size: int) -> tuple[bool, int | None, float | None]:
+    """``expand``, ``group`` and ``group_wait``, validated."""
+    expand = getattr(func, "expand", False)
+    if not isinstance(expand, bool):
+        raise TypeError(f"{where}: expand={expand!r} is a {type(expand).__name__}; use True "
+                        f"(the stage returns an iterable of outputs for each input) or False")
+    group = getattr(func, "group", None)
+    if group is not None:
+        group = _count(where, "group", group, 1, " (or None for one input per call)")
+        if window is not None:
+            raise ValueError(f"{where}: group={group} calls the stage with lists of {group} "
+                             f"consecutive inputs, and stateful={window} with windows of "
+                             f"{window}; a stage takes one or the other")
+        if group > batch_size:
+            raise ValueError(f"{where}: group={group} is larger than batch_size={batch_size}, "
+                             f"which bounds the inputs in flight, so no group could form; set "
+                             f"batch_size to a multiple of group (batch_size = k * {group} "
+                             f"lets k groups be in flight)")
+    wait = getattr(func, "group_wait", None)
+    if wait is not None:
+        if group is None:
+            raise ValueError(f"{where}: group_wait={wait!r} bounds how long a partial group "
+                             f"waits, but the stage has no group; set group, or delete "
+                             f"group_wait")
+        if isinstance(wait, bool) or not isinstance(wait, numbers.Real):
+            raise TypeError(f"{where}: group_wait={wait!r} is a {type(wait).__name__}; it "
+                            f"must be a number of seconds > 0, or None")
+        if not 0 < float(wait) < float("inf"):
+            raise ValueError(f"{where}: group_wait={wait!r}; it must be a number of seconds "
+                             f"> 0, or None")
+        wait = float(wait)
+    return expand, group, wait
 
 
 ON_ERROR = ("raise", "skip", "collect")

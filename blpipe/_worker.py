@@ -19,9 +19,9 @@ import os
 import signal
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._chain import Chain, sliding
+from ._chain import Chain, Step, grouped, sliding
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import Broken, Carry, Loaded, LoadFailed, Result, Task, Unloadable, new
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
@@ -30,15 +30,33 @@ from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loa
 from ._transport import write_frame as _write
 from .errors import SerializationError
 
-# {segment id: (chain, window, its last stage's label)}
-Segments = dict[int, tuple[Chain, "int | None", str]]
+
+class Segment(NamedTuple):
+    """What a worker runs for one segment id."""
+
+    chain: Chain
+    window: int | None  # the hub sends a window's k-1 earlier inputs too
+    group: int | None  # the hub sends whole groups
+    label: str  # its last stage's
+
+    def items(self, payload: list[Any]) -> list[Any]:
+        """What the chain is called with: windows or groups of the payload, or it."""
+        if self.window:
+            return sliding(payload, self.window)
+        return grouped(payload, self.group) if self.group else payload
+
+
+Segments = dict[int, Segment]
 
 
 def load_segments(blob: bytes) -> Segments:
-    """The segments a pipeline's blob holds: ``{id: ([(label, stage, catch)], window)}``."""
-    return {seg: (Chain([(label, loads_stage(data), None, catch)
-                         for label, data, catch in steps]), window, steps[-1][0])
-            for seg, (steps, window) in loads(0, blob).items()}
+    """The segments a pipeline's blob holds: ``{id: ([(label, stage, catch, expand)],
+    window, group)}``, its first stage's groups formed by the hub."""
+    return {seg: Segment(Chain([Step(label, loads_stage(data), None, catch, expand,
+                                     group if i == 0 else None, bool(group) and i == 0)
+                                for i, (label, data, catch, expand) in enumerate(steps)]),
+                         window, group, steps[-1][0])
+            for seg, (steps, window, group) in loads(0, blob).items()}
 
 
 def _sent(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
@@ -49,8 +67,8 @@ def _sent(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
 
 
 def _packed(skipped: list[Skipped]) -> list[Skipped]:
-    return [(at, step, local, RemoteError.pack(err) if isinstance(err, StageFailure) else err)
-            for at, step, local, err in skipped]
+    return [(at, step, local, RemoteError.pack(err) if isinstance(err, StageFailure) else err,
+             size) for at, step, local, err, size in skipped]
 
 
 # -- a worker process --------------------------------------------------------
@@ -117,8 +135,9 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
         carry = None if task.carry is None else new(Carry, task.carry)
-        chain, window, label = only if task.segment is None else segments[task.segment]
-        items = sliding(task.items, window) if window else task.items
+        segment = only if task.segment is None else segments[task.segment]
+        chain, label = segment.chain, segment.label
+        items = segment.items(task.items)
         loaded = clock()
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
@@ -223,8 +242,9 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
         except Exception:
             return LoadFailed(traceback.format_exc())
     try:
-        chain, window, _ = segments[seg]
-        items = sliding(payload, window) if window else payload
+        segment = segments[seg]
+        chain = segment.chain
+        items = segment.items(payload)
         loaded = time.perf_counter()
         outputs, failure, stats, skipped = chain.run(items)
         return Result(_sent(outputs, skipped),
@@ -234,11 +254,13 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
         return Broken(traceback.format_exc())
 
 
-def run_local(chain: Chain, window: int | None, payload: list[Any]) -> Result | Broken:
+def run_local(chain: Chain, window: int | None, group: int | None,
+              payload: list[Any]) -> Result | Broken:
     """A thread stage's task: like :func:`run_chunk`, with nothing to unpickle."""
     try:
-        outputs, failure, stats, skipped = chain.run(sliding(payload, window) if window
-                                                     else payload)
+        items = (sliding(payload, window) if window else grouped(payload, group) if group
+                 else payload)
+        outputs, failure, stats, skipped = chain.run(items)
         return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)
     except Exception:
         return Broken(traceback.format_exc())

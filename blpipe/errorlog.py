@@ -45,11 +45,14 @@ class ErrorRecord:
     """The exception's formatted traceback, from the process that ran the stage."""
     exception: BaseException | None = field(default=None, compare=False, repr=False)
     """The exception itself, when it could be rebuilt in this process."""
+    size: int = 1
+    """How many inputs the error covers: a group stage's error covers its group,
+    whose first input is at ``position``."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-ready ``dict``, without the exception object."""
-        return {"stage": self.stage, "position": self.position, "input": self.input,
-                "error_type": self.error_type, "message": self.message,
+        return {"stage": self.stage, "position": self.position, "size": self.size,
+                "input": self.input, "error_type": self.error_type, "message": self.message,
                 "traceback": self.traceback}
 
 
@@ -99,9 +102,9 @@ class ErrorLog:
         return self._specs[stage].on_error == "collect"
 
     def record(self, stage: int, position: int, input_repr: str, exc: BaseException,
-               tb: str) -> None:
+               tb: str, size: int = 1) -> None:
         r = ErrorRecord(self._specs[stage].label, position, input_repr, type(exc).__name__,
-                        str(exc), tb, exc)
+                        str(exc), tb, exc, size)
         with self._lock:
             self._records.append(r)
             self.collected += 1

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._base import PipelineBase
-from ._chain import Chain
-from ._failures import settle
+from ._chain import Chain, Run, step_of
+from ._failures import settle, settled
 
 __all__ = ["SequentialPipeline"]
 
@@ -17,8 +17,10 @@ class SequentialPipeline(PipelineBase):
     """Runs every stage in the calling process, one item at a time.
 
     It validates the same attributes and gives the same outputs, windows,
-    ``None`` dropping and errors as :class:`~blpipe.Pipeline`, so it is the
-    reference to test against and the place to debug a stage::
+    groups, expansions, ``None`` dropping and errors as :class:`~blpipe.Pipeline`,
+    so it is the reference to test against and the place to debug a stage. It
+    forms groups by count only: ``group_wait`` needs a clock running while the
+    input waits, and here nothing runs then::
 
         >>> from blpipe import SequentialPipeline, stage
         >>> diff = stage(lambda w: w[1] - w[0], stateful=2)
@@ -34,8 +36,7 @@ class SequentialPipeline(PipelineBase):
         otherwise unused, so either class can replace the other."""
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
-        self._chain = Chain([(s.label, s.func, s.window, s.on_error != "raise")
-                             for s in self.stages])
+        self._chain = Chain([step_of(s) for s in self.stages])
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()
@@ -55,8 +56,13 @@ class SequentialPipeline(PipelineBase):
                 rec.input += now - t
                 self._tick_progress(now)
                 if x is _END:
+                    if chain.lazy:  # the partial groups, at the end of the stream
+                        yield from self._streamed(chain.flush(), 0)
                     return
                 if x is None:
+                    continue
+                if chain.lazy:
+                    yield from self._streamed(chain.stream([x]), 1)
                     continue
                 outputs, failure, stats, skipped = chain.run([x])
                 exc = None if failure is None else failure.exception()
@@ -75,6 +81,25 @@ class SequentialPipeline(PipelineBase):
                     rec.consumer += clock() - t
         finally:
             self._finish()
+
+    def _streamed(self, run: Run, n_in: int) -> Iterator[Any]:
+        """A lazy chain's outputs for one input (``n_in`` = 1) or the partial
+        groups (0), yielded as they are made: an expansion of any length."""
+        rec = self._recorder
+        clock = time.monotonic
+        n_out = 0
+        try:
+            for y in settled(run, self.errors, 0):
+                n_out += 1
+                rec.yielded += 1
+                t = clock()
+                yield y
+                rec.consumer += clock() - t
+        except Exception:
+            self._closed = True
+            raise
+        finally:
+            rec.add(0, run.stats, n_in, n_out, 0.0)
 
     def close(self) -> None:
         super().close()

@@ -99,7 +99,9 @@ def test_records_are_bounded_and_write_as_json_lines() -> None:
     assert log.write_jsonl(buf) == 10
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     assert lines[-1]["position"] == 99
-    assert set(lines[0]) == {"stage", "position", "input", "error_type", "message", "traceback"}
+    assert set(lines[0]) == {"stage", "position", "size", "input", "error_type", "message",
+                             "traceback"}
+    assert lines[0]["size"] == 1
 
 
 def test_statistics_and_report_count_errors() -> None:

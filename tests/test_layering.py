@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"_chain", "_messages", "_flow"},  # a chunk: how it runs, what carries it
     {"_worker"},  # the child side
     {"_plan"},  # stages to segments
-    {"_segments"},  # bounded, ordered release
+    {"_segments", "_master"},  # bounded, ordered release; stages in the caller
     {"_procs", "_executors"},  # where chunks run
     {"_pool"},  # groups of worker processes
     {"_hub"},  # the event loop
@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
 ]
 # What a worker process runs, and all it imports: it never needs the hub.
 CHILD_SIDE = "_worker"
-HUB_SIDE = {"_hub", "_segments", "_flow", "_procs", "_pool", "_executors", "_plan", "_base",
+HUB_SIDE = {"_hub", "_segments", "_master", "_flow", "_procs", "_pool", "_executors", "_plan", "_base",
             "_recorder", "_progress", "_adaptive", "pipeline", "sequential", "__init__"}
 
 

@@ -58,7 +58,7 @@ def test_what_workers_load() -> None:
     steps = pickle.loads(p.pool_blob)  # type: ignore[arg-type]
     assert sorted(steps) == [0, 1, 3]
     assert steps[1][1] == 2  # the window
-    assert [label for label, _, _ in steps[0][0]] == ["stage 0 (abs)"]
+    assert [label for label, *_ in steps[0][0]] == ["stage 0 (abs)"]
     # one blob per linked dedicated stage, each keyed by the segment's id
     blobs = p.segments[2].blobs
     assert blobs is not None
