@@ -35,8 +35,9 @@ LAYERS: list[set[str]] = [
 ]
 # What a worker process runs, and all it imports: it never needs the hub.
 CHILD_SIDE = "_worker"
-HUB_SIDE = {"_hub", "_segments", "_master", "_flow", "_procs", "_pool", "_executors", "_plan", "_base",
-            "_recorder", "_progress", "_adaptive", "pipeline", "sequential", "__init__"}
+HUB_SIDE = {"_hub", "_segments", "_master", "_flow", "_procs", "_pool", "_executors", "_plan",
+            "_base", "_recorder", "_progress", "_adaptive", "pipeline", "sequential",
+            "__init__"}
 
 
 def imports(path: Path) -> set[str]:
