@@ -62,8 +62,8 @@ class Chain:
     of them between chunks.
     """
 
-    __slots__ = ("_steps", "_funcs", "_windows", "_single", "lazy", "_groups", "_started",
-                 "_seen")
+    __slots__ = ("_steps", "_funcs", "_windows", "_single", "lazy", "expands", "_groups",
+                 "_started", "_seen")
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self._steps = list(steps)
@@ -73,11 +73,16 @@ class Chain:
         self._windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
                                                   for s in steps]
         self.lazy = any(s.expand or s.group for s in steps)
+        self.expands = any(s.expand for s in steps)
         self._single = (self._funcs[0] if len(steps) == 1 and not self.lazy
                         and not steps[0].window and not steps[0].catch else None)
         self._groups: list[list[Any]] = [[] for _ in steps]  # partial groups
         self._started = [0.0] * len(steps)  # when each partial group began
         self._seen = [0] * len(steps)  # values that reached each step, ever
+
+    @property
+    def steps(self) -> list[Step]:
+        return self._steps
 
     def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any],
                                                  list[Skipped]]:
@@ -209,10 +214,19 @@ class Run:
         self.item: Any = None
         self.base = list(chain._seen)  # where this chunk starts in each step's stream
         self._n = 0  # outputs so far
+        self.told = 0  # errors gone past that a worker has sent
+        self.label = ""  # a worker's: how messages name its segment's last stage
+        self.seconds = 0.0  # a worker's: unpickling and pickling, for the figures
         self._it = self._outputs(items) if items is not None else self._flushed(due)
 
     def __iter__(self) -> Iterator[Any]:
         return self._it
+
+    def close(self) -> None:
+        """Stop where it is: what the stages hold open is closed now."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
     def _outputs(self, items: Iterable[Any]) -> Iterator[Any]:
         try:

@@ -213,8 +213,12 @@ class _Lanes:
                     break
         return best
 
-    def pack(self, segment: int, payload: list[Any], place: Lane) -> tuple[Any, None, int]:
+    def pack(self, segment: int, payload: list[Any], place: Lane,
+             credit: int = 0) -> tuple[Any, None, int]:
         return payload, None, 0  # the executor pickles, if it needs to
+
+    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
+        """Never needed: a task returns all its outputs at once."""
 
     def post(self, place: Lane, segment: Segment, rec: Record) -> None:
         self.futures.submit(self._submit, place, segment, rec)

@@ -54,7 +54,8 @@ class Flow:
 
 
 class Record:
-    """A chunk in flight: ``outs`` is set once its results are in.
+    """A chunk in flight: ``outs`` is set once its results are in (or begin to
+    come in, for an expansion: ``done`` says when they all are).
 
     ``first`` is its first input (for messages), ``frame`` what was sent
     (kept until the results are in, to send again if its worker dies before
@@ -65,7 +66,7 @@ class Record:
     """
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
-                 "skipped", "nbytes")
+                 "skipped", "nbytes", "done", "place", "paused", "trimmed")
 
     def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
                  outs: list[Any] | None = None, failure: Failure | None = None) -> None:
@@ -80,6 +81,10 @@ class Record:
         self.offset = 0
         self.skipped: list[Skipped] | None = None
         self.nbytes = 0  # serialized: its inputs', then its results' once they are in
+        self.done = outs is not None  # all its results are in (outs may be partial)
+        self.place: Any = None  # where it runs: where a paused expansion goes on
+        self.paused: int | None = None  # its expansion waits for room, under this name
+        self.trimmed = 0  # outputs of an expansion passed on and dropped from outs
 
 
 class Shown:

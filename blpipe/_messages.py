@@ -30,6 +30,7 @@ class Task(NamedTuple):
     items: list[Any]  # the inputs (a window segment's: the k-1 before them too)
     freed: list[tuple[int, int]]  # (pid, slot) of this worker's results the hub has read
     carry: Carry | None = None  # in a relayed task
+    credit: int = 0  # an expansion's outputs it may send before it pauses
 
 
 class Result(NamedTuple):
@@ -45,6 +46,24 @@ class Result(NamedTuple):
     stats: list[list[Any]]  # per stage: [busy seconds, inputs, outputs (-1: the caller counts)]
     seconds: float  # spent unpickling this chunk and pickling the last result
     skipped: list[Skipped]
+
+
+class Part(NamedTuple):
+    """worker -> hub: outputs of a chunk that is still expanding, and the errors
+    gone past among them; the chunk's ``Result`` comes after its last part.
+    A part that fills the task's ``credit`` pauses the expansion (``paused``
+    names it); the worker runs other chunks meanwhile."""
+
+    outputs: list[Any]
+    skipped: list[Skipped]
+    paused: int | None
+
+
+class Resume(NamedTuple):
+    """hub -> worker: go on with a paused expansion, ``credit`` more outputs at most."""
+
+    ident: int
+    credit: int
 
 
 class Loaded(NamedTuple):

@@ -14,7 +14,7 @@ holds, and its next input as well.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._procs import KILL_AFTER, Procs, Worker
 from ._spec import short_repr
@@ -35,8 +35,9 @@ class _Group:
     def __init__(self, procs: Procs) -> None:
         self.procs = procs
         # straight to Procs: a call less per chunk
-        self.pack: Callable[[int, list[Any], Worker], tuple[Frame, int | None, int]] = procs.pack
+        self.pack: Callable[..., tuple[Frame, int | None, int]] = procs.pack
         self.post: Callable[[Worker, Segment, Record], None] = procs.post
+        self.resume: Callable[[Segment, Record, int], None] = procs.resume
 
 
 class Pool(_Group):
@@ -75,10 +76,13 @@ class Pool(_Group):
         self.workers.remove(worker)
         if not procs.closing:
             self._add()
-        pending = list(worker.pending)
+        # what it held paused goes with it: those chunks fail, as the one it ran
+        pending = [*worker.paused, *worker.pending]
+        first = len(worker.paused)
         worker.pending.clear()
+        worker.paused.clear()
         for i, (segment, rec) in enumerate(pending):
-            if i == 0:
+            if i <= first:
                 where = short_repr(rec.first)
                 if rec.n_in > 1:
                     where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
@@ -144,9 +148,10 @@ class Link(_Group):
             # The linked workers after it finish what reached them, then see
             # end of file and end: the chunks still owed fail when the last does.
             return
-        pending = [*worker.pending, *worker.unsent]
+        pending = [*worker.paused, *worker.pending, *worker.unsent]
         worker.pending.clear()
         worker.unsent.clear()
+        worker.paused.clear()
         for segment, rec in pending:
             where = short_repr(rec.first)
             if len(self.workers) > 1:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from multiprocess.connection import wait as wait_sentinels
 
 from ._failures import Failure, broken, cannot_load, cannot_unpickle
-from ._messages import Broken, Loaded, LoadFailed, Result, Unloadable, new
+from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, Unloadable, new
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
-from ._transport import Frame, Inbox, Outbox, Poller, dumps_chunk, loads
+from ._transport import Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
 
@@ -39,8 +39,8 @@ _PIPE_SIZE = 1 << 20
 class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
-    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "label",
-                 "group", "freed")
+    __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
+                 "label", "group", "freed")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -51,6 +51,7 @@ class Worker:
         # (segment, chunk) sent and not yet back; the workers of a link share one
         self.pending: deque[tuple[Segment, Record]] = deque()
         self.unsent: list[tuple[Segment, Record]] = []  # posted after it died
+        self.paused: list[tuple[Segment, Record]] = []  # expansions it holds, paused
         self.label = label
         self.group: Any = None  # its Pool or Link, which handles its death
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
@@ -108,14 +109,14 @@ class Procs:
 
     # -- chunks out ----------------------------------------------------------------
 
-    def pack(self, segment: int, payload: list[Any], worker: Worker) -> tuple[Frame, int | None,
-                                                                               int]:
+    def pack(self, segment: int, payload: list[Any], worker: Worker,
+             credit: int = 0) -> tuple[Frame, int | None, int]:
         """A task frame, its slot and its bytes; raises when it won't pickle."""
         freed = worker.freed
         try:
-            packed = dumps_chunk((segment, mark_large(payload), freed, None), self.slots)
+            packed = dumps_chunk((segment, mark_large(payload), freed, None, credit), self.slots)
         except Exception:  # a memoryview, or a large buffer in the middle of the chunk
-            packed = dumps_chunk((segment, mark_large(payload, every=True), freed, None),
+            packed = dumps_chunk((segment, mark_large(payload, every=True), freed, None, credit),
                                  self.slots)
         worker.freed = []
         return packed
@@ -123,6 +124,7 @@ class Procs:
     def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
         queued = bool(outbox)
+        rec.place = worker
         worker.pending.append((segment, rec))
         try:
             if outbox.put(rec.frame) or outbox.waiting:
@@ -136,6 +138,15 @@ class Procs:
             return
         outbox.waiting = True  # until the pipe takes the rest
         self.poller.register(outbox.fd, self.poller.WRITE, partial(self.on_writable, worker))
+
+    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
+        """Let the worker go on with ``rec``'s paused expansion."""
+        worker: Worker = rec.place
+        worker.paused.remove((segment, rec))
+        ident, rec.paused = rec.paused, None
+        assert ident is not None
+        rec.frame = dumps(Resume(ident, credit))
+        self.post(worker, segment, rec)
 
     def on_writable(self, worker: Worker) -> None:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]
@@ -187,6 +198,20 @@ class Procs:
             if rec.slot is not None:
                 self._release_slot(rec)
             segment.complete(rec, new(Result, msg), nbytes)
+        elif type(msg) is Part:  # a chunk still expanding: what it gave so far
+            nbytes = len(payload)
+            if views.last is not None:
+                worker.freed.append(views.last)
+                nbytes += views.nbytes
+            if msg.paused is None:
+                segment, rec = worker.pending[0]
+            else:  # it waits, off the worker's queue, until the hub has room for more
+                segment, rec = worker.pending.popleft()
+                rec.paused = msg.paused
+                worker.paused.append((segment, rec))
+            if rec.slot is not None:  # it has read its inputs long ago
+                self._release_slot(rec)
+            segment.extend(rec, msg.outputs, msg.skipped, nbytes)
         elif type(msg) is Loaded:  # it has a huge chunk in hand: free its slot now
             for _, rec in worker.pending:
                 if rec.slot == msg.slot:
@@ -239,6 +264,10 @@ class Procs:
     def busy(self) -> bool:
         """Whether any worker holds a chunk or has one waiting to be written."""
         return any(w.pending or w.unsent or w.outbox for w in self.workers)
+
+    def holds(self) -> bool:
+        """Whether a worker holds a paused expansion: it goes on once there is room."""
+        return any(w.paused for w in self.workers)
 
     # -- shutdown ------------------------------------------------------------------------
 

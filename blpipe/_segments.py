@@ -41,11 +41,16 @@ class Backend(Protocol):
     def pick(self, limit: int) -> Any:
         """The least loaded place with fewer than ``limit`` chunks, or ``None``."""
 
-    def pack(self, segment: int, payload: list[Any], place: Any) -> tuple[Any, int | None, int]:
-        """What to send, its shared memory slot and its bytes; raises when it won't pickle."""
+    def pack(self, segment: int, payload: list[Any], place: Any,
+             credit: int = 0) -> tuple[Any, int | None, int]:
+        """What to send, its shared memory slot and its bytes; raises when it won't
+        pickle. An expansion may send ``credit`` outputs ahead of the grants."""
 
     def post(self, place: Any, segment: Segment, rec: Record) -> None:
         """Send ``rec`` to ``place``; the result comes back through ``complete``."""
+
+    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
+        """Let ``rec``'s paused expansion send ``credit`` more outputs."""
 
 
 class Wait(enum.Enum):
@@ -70,6 +75,9 @@ class Segment:
         self.group_wait = head.group_wait
         self.min_chunk, self.max_chunk = (self._whole(n) for n in chunks)
         self.chunk = self.min_chunk
+        # outputs an expanding chunk may hold before they are passed on: chunks in
+        # flight times this is at most cap
+        self.credit = max(1, chunks[0])
         self.ordered = head.ordered
         self.flow = flow
         self.next = nxt
@@ -140,11 +148,11 @@ class Segment:
 
     def complete(self, rec: Record, result: Result, nbytes: int = 0) -> None:
         """A chunk's results are in (``nbytes``: their serialized size)."""
+        if rec.done:
+            return  # cut short by an error over its budget: what comes now is later
         outputs, error, stats, seconds, skipped = result
         rec.frame = None
-        if nbytes or rec.nbytes:
-            self.flow.meter.add(nbytes - rec.nbytes)
-            rec.nbytes = nbytes
+        self._bytes_in(rec, nbytes)
         # Size chunks to about backend.work of stage work, within the bounds: the
         # hub's cost is per chunk, so cheap items want large chunks; costly ones
         # want small chunks, spread over every worker.
@@ -157,22 +165,49 @@ class Segment:
             self.chunk = 1 if self.huge else self._whole(max(self.min_chunk,
                                                              min(self.max_chunk,
                                                                  math.ceil(want))))
+        if rec.outs is None:
+            rec.outs = outputs
+        else:  # after an expansion's parts: all its outputs are in one list
+            rec.outs.extend(outputs)
         if skipped:  # outputs are aligned, with None, until settled on release
-            rec.skipped = skipped
-            n_out = sum(1 for y in outputs if y is not None)
+            rec.skipped = [*(rec.skipped or ()), *skipped]
+            n_out = sum(1 for y in rec.outs if y is not None) + rec.trimmed
         else:
-            n_out = len(outputs)
-        rec.outs = outputs
+            n_out = len(rec.outs) + rec.trimmed
+        rec.done = True
         self.flow.recorder.add(self.first, stats, rec.n_in, n_out, seconds)
         if error is not None:
             rec.failure = Failure(error.exception())
             self.flow.stop(self.index)
 
+    def extend(self, rec: Record, outputs: list[Any], skipped: list[Any], nbytes: int) -> None:
+        """Part of an expanding chunk's outputs are in; its result comes later."""
+        if rec.done:
+            return
+        self._bytes_in(rec, nbytes)
+        if rec.outs is None:
+            rec.outs = outputs
+        else:
+            rec.outs.extend(outputs)
+        if skipped:
+            rec.skipped = [*(rec.skipped or ()), *skipped]
+
+    def _bytes_in(self, rec: Record, nbytes: int) -> None:
+        """Its results' bytes count from now on: in place of its inputs' at first."""
+        if rec.outs is None:
+            self.flow.meter.add(nbytes - rec.nbytes)
+            rec.nbytes = nbytes
+        else:
+            self.flow.meter.add(nbytes)
+            rec.nbytes += nbytes
+
     def fail(self, rec: Record, exc: BaseException) -> None:
-        """A chunk failed as a whole: ``exc`` in its place, nothing before it."""
+        """A chunk failed: ``exc`` after what it gave already, if anything."""
         rec.frame = None
-        rec.outs = []
+        if rec.outs is None:
+            rec.outs = []
         rec.failure = Failure(exc)
+        rec.done = True
         self.flow.stop(self.index)
 
     # -- results out ---------------------------------------------------------------
@@ -211,12 +246,23 @@ class Segment:
                     left -= take
                 if left < before:
                     moved = True
-                if left:
+                if left or not rec.done:
                     # their share of its bytes is counted downstream from now on
                     share = rec.nbytes * (before - left) // before
                     rec.nbytes -= share
                     self.flow.meter.now -= share
+                if left:
                     break
+            if not rec.done:  # an expansion: more to come
+                rec.trimmed += rec.pos  # what is passed on need not be kept
+                rec.outs = []
+                rec.pos = 0
+                if rec.paused is not None:  # all it gave is passed on: room for as much
+                    self.backend.resume(self, rec, self.credit)
+                if ordered:
+                    break
+                i += 1
+                continue
             if rec.failure is not None and i:
                 i += 1  # raised once every chunk before it is out
                 continue
@@ -244,10 +290,14 @@ class Segment:
         """Count the errors its stage went on past in this chunk, in stream order:
         record them, or at one over budget cut the chunk there and fail."""
         # a stage with on_error is never fused: it is the segment's first
+        skipped = rec.skipped
+        if rec.trimmed:  # an expansion's outputs passed on are gone from the list
+            skipped = [(at - rec.trimmed, *rest) for at, *rest in skipped]  # type: ignore
         outs, exc = settle(self.flow.log, self.first, (rec.start + rec.offset,),
-                           rec.outs, rec.skipped)  # type: ignore[arg-type]
+                           rec.outs, skipped)  # type: ignore[arg-type]
         if exc is not None:
             rec.failure = Failure(exc)
+            rec.done = True  # nothing after it counts: its worker may stop whenever
             self.flow.stop(self.index)
         rec.skipped = None
         rec.outs = [y for y in outs if y is not None]
@@ -333,7 +383,7 @@ class Segment:
                 self.flow.recorder.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
                 return False
         try:
-            packed = self.backend.pack(self.index, payload, place)
+            packed = self.backend.pack(self.index, payload, place, self.credit)
         except Exception:
             self._unpicklable(place, items, payload, start)
             return False
@@ -379,7 +429,7 @@ class Segment:
         if bad:  # the segment stops at the bad item: its window history no longer matters
             prefix = payload[:len(payload) - len(items) + bad]
             self._post(place, items[:bad], prefix, start,
-                       self.backend.pack(self.index, prefix, place))
+                       self.backend.pack(self.index, prefix, place, self.credit))
         exc = SerializationError(f"input {short_repr(items[bad])} for {self.label} cannot be "
                                  f"sent to its worker process: {type(err).__name__}: {err}")
         exc.__cause__ = err

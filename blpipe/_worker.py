@@ -19,16 +19,28 @@ import os
 import signal
 import time
 import traceback
+from itertools import islice
 from typing import Any, NamedTuple
 
-from ._chain import Chain, Step, grouped, sliding
+from ._chain import Chain, Run, Step, grouped, sliding
 from ._failures import RemoteError, Skipped, StageFailure
-from ._messages import Broken, Carry, Loaded, LoadFailed, Result, Task, Unloadable, new
+from ._messages import (
+    Broken,
+    Carry,
+    Loaded,
+    LoadFailed,
+    Part,
+    Result,
+    Resume,
+    Task,
+    Unloadable,
+    new,
+)
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
 from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
 from ._transport import write_frame as _write
-from .errors import SerializationError
+from .errors import BrokenPipeline, SerializationError
 
 
 class Segment(NamedTuple):
@@ -120,17 +132,25 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
     pid = os.getpid()
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
+    paused: dict[int, Run] = {}  # expansions waiting for the hub to make room
+
     while (frame := inbox.next()) is not None:
         start = clock()
         views.last = None
         try:
-            task: Task = new(Task, loads(*frame, views))
+            msg = loads(*frame, views)
         except Exception:  # the items' fault, not the stage's: their class is missing here
             _write(result_fd, dumps(Unloadable(traceback.format_exc())))
             continue
         del frame
         if views.last is not None and views.nbytes > BIG:
             _write(result_fd, dumps(Loaded(views.last[1])))  # the hub frees the slot now
+        if type(msg) is Resume:  # an expansion the hub has room for again
+            run = paused.pop(msg.ident)
+            pickling = _stream(run, msg.credit, slots, result_fd, paused)
+            continue
+        task: Task = new(Task, msg)
+        del msg
         for owner, ident in task.freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
@@ -139,9 +159,15 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         chain, label = segment.chain, segment.label
         items = segment.items(task.items)
         loaded = clock()
+        seconds = loaded - start + pickling
+        if task.credit and chain.expands and relay_fd is None:
+            run = chain.stream(items)
+            run.label, run.seconds = label, seconds
+            pickling = _stream(run, task.credit, slots, result_fd, paused)
+            del task, items, run
+            continue
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
-        seconds = loaded - start + pickling
         if relay_fd is not None:  # linked stages go on past no error: none was skipped
             relayed = _relay(outputs, failure, items, label, stats, seconds, carry)
             pickling = clock() - done
@@ -156,6 +182,58 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             pickling = clock() - done
             _write(result_fd, result)
         del task, items, outputs, carry  # not kept alive while idle
+
+
+_PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it
+
+
+def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
+            paused: dict[int, Run]) -> float:
+    """Send ``run``'s outputs in parts, at most ``credit`` of them; then pause
+    it, to go on when the hub says (:class:`~blpipe._messages.Resume`), once
+    it has passed them on. A part goes when it is full, or once its first
+    output has waited ``_PART_DELAY`` for the next. While a run is paused the
+    worker runs other chunks: waiting in it would starve the segments that
+    share the pool, and those downstream may be what it waits for. Returns
+    the seconds spent pickling the last message."""
+    clock = time.perf_counter
+    buf: list[Any] = []
+    first = 0.0
+    for y in run:
+        if not buf:
+            first = clock()
+        buf.append(y)
+        if len(buf) < credit and clock() - first < _PART_DELAY:
+            continue
+        ident = None
+        if len(buf) >= credit:  # all the hub can hold: pause here
+            ident = id(run)
+            paused[ident] = run
+        done = clock()
+        try:
+            frame = dumps_chunk(Part(mark_large(buf, True), _packed(run.skipped[run.told:]),
+                                     ident), slots)[0]
+        except Exception:  # an output that won't pickle: the ones before it, then an error
+            paused.pop(id(run), None)
+            run.close()
+            bad = first_unpicklable(buf)
+            j, why = bad if bad is not None else (0, None)
+            run.failure = StageFailure(run.label, run.item, SerializationError(
+                f"{run.label} gave {short_repr(buf[j])}, which cannot leave its worker process"
+                + (f": {type(why).__name__}: {why}" if why is not None else "")))
+            buf = buf[:j]
+            break
+        _write(result_fd, frame)
+        run.told = len(run.skipped)
+        if ident is not None:
+            return clock() - done
+        credit -= len(buf)
+        buf = []
+    error, stats, seconds = _merge(run.failure, run.stats, run.seconds, None)
+    done = clock()
+    _write(result_fd, dumps_chunk((mark_large(buf, True), error, stats, seconds,
+                                   _packed(run.skipped[run.told:])), slots)[0])
+    return clock() - done
 
 
 def _merge(failure: StageFailure | None, stats: list[Any], seconds: float,
@@ -197,13 +275,13 @@ def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], l
     sent = _sent(outputs, [])
     stats[-1][2] = len(sent)  # the next stage takes them: this one's outputs are counted
     try:
-        return dumps((None, sent, [], (error, stats, seconds)))
+        return dumps((None, sent, [], (error, stats, seconds), 0))
     except Exception:
         pass
     kept, cut = _until_unpicklable(outputs, items, label, "reach the next stage's process")
     sent = _sent(kept, [])
     stats[-1][2] = len(sent)
-    return dumps((None, sent, [], (cut, stats, seconds)))
+    return dumps((None, sent, [], (cut, stats, seconds), 0))
 
 
 def _until_unpicklable(outputs: list[Any], items: list[Any], label: str,
@@ -246,12 +324,35 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
         chain = segment.chain
         items = segment.items(payload)
         loaded = time.perf_counter()
-        outputs, failure, stats, skipped = chain.run(items)
+        outputs, failure, stats, skipped = _capped(chain, items, "an executor")
         return Result(_sent(outputs, skipped),
                       None if failure is None else RemoteError.pack(failure), stats,
                       loaded - start, _packed(skipped))
     except Exception:  # a stage's are caught in Chain.run: this is blpipe's own
         return Broken(traceback.format_exc())
+
+
+EXPANSION_CAP = 100_000  # outputs of one chunk an executor's or a thread's task may hold
+
+
+def _capped(chain: Chain, items: list[Any], where: str) -> tuple[list[Any], StageFailure | None,
+                                                                list[Any], list[Skipped]]:
+    """``chain.run(items)``, but an expansion that passes ``EXPANSION_CAP``
+    outputs fails: a task returns its outputs all at once, so they must fit."""
+    if not chain.expands:
+        return chain.run(items)
+    run = chain.stream(items)
+    outputs = list(islice(run, EXPANSION_CAP + 1))
+    if len(outputs) > EXPANSION_CAP:
+        run.close()
+        label = next(s.label for s in chain.steps if s.expand)
+        run.failure = StageFailure(label, run.item, BrokenPipeline(
+            f"{label} expanded a chunk into more than {EXPANSION_CAP:,} outputs on {where}, "
+            f"whose tasks return their outputs at once: blpipe stops it rather than hold "
+            f"more; run it in blpipe's own pool or in a process of its own, where an "
+            f"expansion streams in bounded memory"))
+        outputs = outputs[:EXPANSION_CAP]
+    return outputs, run.failure, run.stats, run.skipped
 
 
 def run_local(chain: Chain, window: int | None, group: int | None,
@@ -260,7 +361,7 @@ def run_local(chain: Chain, window: int | None, group: int | None,
     try:
         items = (sliding(payload, window) if window else grouped(payload, group) if group
                  else payload)
-        outputs, failure, stats, skipped = chain.run(items)
+        outputs, failure, stats, skipped = _capped(chain, items, "a thread stage")
         return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)
     except Exception:
         return Broken(traceback.format_exc())
