@@ -58,6 +58,7 @@ from ._adaptive import Governor
 from ._chain import Chain, step_of
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
+from ._feeder import END, Feeder
 from ._flow import Flow, Sink
 from ._master import MasterSegment
 from ._plan import Plan
@@ -94,6 +95,7 @@ class Hub:
 
     def __init__(self, plan: Plan, config: Config) -> None:
         self.inputs: Iterator[Any] = iter(())  # set by the consumer's loop
+        self.feeder: Feeder | None = None  # reads the input in a thread, with group_wait
         self.src_done = False
         self.closing = False
         self.flow = Flow(config.recorder, config.log, config.budget)
@@ -227,7 +229,11 @@ class Hub:
         if room <= 0:
             return False
         start = perf_counter()
-        if self.flow.budget is None:
+        if self.timed:
+            raw, ended = self._take_fed(room)
+            if not (raw or ended):
+                return False
+        elif self.flow.budget is None:
             raw = list(islice(self.inputs, room))
             ended = len(raw) < room
         else:
@@ -247,6 +253,25 @@ class Hub:
         elif self.src_done:
             self.head.end()
         return not self.src_done and len(raw) == room
+
+    def _take_fed(self, room: int) -> tuple[list[Any], bool]:
+        """What the feeder thread has read, up to ``room`` items (fewer under a
+        byte budget, by their average size), and whether the input ended."""
+        if self.feeder is None:
+            self.feeder = Feeder(self.inputs, self.poller, self.parent_fds)
+        if self.flow.budget is not None:
+            meter = self.flow.meter
+            left = self.flow.budget - meter.now
+            if left <= 0 and meter.now:
+                return [], False
+            avg = self.pull_from.item_bytes if self.pull_from is not None else None
+            if avg:
+                room = max(1, min(room, int(left // avg)))
+        raw = self.feeder.take(room)
+        ended = bool(raw) and raw[-1] is END
+        if ended:
+            raw.pop()
+        return raw, ended
 
     def _take_within_budget(self, room: int) -> tuple[list[Any], bool]:
         """Up to ``room`` items that the byte budget has room for, and whether
@@ -313,8 +338,9 @@ class Hub:
             due = self._deadline()
             if due is not None:  # a partial group goes on then, whatever else happens
                 timeout = max(0.0, due - time.monotonic())
-            elif not ((self.procs and self.procs.busy()) or (self.futures and
-                                                             self.futures.busy())):
+            elif not ((self.procs and (self.procs.busy() or self.procs.holds()))
+                      or (self.futures and self.futures.busy())
+                      or (self.feeder is not None and not self.src_done)):
                 # nothing in flight: no event will ever come, and waiting would hang
                 raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
                                      "stream is not finished; please report this with the "
@@ -357,6 +383,8 @@ class Hub:
             self.procs.close(graceful)
         if self.futures is not None:
             self.futures.close(GRACE if graceful else KILL_AFTER)
+        if self.feeder is not None:
+            self.feeder.close(GRACE if graceful else KILL_AFTER)
         self.poller.close()
 
 
