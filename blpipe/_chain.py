@@ -181,8 +181,12 @@ class Chain:
 
     def flush(self, now: float | None = None) -> Run:
         """The outputs of the partial groups: all of them (the stream has
-        ended), or with ``now`` those whose ``wait`` has passed."""
+        ended, or failed upstream), or with ``now`` those whose ``wait`` has passed."""
         return Run(self, None, now)
+
+    def holds(self) -> bool:
+        """Whether a partial group waits in it."""
+        return any(self._groups)
 
     def deadline(self) -> float | None:
         """When the first partial group with a ``wait`` is due, if any."""
@@ -215,6 +219,7 @@ class Run:
         self.base = list(chain._seen)  # where this chunk starts in each step's stream
         self._n = 0  # outputs so far
         self.told = 0  # errors gone past that a worker has sent
+        self._failed = 0  # the step that failed
         self.label = ""  # a worker's: how messages name its segment's last stage
         self.seconds = 0.0  # a worker's: unpickling and pickling, for the figures
         self._it = self._outputs(items) if items is not None else self._flushed(due)
@@ -234,22 +239,24 @@ class Run:
                 self.item = x
                 yield from self._feed(0, x)
         except _Stop:
-            pass
+            # The groups after the failing step hold earlier inputs: they go on
+            # first. Those before it hold later ones, which the failure cuts off.
+            yield from self._flushed(None, self._failed + 1)
         self.stats[-1][2] = -1
 
-    def _flushed(self, due: float | None) -> Iterator[Any]:
+    def _flushed(self, due: float | None, start: int = 0) -> Iterator[Any]:
         chain = self.chain
         try:
-            for i, step in enumerate(chain._steps):
-                group = chain._groups[i]
+            for i in range(start, len(chain._steps)):
+                step, group = chain._steps[i], chain._groups[i]
                 if group and (due is None or (step.wait is not None and
                                               due >= chain._started[i] + step.wait)):
                     chain._groups[i] = []
                     self.item = group
                     local = chain._seen[i] - len(group) - self.base[i]
                     yield from self._call(i, group, local, len(group))
-        except _Stop:
-            pass
+        except _Stop:  # a failure in a group that went on early is earlier still
+            yield from self._flushed(None, self._failed + 1)
         self.stats[-1][2] = -1
 
     def _feed(self, i: int, value: Any) -> Iterator[Any]:
@@ -326,7 +333,7 @@ class Run:
         if step.catch:
             self.skipped.append((self._n, i, local, failure, size))
         else:
-            self.failure = failure
+            self.failure, self._failed = failure, i
             raise _Stop
 
 

@@ -35,9 +35,12 @@ class MasterSegment:
         self.n_in = self.n_out = 0  # the run's inputs, and its outputs so far
         self.ending = False  # the stream has ended upstream
         self.flushed = False  # and its partial groups have been started
+        self.failing: Failure | None = None  # failed upstream, once the groups are out
 
     def room(self) -> int:
-        return 0 if self.dead or self.run is not None else int(self.next.room())
+        if self.dead or self.run is not None or self.failing is not None:
+            return 0
+        return int(self.next.room())
 
     def idle(self) -> bool:
         return self.run is None
@@ -62,10 +65,20 @@ class MasterSegment:
             self._fail(exc)
 
     def put_failure(self, failure: Failure) -> None:
-        if not self.dead:  # a later failure changes nothing
-            self.dead = True
-            self.run = self.outputs = None
-            self.next.put_failure(failure)
+        if self.dead or self.failing is not None:  # a later failure changes nothing
+            return
+        if self.run is not None:  # what its run gives is earlier: it goes on first
+            self.failing = failure
+            return
+        if self.chain.lazy and self.chain.holds():
+            # its partial groups hold earlier inputs: they go on first
+            self.failing = failure
+            self._start(self.chain.flush(), 0)
+            self.release()
+            return
+        self.dead = True
+        self.run = self.outputs = None
+        self.next.put_failure(failure)
 
     def end(self) -> None:
         """Nothing more comes from upstream: pass on the partial groups, then say so."""
@@ -89,6 +102,10 @@ class MasterSegment:
         moved = False
         while not self.dead:
             if self.outputs is None:
+                if self.failing is not None:
+                    failure, self.failing = self.failing, None
+                    self.put_failure(failure)
+                    break
                 if not self.ending:
                     break
                 if self.chain.lazy and not self.flushed:

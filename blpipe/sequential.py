@@ -51,7 +51,12 @@ class SequentialPipeline(PipelineBase):
             while True:
                 self._check_open()
                 t = clock()
-                x = next(it, _END)
+                try:
+                    x = next(it, _END)
+                except Exception:  # the partial groups hold earlier inputs: they go first
+                    if chain.lazy:
+                        yield from self._streamed(chain.flush(), 0)
+                    raise
                 now = clock()
                 rec.input += now - t
                 self._tick_progress(now)

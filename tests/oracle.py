@@ -8,7 +8,16 @@ from typing import Any
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline
-from tests.stages import Add, DropMultiples, MasterScale, RunningSum, Weighted
+from tests.stages import (
+    Add,
+    DropMultiples,
+    Expand,
+    GroupEach,
+    GroupSum,
+    MasterScale,
+    RunningSum,
+    Weighted,
+)
 
 batch = st.integers(1, 16)
 kinds = st.one_of(
@@ -19,6 +28,11 @@ kinds = st.one_of(
     st.tuples(st.just("master"), st.integers(1, 3), st.one_of(st.none(), st.integers(1, 4))),
     st.tuples(st.just("thread"), st.integers(1, 9), batch),
     st.tuples(st.just("thread-window"), st.integers(1, 4), batch),
+    # the shapes: expansions and groups, on each placement
+    st.tuples(st.sampled_from(["expand", "expand-dedicated", "expand-master", "expand-thread",
+                               "expand-window"]), st.integers(2, 5), batch),
+    st.tuples(st.sampled_from(["group", "group-dedicated", "group-master", "group-thread",
+                               "infer", "infer-dedicated"]), st.integers(1, 5), batch),
 )
 recipes = st.lists(kinds, min_size=1, max_size=6)
 inputs = st.lists(st.one_of(st.none(), st.integers(0, 1000)), max_size=300)
@@ -34,6 +48,19 @@ def build(recipe: list[tuple[str, int, Any]]) -> list[Any]:
         "master": lambda k, w: MasterScale(k, window=w),
         "thread": lambda k, b: threaded(Add(k, batch_size=b), k),
         "thread-window": lambda k, b: threaded(Weighted(k, batch_size=b), 2),
+        "expand": lambda k, b: Expand(k, stateful=False, batch_size=b),
+        "expand-dedicated": lambda k, b: Expand(k, batch_size=b),
+        "expand-master": lambda k, _: Expand(k, run_in_master=True),
+        "expand-thread": lambda k, b: Expand(k, stateful=False, threads=2, batch_size=b),
+        "expand-window": lambda k, b: Expand(k, stateful=2, batch_size=b),
+        # a group needs batch_size >= its size
+        "group": lambda n, b: GroupSum(n, stateful=False, batch_size=max(n, b)),
+        "group-dedicated": lambda n, b: GroupSum(n, batch_size=max(n, b)),
+        "group-master": lambda n, _: GroupSum(n, run_in_master=True, batch_size=n),
+        "group-thread": lambda n, b: GroupSum(n, stateful=False, threads=2,
+                                              batch_size=max(n, b)),
+        "infer": lambda n, b: GroupEach(n, stateful=False, batch_size=max(n, b)),
+        "infer-dedicated": lambda n, b: GroupEach(n, batch_size=max(n, b)),
     }
     return [make[kind](a, b) for kind, a, b in recipe]
 

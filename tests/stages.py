@@ -340,3 +340,111 @@ class UnpicklesNowhere:
 
     def __repr__(self) -> str:
         return "UnpicklesNowhere()"
+
+
+class Expand(Attrs):
+    """Expands ``x`` into ``x % k`` outputs, lazily (none for multiples of ``k``),
+    with a ``None`` after the first, which must be dropped."""
+
+    def __init__(self, k: int, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.k = k
+
+    def __call__(self, x: Any) -> Any:
+        x = x[-1] if type(x) is tuple else x  # a window: its newest input
+        for j in range(x % self.k):
+            yield (x * 7 + j) % BIG
+            if j == 0:
+                yield None
+
+
+class GroupSum(Attrs):
+    """Called with groups of ``n``: an order-sensitive sum and the size, so a
+    group cut anywhere else shows."""
+
+    def __init__(self, n: int, **attrs: Any) -> None:
+        super().__init__(group=n, **attrs)
+
+    def __call__(self, g: list[int]) -> int:
+        return (sum((i + 1) * v for i, v in enumerate(g)) * 31 + len(g)) % BIG
+
+
+class GroupEach(Attrs):
+    """Batch inference: a group in, one output per member out (``None`` for
+    multiples of 5), each marked with its group's size."""
+
+    def __init__(self, n: int, **attrs: Any) -> None:
+        super().__init__(group=n, expand=True, **attrs)
+
+    def __call__(self, g: list[int]) -> list[int | None]:
+        return [None if v % 5 == 0 else (v * 3 + len(g)) % BIG for v in g]
+
+
+class Forever(Attrs):
+    """Expands every input without end: ``size`` bytes at a time."""
+
+    def __init__(self, size: int = 8, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.size = size
+
+    def __call__(self, x: Any) -> Any:
+        n = 0
+        while True:
+            yield n.to_bytes(8, "little") + bytes(self.size - 8) if self.size > 8 else n
+            n += 1
+
+
+class BreaksMidway(Attrs):
+    """Expands ``x`` into ``x*10, x*10 + 1`` then raises on ``x == at``; else a third."""
+
+    def __init__(self, at: int, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.at = at
+
+    def __call__(self, x: int) -> Any:
+        yield x * 10
+        yield x * 10 + 1
+        if x == self.at:
+            raise ValueError(f"bad {x}", x)
+        yield x * 10 + 2
+
+
+class GroupFails(Attrs):
+    """A group's sum; raises on a group that holds ``at``."""
+
+    def __init__(self, n: int, at: int, **attrs: Any) -> None:
+        super().__init__(group=n, **attrs)
+        self.at = at
+
+    def __call__(self, g: list[int]) -> int:
+        if self.at in g:
+            raise ValueError(f"bad group {g}")
+        return sum(g)
+
+
+class DiesExpanding(Attrs):
+    """Expands each input into 3 outputs, but ends its process midway through ``at``'s."""
+
+    def __init__(self, at: int, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.at = at
+
+    def __call__(self, x: int) -> Any:
+        yield x * 10
+        if x == self.at:
+            os._exit(3)
+        yield x * 10 + 1
+        yield x * 10 + 2
+
+
+class DiesInGroup(Attrs):
+    """A group's sum; ends its process on a group that holds ``at``."""
+
+    def __init__(self, n: int, at: int, **attrs: Any) -> None:
+        super().__init__(group=n, **attrs)
+        self.at = at
+
+    def __call__(self, g: list[int]) -> int:
+        if self.at in g:
+            os._exit(3)
+        return sum(g)
