@@ -217,6 +217,7 @@ class Run:
         self.stats: list[list[Any]] = [[0.0, 0, 0] for _ in chain._steps]
         self.item: Any = None
         self.base = list(chain._seen)  # where this chunk starts in each step's stream
+        self._count = [0] * len(chain._steps)  # what reached each step in this run
         self._n = 0  # outputs so far
         self.told = 0  # errors gone past that a worker has sent
         self._failed = 0  # the step that failed
@@ -267,9 +268,12 @@ class Run:
             yield value
             return
         step = chain._steps[i]
-        first = chain._seen[i]
         size = len(value) if step.formed else 1
-        chain._seen[i] = first + size
+        # Counted by the run, not the chain: a worker may run another chunk on
+        # it while this one's expansion is paused.
+        first = self._count[i]
+        self._count[i] = first + size
+        chain._seen[i] += size
         self.stats[i][1] += size
         if step.window is not None:
             window = chain._windows[i]
@@ -287,7 +291,7 @@ class Run:
             chain._groups[i] = []
             first, size = first + 1 - len(group), len(group)
             value = group
-        yield from self._call(i, value, first - self.base[i], size)
+        yield from self._call(i, value, first, size)
 
     def _call(self, i: int, value: Any, local: int, size: int) -> Iterator[Any]:
         """Call step ``i`` on ``value``; its outputs go on through the next steps."""

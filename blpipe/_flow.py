@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._failures import Failure, Skipped
+from ._spec import short_repr
 
 if TYPE_CHECKING:
     from ._recorder import Recorder
@@ -66,7 +67,7 @@ class Record:
     """
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
-                 "skipped", "nbytes", "done", "place", "paused", "trimmed")
+                 "skipped", "nbytes", "done", "place", "paused", "trimmed", "expanding")
 
     def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
                  outs: list[Any] | None = None, failure: Failure | None = None) -> None:
@@ -85,6 +86,16 @@ class Record:
         self.place: Any = None  # where it runs: where a paused expansion goes on
         self.paused: int | None = None  # its expansion waits for room, under this name
         self.trimmed = 0  # outputs of an expansion passed on and dropped from outs
+        self.expanding: str | None = None  # the input an expansion last sent outputs of
+
+    def where(self) -> str:
+        """The input a failure of the whole chunk is placed at, as messages show it."""
+        if self.expanding is not None:  # a part came: its input, or a later one
+            return f"{self.expanding} or an input after it in its chunk"
+        where = short_repr(self.first)
+        if self.n_in > 1:
+            where += f" or one of the {self.n_in - 1} inputs after it in its chunk"
+        return where
 
 
 class Shown:

@@ -170,7 +170,8 @@ class Hub:
             cap = s.batch_size * len(specs)
             size = max(1, cap // (len(specs) + 1))
             return Segment(index, s, seg.label, cap, (size, size), self.flow, nxt,
-                           Link(self.procs, seg.blobs, [x.label for x in specs]))
+                           Link(self.procs, seg.blobs, [x.label for x in specs],
+                                any(x.expand for x in specs)))
         backend: Any
         if seg.kind is Placement.THREAD:
             assert self.futures is not None

@@ -57,6 +57,7 @@ class Part(NamedTuple):
     outputs: list[Any]
     skipped: list[Skipped]
     paused: int | None
+    expanding: str  # the input whose expansion it is, as messages show it
 
 
 class Resume(NamedTuple):

@@ -83,10 +83,7 @@ class Pool(_Group):
         worker.paused.clear()
         for i, (segment, rec) in enumerate(pending):
             if i <= first:
-                where = short_repr(rec.first)
-                if rec.n_in > 1:
-                    where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
-                procs.fail(segment, rec, WorkerDied(segment.label, exitcode, where))
+                procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where()))
             else:
                 procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         for segment, rec in worker.unsent:
@@ -109,7 +106,8 @@ class Link(_Group):
 
     work = _CHUNK_WORK
 
-    def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str]) -> None:
+    def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str],
+                 expands: bool = False) -> None:
         super().__init__(procs)
         self.workers: list[Worker] = []
         self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
@@ -129,11 +127,14 @@ class Link(_Group):
         for w in self.workers[1:]:
             w.pending = self.workers[0].pending  # what goes in first comes out of the last
         self.feeding.append(self.workers[0])
-        self.depth = len(blobs) + 1  # one chunk in each worker, one waiting
+        # one chunk in each worker, one waiting; but a stage that expands may pause
+        # a chunk midway, and the next must not run before it ends: its state
+        # sees its inputs in order
+        self.depth = 1 if expands else len(blobs) + 1
 
     def pick(self, limit: int) -> Worker | None:
         for w in self.feeding:
-            if len(w.pending) < limit:
+            if len(w.pending) + len(w.paused) < limit:  # see depth
                 return w
         return None
 
@@ -153,12 +154,11 @@ class Link(_Group):
         worker.unsent.clear()
         worker.paused.clear()
         for segment, rec in pending:
-            where = short_repr(rec.first)
             if len(self.workers) > 1:
-                where += (f" to {self.workers[0].label} or one after it (its chunk went "
-                          f"through linked stages)")
-            elif rec.n_in > 1:
-                where += f" or one of the {rec.n_in - 1} inputs after it in its chunk"
+                where = (f"{short_repr(rec.first)} to {self.workers[0].label} or one after "
+                         f"it (its chunk went through linked stages)")
+            else:
+                where = rec.where()
             self.procs.fail(segment, rec, WorkerDied(label, code, where))
 
     def _blame(self, worker: Worker, exitcode: int | None) -> None:

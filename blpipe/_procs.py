@@ -211,6 +211,7 @@ class Procs:
                 worker.paused.append((segment, rec))
             if rec.slot is not None:  # it has read its inputs long ago
                 self._release_slot(rec)
+            rec.expanding = msg.expanding
             segment.extend(rec, msg.outputs, msg.skipped, nbytes)
         elif type(msg) is Loaded:  # it has a huge chunk in hand: free its slot now
             for _, rec in worker.pending:

@@ -81,7 +81,8 @@ class Recorder:
             workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
                        Placement.MASTER: 0, Placement.THREAD: spec.threads or 1,
                        }[spec.placement]
-            can_run = max(1, min(workers, spec.batch_size))
+            # calls in flight at once: a group stage's hold a group each
+            can_run = max(1, min(workers, spec.batch_size // (spec.group or 1)))
             stages.append(StageStatistics(
                 name=spec.label, placement=spec.placement.value, window=spec.window,
                 batch_size=spec.batch_size, segment=seg, workers=workers,
@@ -91,7 +92,7 @@ class Recorder:
                 peak_in_flight=peak,
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
-                errors=errors[i]))
+                errors=errors[i], shape=spec.shape))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,

@@ -212,7 +212,7 @@ def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
         done = clock()
         try:
             frame = dumps_chunk(Part(mark_large(buf, True), _packed(run.skipped[run.told:]),
-                                     ident), slots)[0]
+                                     ident, short_repr(run.item)), slots)[0]
         except Exception:  # an output that won't pickle: the ones before it, then an error
             paused.pop(id(run), None)
             run.close()

@@ -69,6 +69,9 @@ class StageStatistics:
     errors: int = 0
     """Inputs it raised on and went on past (``on_error``), plus the one that
     exceeded ``max_errors``, if any."""
+    shape: str = "1:1"
+    """Inputs per call to outputs per call: ``'1:1'``; ``'1:n'`` for a stage
+    that expands; ``'64:1'`` for one called with groups of 64; ``'64:n'``."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,18 @@ def _advice(st: Statistics) -> list[str]:
         return out
     pool = [s for s in st.stages if s.placement == "pool"]
     dedicated = [s for s in st.stages if s.placement == "dedicated"]
+    for s in [*pool, *(s for s in st.stages if s.placement == "thread")]:
+        group = int(s.shape.split(":")[0])
+        if group > 1 and s.batch_size // group < s.workers and s.utilization >= 0.5:
+            out.append(
+                f"{s.name} has group={group} and batch_size={s.batch_size}, so at most "
+                f"{s.batch_size // group} group(s) are in flight for its {s.workers} workers "
+                f"and it was busy {_pct(s.utilization)} of that: set batch_size = "
+                f"{group * s.workers} ({group} x {s.workers}) so that every worker gets "
+                f"a group.")
     for s in pool:
-        if s.batch_size < st.pool_size and s.utilization >= 0.5:
+        if int(s.shape.split(":")[0]) == 1 and s.batch_size < st.pool_size and \
+                s.utilization >= 0.5:
             out.append(
                 f"{s.name} has batch_size={s.batch_size}, so at most {s.batch_size} of the "
                 f"{st.pool_size} pool workers run it at once and it was busy "
@@ -199,7 +212,8 @@ def _segment_busy(st: Statistics, segment: int) -> float:
 
 # -- the report ----------------------------------------------------------------
 
-_COLUMNS = (("stage", 28, "<"), ("where", 9, "<"), ("win", 3, ">"), ("batch", 5, ">"),
+_COLUMNS = (("stage", 28, "<"), ("where", 9, "<"), ("win", 3, ">"), ("shape", 6, ">"),
+            ("batch", 5, ">"),
             ("in", 9, ">"), ("out", 9, ">"), ("busy s", 8, ">"), ("util", 5, ">"),
             ("starved s", 9, ">"), ("blocked s", 9, ">"), ("flight", 6, ">"),
             ("peak", 5, ">"), ("items/s", 10, ">"))
@@ -224,7 +238,8 @@ def _report(st: Statistics) -> str:
     lines.append(_row(["-" * c[1] for c in _COLUMNS]))
     for s in st.stages:
         lines.append(_row([
-            s.name, s.placement, str(s.window or "-"), str(s.batch_size), f"{s.items_in:,}",
+            s.name, s.placement, str(s.window or "-"), s.shape, str(s.batch_size),
+            f"{s.items_in:,}",
             f"{s.items_out:,}", f"{s.busy_seconds:.3f}", _pct(s.utilization),
             f"{s.starved_seconds:.3f}", f"{s.blocked_seconds:.3f}", str(s.in_flight),
             str(s.peak_in_flight), f"{s.throughput:,.0f}"]))

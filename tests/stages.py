@@ -448,3 +448,23 @@ class DiesInGroup(Attrs):
         if self.at in g:
             os._exit(3)
         return sum(g)
+
+
+def triple_each(g: list[int]) -> list[int]:
+    """For a group: each member times 3, whatever the group's size."""
+    return [v * 3 for v in g]
+
+
+class Tally(Attrs):
+    """Stateful and expanding: each input three times, with a count of the
+    outputs so far, kept as they are made: a chunk run while another was
+    paused midway would show in the counts."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.n = 0
+
+    def __call__(self, x: Any) -> Any:
+        for _ in range(3):
+            self.n += 1
+            yield self.n, x
