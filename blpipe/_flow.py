@@ -1,4 +1,4 @@
-"""What flows between segments, and what they share with the hub.
+"""What flows between segments, what they share with the hub, and where they send chunks.
 
 A :class:`Record` is a chunk in flight, counted against its segment's bound
 until its results are released downstream; the :class:`Sink` holds outputs
@@ -9,8 +9,10 @@ the stream is cut after a failure, the figures, the error log and the byte
 
 from __future__ import annotations
 
+import enum
+import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._failures import Failure, Skipped
 from ._spec import short_repr
@@ -98,6 +100,26 @@ class Record:
         return where
 
 
+class Arrivals:
+    """When inputs came, for a partial group's ``group_wait``."""
+
+    __slots__ = ("wait", "_times")
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self._times: deque[tuple[int, float]] = deque()  # (first input of a put, when)
+
+    def came(self, index: int) -> None:
+        self._times.append((index, time.monotonic()))
+
+    def due(self, oldest: int) -> float:
+        """When input ``oldest``, the oldest still waiting, is due to go."""
+        times = self._times
+        while len(times) > 1 and times[1][0] <= oldest:
+            times.popleft()
+        return times[0][1] + self.wait
+
+
 class Shown:
     """Stands for an item in messages (its ``repr``) without keeping it alive."""
 
@@ -133,3 +155,33 @@ class Sink:
 
     def end(self) -> None:
         self.ended = True
+
+
+class Backend(Protocol):
+    """Where a segment's chunks run: pool workers, a link, an executor, threads."""
+
+    depth: int  # chunks queued per place: one running, the rest ready behind it
+    work: float  # seconds of stage work a chunk aims at
+    death: tuple[str, int | None] | None  # a dedicated worker died: which stage's, and how
+
+    def pick(self, limit: int) -> Any:
+        """The least loaded place with fewer than ``limit`` chunks, or ``None``."""
+
+    def pack(self, segment: int, payload: list[Any], place: Any,
+             credit: int = 0) -> tuple[Any, int | None, int]:
+        """What to send, its shared memory slot and its bytes; raises when it won't
+        pickle. An expansion may send ``credit`` outputs ahead of the grants."""
+
+    def post(self, place: Any, segment: Any, rec: Record) -> None:
+        """Send ``rec`` to ``place``; the result comes back through ``complete``."""
+
+    def resume(self, segment: Any, rec: Record, credit: int) -> None:
+        """Let ``rec``'s paused expansion send ``credit`` more outputs."""
+
+
+class Wait(enum.Enum):
+    """What a segment was doing at the last sample, for its starved and blocked time."""
+
+    BUSY = 0  # working, or idle because the stream is over
+    STARVED = 1  # nothing to do while more input may come
+    BLOCKED = 2  # a finished chunk held back by a full downstream

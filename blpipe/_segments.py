@@ -13,15 +13,14 @@ Segments see the rest of the run only through a :class:`~blpipe._flow.Flow`.
 
 from __future__ import annotations
 
-import enum
 import math
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ._failures import Failure, settle
-from ._flow import Flow, Record, Shown
+from ._flow import Arrivals, Backend, Flow, Record, Shown, Wait
 from ._shm import BIG, tune_malloc
 from ._spec import StageSpec, short_repr
 from ._transport import first_unpicklable
@@ -29,36 +28,6 @@ from .errors import SerializationError, WorkerDied
 
 if TYPE_CHECKING:
     from ._messages import Result
-
-
-class Backend(Protocol):
-    """Where a segment's chunks run: pool workers, a link, an executor, threads."""
-
-    depth: int  # chunks queued per place: one running, the rest ready behind it
-    work: float  # seconds of stage work a chunk aims at
-    death: tuple[str, int | None] | None  # a dedicated worker died: which stage's, and how
-
-    def pick(self, limit: int) -> Any:
-        """The least loaded place with fewer than ``limit`` chunks, or ``None``."""
-
-    def pack(self, segment: int, payload: list[Any], place: Any,
-             credit: int = 0) -> tuple[Any, int | None, int]:
-        """What to send, its shared memory slot and its bytes; raises when it won't
-        pickle. An expansion may send ``credit`` outputs ahead of the grants."""
-
-    def post(self, place: Any, segment: Segment, rec: Record) -> None:
-        """Send ``rec`` to ``place``; the result comes back through ``complete``."""
-
-    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
-        """Let ``rec``'s paused expansion send ``credit`` more outputs."""
-
-
-class Wait(enum.Enum):
-    """What a segment was doing at the last sample, for its starved and blocked time."""
-
-    BUSY = 0  # working, or idle because the stream is over
-    STARVED = 1  # nothing to do while more input may come
-    BLOCKED = 2  # a finished chunk held back by a full downstream
 
 
 class Segment:
@@ -72,7 +41,7 @@ class Segment:
         self.cap = cap
         self.window = head.window
         self.group = head.group  # it sends whole groups of this many inputs, but the last
-        self.group_wait = head.group_wait
+        self.arrivals = Arrivals(head.group_wait) if head.group_wait is not None else None
         self.min_chunk, self.max_chunk = (self._whole(n) for n in chunks)
         self.chunk = self.min_chunk
         # outputs an expanding chunk may hold before they are passed on: chunks in
@@ -95,7 +64,6 @@ class Segment:
         self.closed = False  # takes no more input
         self.ended = False  # nothing more comes from upstream
         self.told = False  # and downstream has been told, once this one was done
-        self.arrived: deque[tuple[int, float]] = deque()  # with group_wait: (input, when)
         # statistics: written here only, read by statistics() from any thread
         self.peak = 0
         self.starved = 0.0
@@ -108,8 +76,8 @@ class Segment:
         return self.cap - len(self.in_buf) - self.inflight
 
     def put(self, items: list[Any]) -> None:
-        if self.group_wait is not None:  # when each input came, for its group's wait
-            self.arrived.append((self.sent + len(self.in_buf), time.monotonic()))
+        if self.arrivals is not None:
+            self.arrivals.came(self.sent + len(self.in_buf))
         self.in_buf.extend(items)
 
     def end(self) -> None:
@@ -124,12 +92,9 @@ class Segment:
 
     def deadline(self) -> float | None:
         """When its oldest input waiting for a group is due to go anyway."""
-        if self.group_wait is None or not self.in_buf:
+        if self.arrivals is None or not self.in_buf:
             return None
-        arrived = self.arrived
-        while len(arrived) > 1 and arrived[1][0] <= self.sent:
-            arrived.popleft()
-        return arrived[0][1] + self.group_wait
+        return self.arrivals.due(self.sent)
 
     def _whole(self, n: int) -> int:
         """``n`` inputs, rounded down to whole groups (at least one)."""
@@ -306,16 +271,12 @@ class Segment:
     # -- chunks out ----------------------------------------------------------------
 
     def dispatch(self, final: bool) -> bool:
-        """Send chunks while workers can queue them: full ones; with ``final``,
-        also a partial one to a worker that would otherwise idle. Returns
-        whether anything can move at once: it put a failure in the stream,
-        or its first inputs only filled its window, which frees room.
-
-        ``final`` says upstream has nothing more to give now. Even then a
-        partial chunk goes only when the segment has room, or takes no more
-        input: a full segment waits for its results to free room instead, as
-        sending what trickles in would lock the stream into one-item round trips.
-        """
+        """Send chunks while workers can queue them: full ones; with ``final``
+        (upstream has nothing more to give now), also a partial one, but only
+        while it has room or takes no more input: a full segment waits for its
+        results, as sending what trickles in would lock the stream into one-item
+        round trips. Returns whether anything can move at once: it put a failure
+        in the stream, or its first inputs only filled its window."""
         if self.index <= self.flow.stop_upto:
             return False
         in_buf = self.in_buf
