@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/run.py --quick --repeats 1  # smoke run
     python benchmarks/run.py --workloads W1,W3 --systems blpipe,pool --markdown
     python benchmarks/run.py --workloads dask     # blpipe on a Dask executor (opt-in)
+    python benchmarks/run.py --workloads shapes   # groups and expansions (opt-in)
 
 Every measurement runs in a fresh interpreter (``_child.py``) under a
 timeout; a run that does not finish in time is reported as ``hang`` and its
@@ -584,6 +585,20 @@ def auto_lines(summaries: list[Summary]) -> list[str]:
             f"{auto.median_seconds / (best.median_seconds or 1):.3f}x{shown}"]
 
 
+def group_lines(summaries: list[Summary]) -> list[str]:
+    """W8: each system's best grouped row against the same system called per item."""
+    lines = []
+    for system in ("serial", "blpipe", "pool"):
+        rows = [s for s in summaries if s.system == system]
+        grouped = _fastest([s for s in rows if "group=" in s.row])
+        per_item = _fastest([s for s in rows if "group=" not in s.row])
+        if grouped and per_item and grouped.median_seconds and per_item.median_seconds:
+            lines.append(f"{system}: grouped by {wl.GROUP} ({grouped.row}) is "
+                         f"{per_item.median_seconds / grouped.median_seconds:.1f}x as fast "
+                         f"as called per item ({per_item.row})")
+    return lines
+
+
 def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cfg: Config,
            n: int, markdown: bool) -> str:
     what = f"{workload.name} {workload.title}: {workload.summary}; n = {n:,}"
@@ -602,6 +617,8 @@ def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cf
         comparisons += budget_lines(summaries)
     if workload.name in ("W7", "W7chain"):
         comparisons += auto_lines(summaries)
+    if workload.name == "W8":
+        comparisons += group_lines(summaries)
     lines: list[str] = []
     if markdown:
         lines.append(f"### {workload.name} — {workload.title}")
@@ -640,8 +657,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (default 5)")
     parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                         help="comma-separated, e.g. W1,W3 (default: all but the opt-in "
-                             "W2dask, W1dask, W6, W7, W7chain; 'dask' names the first two, "
-                             "'auto' the last two)")
+                             "W2dask, W1dask, W6, W7, W7chain, W8, W9, W10, W10big; 'dask' "
+                             "names W2dask and W1dask, 'auto' W7 and W7chain, 'shapes' "
+                             "W8 to W10big)")
     parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
                         help="comma-separated, e.g. blpipe,pool (serial is always run)")
     parser.add_argument("--timeout", type=float, default=None,

@@ -59,7 +59,8 @@ class Row:
 
     ``params`` holds the setting (``bs``: blpipe/blllib ``batch_size``;
     ``cs``: chunk size; ``maxsize``: pypeln queue bound; ``start``: start
-    method; ``workers``: Dask worker processes). ``match`` groups rows that
+    method; ``workers``: Dask worker processes; ``group``: W8's stage called
+    on lists of that many inputs). ``match`` groups rows that
     should be compared with each other (W5 compares like start methods).
     ``na`` explains why the system cannot run this workload, in which case
     the row is reported as n/a.
@@ -151,6 +152,21 @@ def rows_for(workload: Workload) -> list[Row]:
         bs = 16 if name == "W7" else 64
         return [_row("serial"), _row("blpipe", bs=bs), _row("blpipe", bs=bs, n_cpu=pool_size),
                 _row("blpipe", bs=bs, n_cpu="auto")]
+    if name == "W8":  # rows without group= call the stage once per item
+        g = wl.GROUP
+        return [
+            _row("serial"), _row("serial", group=g),
+            _row("blpipe", group=g, bs=g * pool_size),
+            _row("blpipe", group=g, bs=2 * g * pool_size),
+            _row("blpipe", bs=4 * pool_size),
+            _row("pool", group=g, cs=1), _row("pool", cs=4),
+        ]
+    if name == "W9":
+        return [_row("serial"), _row("blpipe", bs=1024), _row("blpipe", bs=16384),
+                _row("pool", cs=1), _row("pool", cs=16)]
+    if name in wl.ENDLESS_EXPANSIONS:
+        # Pool and the peers return a call's result whole: an endless expansion never returns
+        return [_row("serial"), _row("blpipe", bs=1024)]
     raise KeyError(name)
 
 
@@ -282,6 +298,21 @@ def _pool_part(name: str, iterations: int) -> tuple[Callable[..., Any],
     return head, tail
 
 
+def _shaped_stages(workload: Workload, row: Row) -> list[Any]:
+    """W8-W10's stages for blpipe, with their shapes (``group``, ``expand``)."""
+    from blpipe import stage
+
+    bs = row.params.get("bs", 1)
+    if workload.name == "W8":
+        if "group" in row.params:
+            return [stage(wl.infer_batch, stateful=False, group=row.params["group"],
+                          expand=True, batch_size=bs)]
+        return [stage(wl.infer_one, stateful=False, batch_size=bs)]
+    expanding = wl.expand_range if workload.name == "W9" else wl.count_from
+    return [stage(expanding, stateful=False, expand=True, batch_size=bs),
+            stage(wl.add_one, stateful=False, batch_size=bs)]
+
+
 def _source(workload: Workload, n: int, bounded: bool) -> Iterator[Any]:
     """The workload's input; W4's endless source is cut to ``n`` items when ``bounded``."""
     if workload.name == "W6":
@@ -290,6 +321,10 @@ def _source(workload: Workload, n: int, bounded: bool) -> Iterator[Any]:
     if workload.endless:
         source = wl.big_items()
         return itertools.islice(source, n) if bounded else source
+    if workload.name == "W9":
+        return iter(range(n // wl.EXPANSION))  # n counts outputs
+    if workload.name in wl.ENDLESS_EXPANSIONS:
+        return iter([0])  # one input, expanding without end
     return iter(range(n))
 
 
@@ -305,7 +340,12 @@ def _finish(collector: wl.Collector, t0: float) -> Measurement:
 def run_serial(workload: Workload, row: Row, n: int, iterations: int,
                collector: wl.Collector) -> Measurement:
     t0 = time.perf_counter()
-    collector.consume(wl.serial_stream(workload.name, n, iterations))
+    if "group" in row.params:  # W8: one call per group, flattened
+        stream = itertools.chain.from_iterable(
+            map(wl.infer_batch, wl.groups(range(n), row.params["group"])))
+        collector.consume(stream)
+    else:
+        collector.consume(wl.serial_stream(workload.name, n, iterations))
     return _finish(collector, t0)
 
 
@@ -314,8 +354,11 @@ def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
     from blpipe import Pipeline, stage  # imports stay out of the timed region
 
     bs = row.params.get("bs", 1)
-    stages = [stage(func, stateful=stateful, batch_size=bs)
-              for func, stateful in _stages(workload.name, iterations)]
+    if workload.name in wl.SHAPE_WORKLOADS:
+        stages = _shaped_stages(workload, row)
+    else:
+        stages = [stage(func, stateful=stateful, batch_size=bs)
+                  for func, stateful in _stages(workload.name, iterations)]
     source = _source(workload, n, bounded=False)
     budget = row.params.get("budget_mib")
     options = {"max_bytes_in_flight": budget << 20} if budget else {}
@@ -380,8 +423,29 @@ def run_blpipe_dask(workload: Workload, row: Row, n: int, iterations: int,
     return m
 
 
+def run_pool_shaped(workload: Workload, row: Row, n: int, iterations: int,
+                    collector: wl.Collector) -> Measurement:
+    """W8, W9 the usual way: ``Pool.imap`` over whole groups or whole expansions,
+    flattened in the parent (W9's ``+1`` there too)."""
+    cs = row.params.get("cs", 1)
+    t0 = time.perf_counter()
+    with multiprocessing.Pool() as pool:
+        if workload.name == "W9":
+            lists = pool.imap(wl.expand_to_list, range(n // wl.EXPANSION), chunksize=cs)
+            collector.consume(x + 1 for xs in lists for x in xs)
+        elif "group" in row.params:
+            batches = wl.groups(range(n), row.params["group"])
+            collector.consume(itertools.chain.from_iterable(
+                pool.imap(wl.infer_batch, batches, chunksize=cs)))
+        else:
+            collector.consume(pool.imap(wl.infer_one, range(n), chunksize=cs))
+    return _finish(collector, t0)
+
+
 def run_pool(workload: Workload, row: Row, n: int, iterations: int,
              collector: wl.Collector) -> Measurement:
+    if workload.name in wl.SHAPE_WORKLOADS:
+        return run_pool_shaped(workload, row, n, iterations, collector)
     ctx = multiprocessing.get_context(row.params.get("start"))
     head, tail = _pool_part(workload.name, iterations)
     # Pool's task feeder reads its input eagerly and cannot be stopped early,

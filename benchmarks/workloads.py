@@ -22,13 +22,23 @@ from typing import Any
 ITEM_BYTES = 1 << 20
 """Size of one W4 item (1 MiB)."""
 
+GROUP = 64
+"""W8: inputs per call of the grouped (batch inference) stage."""
+
+INFER_FIXED, INFER_PER_ITEM = 2e-3, 20e-6
+"""W8: CPU seconds one call of the inference stage costs: fixed, and per item in its batch."""
+
+EXPANSION = 1_000
+"""W9: outputs per input."""
+
 
 @dataclass(frozen=True)
 class Workload:
     """One benchmark workload.
 
-    ``items`` is the number of inputs (W1-W3, W5) or of outputs taken from
-    the endless source (W4, W4big); ``quick_items`` is the same for
+    ``items`` is the number of inputs (W1-W3, W5, W8), of outputs (W9: 1,000
+    per input) or of outputs taken from the endless source (W4, W4big, W10,
+    W10big); ``quick_items`` is the same for
     ``--quick``. ``spin_seconds`` is the target CPU time of one call of the
     calibrated stage, or ``None`` when the workload has none. ``max_repeats``
     caps ``--repeats`` for a workload too long to repeat.
@@ -92,6 +102,19 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W7chain", "adaptive pool, W3's chain", 20_000, 2_000, 2e-4,
                  "W3 (light stateful stage) under the default pool, blllib's rule "
                  "(n_cpu = cores) and n_cpu='auto'", opt_in=True),
+        # stage shapes: groups and expansions
+        Workload("W8", "batch inference", 3_200, 320, None,
+                 "a stage costing 2 ms of CPU per call + 20 us per item, grouped by 64 "
+                 "with one output per item (group=64, expand=True), against the same stage "
+                 "called per item", opt_in=True),
+        Workload("W9", "expansion", 1_000_000, 100_000, None,
+                 "1,000 inputs, each expanding (a generator) to 1,000 items -> stateless "
+                 "x+1; n counts outputs", opt_in=True),
+        Workload("W10", "endless expansion", 1_000_000, 100_000, None,
+                 "one input expanding without end (a generator) -> stateless x+1, stop "
+                 "after N outputs: bounded memory", opt_in=True),
+        Workload("W10big", "endless expansion, long", 10_000_000, 1_000_000, None,
+                 "W10 with ten times the outputs: peak RSS should stay flat", opt_in=True),
     )
 }
 
@@ -99,10 +122,13 @@ DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if not w.opt_in)
 """What ``run.py`` runs without ``--workloads``: every workload that is not opt-in."""
 
 WORKLOAD_GROUPS: dict[str, tuple[str, ...]] = {"dask": ("W2dask", "W1dask"),
-                                               "auto": ("W7", "W7chain")}
+                                               "auto": ("W7", "W7chain"),
+                                               "shapes": ("W8", "W9", "W10", "W10big")}
 """Names ``--workloads`` accepts for several workloads at once."""
 
 DASK_WORKLOADS = WORKLOAD_GROUPS["dask"]
+SHAPE_WORKLOADS = WORKLOAD_GROUPS["shapes"]
+ENDLESS_EXPANSIONS = ("W10", "W10big")
 
 
 # --- stage functions -------------------------------------------------------
@@ -212,7 +238,59 @@ class SpinSum:
         return self.total
 
 
+def burn(seconds: float) -> None:
+    """Burn ``seconds`` of this thread's CPU time (no sleeping).
+
+    Counted in CPU time, so a call costs the same work whatever the machine's
+    speed or load; its wall time grows when the core is shared.
+    """
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def predict(x: int) -> int:
+    """W8's answer for one input (what a model would predict)."""
+    return (x * 2654435761) & 0xFFFFFFFF
+
+
+def infer_batch(batch: list[int]) -> list[int]:
+    """W8's stage: 2 ms of CPU per call plus 20 us per item, then one output per item."""
+    burn(INFER_FIXED + INFER_PER_ITEM * len(batch))
+    return [predict(x) for x in batch]
+
+
+def infer_one(x: int) -> int:
+    """W8's stage called on one item: the same cost as a batch of one."""
+    return infer_batch([x])[0]
+
+
+def expand_range(x: int) -> Iterator[int]:
+    """W9's expanding stage: input ``x`` becomes ``x*1000 .. x*1000+999``, lazily."""
+    start = x * EXPANSION
+    yield from range(start, start + EXPANSION)
+
+
+def expand_to_list(x: int) -> list[int]:
+    """:func:`expand_range` as a list, for ``Pool.imap`` (its results are whole)."""
+    start = x * EXPANSION
+    return list(range(start, start + EXPANSION))
+
+
+def count_from(x: int) -> Iterator[int]:
+    """W10's expanding stage: ``x, x+1, x+2, ...`` without end."""
+    yield from itertools.count(x)
+
+
 # --- helpers shared by the systems -----------------------------------------
+
+
+def groups(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of ``n`` consecutive items; the last may be shorter."""
+    it = iter(iterable)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
 
 
 def sliding_windows(iterable: Iterable[Any], k: int) -> Iterator[tuple[Any, ...]]:
@@ -264,6 +342,13 @@ def serial_stream(name: str, n: int, iterations: int) -> Iterator[Any]:
         return serial_stream("W3", n, iterations)
     if name == "W5":
         return map(identity, map(CountingIdentity(), map(identity, range(n))))
+    if name == "W8":
+        return map(infer_one, range(n))
+    if name == "W9":
+        return map(add_one, itertools.chain.from_iterable(
+            map(expand_range, range(n // EXPANSION))))
+    if name in ENDLESS_EXPANSIONS:
+        return map(add_one, count_from(0))
     raise KeyError(name)
 
 
@@ -271,12 +356,16 @@ class Collector:
     """Consumes a pipeline's output: records the first-output time and the result.
 
     ``take`` stops consumption after that many outputs (W4). The outputs are
-    kept as a list, or only counted and summed when ``count_only`` is set.
+    kept as a list, or only counted and summed when ``count_only`` is set;
+    ``weighted`` sums each output times its position (1, 2, ...) instead, so
+    that the order is checked too without keeping the outputs (W9, W10).
     """
 
-    def __init__(self, take: int | None = None, count_only: bool = False) -> None:
+    def __init__(self, take: int | None = None, count_only: bool = False,
+                 weighted: bool = False) -> None:
         self.take = take
-        self.count_only = count_only
+        self.count_only = count_only or weighted
+        self.weighted = weighted
         self.outputs: list[Any] = []
         self.count = 0
         self.total = 0
@@ -289,7 +378,9 @@ class Collector:
             if self.first_output_at is None:
                 self.first_output_at = time.perf_counter()
             self.count += 1
-            if self.count_only:
+            if self.weighted:
+                self.total += self.count * y
+            elif self.count_only:
                 self.total += y
             else:
                 self.outputs.append(y)
@@ -300,6 +391,8 @@ class Collector:
 
     def digest(self) -> str:
         """A short fingerprint of the result, compared with the reference's."""
+        if self.weighted:
+            return f"count={self.count} weighted_sum={self.total}"
         if self.count_only:
             return f"count={self.count} sum={self.total}"
         h = hashlib.sha256(repr(self.outputs).encode()).hexdigest()[:16]
@@ -310,6 +403,10 @@ def new_collector(workload: Workload, n: int) -> Collector:
     """The collector a system uses for ``workload`` with ``n`` items."""
     if workload.endless:
         return Collector(take=n, count_only=True)
+    if workload.name == "W9":
+        return Collector(weighted=True)
+    if workload.name in ENDLESS_EXPANSIONS:
+        return Collector(take=n, weighted=True)
     return Collector()
 
 
@@ -317,7 +414,9 @@ def reference_digest(name: str, n: int, iterations: int) -> str:
     """The serial reference's digest.
 
     W4's outputs are the lengths of ``n`` items of :data:`ITEM_BYTES` each,
-    so its count and sum are known without generating 30 GB of bytes.
+    so its count and sum are known without generating 30 GB of bytes. W8's
+    are :func:`predict` of each input, computed without burning the stage's
+    CPU time (6.5 s).
     """
     workload = WORKLOADS[name]
     collector = new_collector(workload, n)
@@ -326,6 +425,9 @@ def reference_digest(name: str, n: int, iterations: int) -> str:
         return collector.digest()
     if workload.endless:
         collector.count, collector.total = n, n * ITEM_BYTES
+        return collector.digest()
+    if name == "W8":
+        collector.consume(map(predict, range(n)))
         return collector.digest()
     collector.consume(serial_stream(name, n, iterations))
     return collector.digest()
