@@ -7,33 +7,22 @@ its dedicated process, master stages in the caller, and the whole of a
 A chain of plain steps runs a chunk one step at a time over all of it, each
 stage mapped at C speed. A chain with a step that expands its input into many
 outputs, or groups inputs, runs *lazily* instead: each input goes through
-every step before the next one comes in, and the outputs are produced one at
-a time (:meth:`Chain.stream`), so an expansion of any length flows out in
-bounded memory, in order.
+every step before the next one comes in, and the outputs are produced as
+they are asked for (:meth:`Chain.stream`, in :mod:`blpipe._run`), so an
+expansion of any length flows out in bounded memory, in order.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._failures import Skipped, StageFailure
+from ._run import Outcome, Run, Step
 from ._spec import StageSpec
 from .stages import Stage
-
-
-class Step(NamedTuple):
-    label: str  # for messages
-    func: Callable[[Any], Any]
-    window: int | None = None  # called with tuples of the last k values
-    catch: bool = False  # goes on past its errors: on_error 'skip' or 'collect'
-    expand: bool = False  # returns an iterable; each element goes on
-    group: int | None = None  # called with lists of this many consecutive values
-    formed: bool = False  # its groups arrive formed (a worker's, cut by the hub)
-    wait: float | None = None  # a partial group goes on after this many seconds
 
 
 def step_of(spec: StageSpec, formed: bool = False) -> Step:
@@ -62,30 +51,30 @@ class Chain:
     of them between chunks.
     """
 
-    __slots__ = ("_steps", "_funcs", "_windows", "_single", "lazy", "expands", "_groups",
-                 "_started", "_seen")
+    __slots__ = ("steps", "funcs", "windows", "_single", "lazy", "expands", "groups",
+                 "started", "seen", "tails")
 
-    def __init__(self, steps: Sequence[Step]) -> None:
-        self._steps = list(steps)
+    def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
+        self.steps = list(steps)
         # A Stage only delegates: calling what it wraps saves a Python call per item.
-        self._funcs = [s.func.__wrapped__ if isinstance(s.func, Stage) else s.func
+        self.funcs = [s.func.__wrapped__ if isinstance(s.func, Stage) else s.func
                        for s in steps]
-        self._windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
+        self.windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
                                                   for s in steps]
         self.lazy = any(s.expand or s.group for s in steps)
         self.expands = any(s.expand for s in steps)
-        self._single = (self._funcs[0] if len(steps) == 1 and not self.lazy
+        self._single = (self.funcs[0] if len(steps) == 1 and not self.lazy
                         and not steps[0].window and not steps[0].catch else None)
-        self._groups: list[list[Any]] = [[] for _ in steps]  # partial groups
-        self._started = [0.0] * len(steps)  # when each partial group began
-        self._seen = [0] * len(steps)  # values that reached each step, ever
+        self.groups: list[list[Any]] = [[] for _ in steps]  # partial groups
+        self.started = [0.0] * len(steps)  # when each partial group began
+        self.seen = [0] * len(steps)  # values that reached each step, ever
+        # for an expanding step that only plain steps follow: those steps, which
+        # then run over blocks of its outputs
+        self.tails: list[Chain | None] = [Chain(steps[i + 1:]) if ahead and s.expand and
+                       all(_plain(t) for t in steps[i + 1:]) else None
+                       for i, s in enumerate(steps)]
 
-    @property
-    def steps(self) -> list[Step]:
-        return self._steps
-
-    def run(self, items: Iterable[Any]) -> tuple[list[Any], StageFailure | None, list[Any],
-                                                 list[Skipped]]:
+    def run(self, items: Iterable[Any]) -> Outcome:
         """Run the steps over a chunk, one step at a time over all of it.
 
         Returns the outputs, that failure, ``[seconds, inputs, outputs]``
@@ -112,26 +101,25 @@ class Chain:
             try:
                 done.extend(map(func, items))
             except Exception as e:
-                return done, StageFailure(self._steps[0].label, items[len(done)], e), [
+                return done, StageFailure(self.steps[0].label, items[len(done)], e), [
                     [perf_counter() - start, len(items), -1]], []
             return done, None, [[perf_counter() - start, len(items), -1]], []
         return self._run_steps(items)
 
-    def _run_steps(self, items: list[Any]) -> tuple[list[Any], StageFailure | None,
-                                                    list[Any], list[Skipped]]:
+    def _run_steps(self, items: list[Any]) -> Outcome:
         vals = items
         pos: list[int] | None = None  # where each of vals came from in items; None: in place
         limit = len(items)
         failure = None
         stats: list[Any] = []
         skipped: list[Skipped] = []
-        last = len(self._steps) - 1
-        for i, (step, func, window) in enumerate(zip(self._steps, self._funcs, self._windows,
+        last = len(self.steps) - 1
+        for i, (step, func, window) in enumerate(zip(self.steps, self.funcs, self.windows,
                                                      strict=True)):
             n_in = len(vals)
             shift = 0  # a window's index among this step's inputs: its newest one's
             if window is not None:
-                vals, pos = _windows(window, vals, pos)
+                vals, pos = _windowed(window, vals, pos)
                 shift = n_in - len(vals)
             out: list[Any] = []
             start = perf_counter()
@@ -179,169 +167,28 @@ class Chain:
         """The outputs of ``items``, produced one at a time as they are asked for."""
         return Run(self, items)
 
-    def flush(self, now: float | None = None) -> Run:
+    def flush(self, now: float | None = None, after: int = -1) -> Run:
         """The outputs of the partial groups: all of them (the stream has
-        ended, or failed upstream), or with ``now`` those whose ``wait`` has passed."""
-        return Run(self, None, now)
+        ended, or failed upstream), or with ``now`` those whose ``wait`` has
+        passed, or those of the steps after step ``after`` (it failed)."""
+        return Run(self, None, now, after + 1)
 
     def holds(self) -> bool:
         """Whether a partial group waits in it."""
-        return any(self._groups)
+        return any(self.groups)
 
     def deadline(self) -> float | None:
         """When the first partial group with a ``wait`` is due, if any."""
-        due = [self._started[i] + s.wait for i, s in enumerate(self._steps)
-               if s.wait is not None and self._groups[i]]
+        due = [self.started[i] + s.wait for i, s in enumerate(self.steps)
+               if s.wait is not None and self.groups[i]]
         return min(due) if due else None
 
 
-class _Stop(Exception):
-    """A step failed: the run ends there."""
+def _plain(step: Step) -> bool:
+    return not (step.window or step.group or step.expand or step.catch)
 
 
-_END = object()
-
-
-class Run:
-    """One chunk through a lazy chain: iterate it for the outputs, in order.
-
-    Once it is exhausted, ``failure``, ``skipped`` and ``stats`` are as
-    :meth:`Chain.run` returns them; ``item`` is the input in hand.
-    """
-
-    def __init__(self, chain: Chain, items: Iterable[Any] | None,
-                 due: float | None = None) -> None:
-        self.chain = chain
-        self.failure: StageFailure | None = None
-        self.skipped: list[Skipped] = []
-        self.stats: list[list[Any]] = [[0.0, 0, 0] for _ in chain._steps]
-        self.item: Any = None
-        self.base = list(chain._seen)  # where this chunk starts in each step's stream
-        self._count = [0] * len(chain._steps)  # what reached each step in this run
-        self._n = 0  # outputs so far
-        self.told = 0  # errors gone past that a worker has sent
-        self._failed = 0  # the step that failed
-        self.label = ""  # a worker's: how messages name its segment's last stage
-        self.seconds = 0.0  # a worker's: unpickling and pickling, for the figures
-        self._it = self._outputs(items) if items is not None else self._flushed(due)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._it
-
-    def close(self) -> None:
-        """Stop where it is: what the stages hold open is closed now."""
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()
-
-    def _outputs(self, items: Iterable[Any]) -> Iterator[Any]:
-        try:
-            for x in items:
-                self.item = x
-                yield from self._feed(0, x)
-        except _Stop:
-            # The groups after the failing step hold earlier inputs: they go on
-            # first. Those before it hold later ones, which the failure cuts off.
-            yield from self._flushed(None, self._failed + 1)
-        self.stats[-1][2] = -1
-
-    def _flushed(self, due: float | None, start: int = 0) -> Iterator[Any]:
-        chain = self.chain
-        try:
-            for i in range(start, len(chain._steps)):
-                step, group = chain._steps[i], chain._groups[i]
-                if group and (due is None or (step.wait is not None and
-                                              due >= chain._started[i] + step.wait)):
-                    chain._groups[i] = []
-                    self.item = group
-                    local = chain._seen[i] - len(group) - self.base[i]
-                    yield from self._call(i, group, local, len(group))
-        except _Stop:  # a failure in a group that went on early is earlier still
-            yield from self._flushed(None, self._failed + 1)
-        self.stats[-1][2] = -1
-
-    def _feed(self, i: int, value: Any) -> Iterator[Any]:
-        """The outputs of ``value`` entering step ``i``, through the steps after it."""
-        chain = self.chain
-        if i == len(chain._steps):
-            self._n += 1
-            yield value
-            return
-        step = chain._steps[i]
-        size = len(value) if step.formed else 1
-        # Counted by the run, not the chain: a worker may run another chunk on
-        # it while this one's expansion is paused.
-        first = self._count[i]
-        self._count[i] = first + size
-        chain._seen[i] += size
-        self.stats[i][1] += size
-        if step.window is not None:
-            window = chain._windows[i]
-            window.append(value)  # type: ignore[union-attr]
-            if len(window) < step.window:  # type: ignore[arg-type]
-                return
-            value = tuple(window)  # type: ignore[arg-type]
-        elif step.group is not None and not step.formed:
-            group = chain._groups[i]
-            if not group:
-                chain._started[i] = time.monotonic()
-            group.append(value)
-            if len(group) < step.group:
-                return
-            chain._groups[i] = []
-            first, size = first + 1 - len(group), len(group)
-            value = group
-        yield from self._call(i, value, first, size)
-
-    def _call(self, i: int, value: Any, local: int, size: int) -> Iterator[Any]:
-        """Call step ``i`` on ``value``; its outputs go on through the next steps."""
-        step = self.chain._steps[i]
-        stat = self.stats[i]
-        start = perf_counter()
-        try:
-            out = self.chain._funcs[i](value)
-            it = iter(out) if step.expand else None
-        except Exception as e:
-            stat[0] += perf_counter() - start
-            self._error(i, value, e, local, size)
-            return
-        stat[0] += perf_counter() - start
-        if it is None:
-            if out is not None:
-                stat[2] += 1
-                yield from self._feed(i + 1, out)
-            return
-        try:
-            while True:
-                start = perf_counter()
-                try:
-                    y = next(it, _END)
-                except Exception as e:
-                    stat[0] += perf_counter() - start
-                    self._error(i, value, e, local, size)  # what it gave already went on
-                    return
-                stat[0] += perf_counter() - start
-                if y is _END:
-                    return
-                if y is not None:
-                    stat[2] += 1
-                    yield from self._feed(i + 1, y)
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:  # a generator left early: let it clean up now
-                close()
-
-    def _error(self, i: int, value: Any, exc: Exception, local: int, size: int) -> None:
-        step = self.chain._steps[i]
-        failure = StageFailure(step.label, value, exc)
-        if step.catch:
-            self.skipped.append((self._n, i, local, failure, size))
-        else:
-            self.failure, self._failed = failure, i
-            raise _Stop
-
-
-def _windows(window: deque[Any], vals: list[Any],
+def _windowed(window: deque[Any], vals: list[Any],
              pos: list[int] | None) -> tuple[list[Any], list[int] | None]:
     """The windows that ``vals`` complete, after the values ``window`` holds, and
     where each came from; ``window`` then holds the newest values."""

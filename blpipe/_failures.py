@@ -145,28 +145,15 @@ def settle(log: ErrorLog, first: int, bases: Sequence[int], outputs: list[Any],
 
 
 def settled(run: Any, log: ErrorLog, first: int) -> Iterator[Any]:
-    """The outputs of a lazy run (:class:`blpipe._chain.Run`), each error gone
-    past settled before the output it precedes. An error over its budget, or
-    the run's failure, is raised after every output before it."""
-    skipped = run.skipped
-    done = n = 0
-    it = iter(run)
-    while True:
-        y = next(it, _END)
-        while done < len(skipped) and (y is _END or skipped[done][0] <= n):
-            _, exc = settle(log, first, run.base, [], [skipped[done]])
-            done += 1
-            if exc is not None:
-                raise exc
-        if y is _END:
-            break
-        n += 1
-        yield y
+    """The outputs of a lazy run (:class:`blpipe._run.Run`), each error gone
+    past recorded as it happens. An error over its budget, or the run's
+    failure, is raised after every output before it."""
+    run.judge = lambda entry: settle(log, first, run.base, [], [entry])[1]
+    yield from run
+    if run.over is not None:
+        raise run.over
     if run.failure is not None:
         raise run.failure.exception()
-
-
-_END = object()
 
 
 def broken(label: str, tb: str) -> BrokenPipeline:

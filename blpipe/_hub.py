@@ -176,8 +176,8 @@ class Hub:
         if seg.kind is Placement.THREAD:
             assert self.futures is not None
             n = s.threads or 1
-            backend = Local(self.futures, Chain([step_of(s, formed=True)]), s.window, s.group,
-                            n, seg.label)
+            backend = Local(self.futures, Chain([step_of(s, formed=True)], ahead=True),
+                            s.window, s.group, n, seg.label)
         elif config.executor is not None:
             assert self.futures is not None
             assert plan.pool_blob is not None
@@ -190,7 +190,8 @@ class Hub:
         cap = s.batch_size
         # from every worker with one chunk queued, to two chunks in all
         return Segment(index, s, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
-                       self.flow, nxt, backend)
+                       self.flow, nxt, backend,
+                       backend is self.pool and any(x.expand for x in specs))
 
     # -- the stream ------------------------------------------------------------
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ._chain import Chain, Run
+from ._chain import Chain
 from ._failures import Failure, settle, settled
 from ._flow import Flow
+from ._run import Run
 
 _END = object()
 

@@ -34,7 +34,8 @@ class Segment:
     """Stages that run outside the caller's loop, on a :class:`Backend`."""
 
     def __init__(self, index: int, head: StageSpec, label: str, cap: int,
-                 chunks: tuple[int, int], flow: Flow, nxt: Any, backend: Backend) -> None:
+                 chunks: tuple[int, int], flow: Flow, nxt: Any, backend: Backend,
+                 expands: bool = False) -> None:
         self.index = index
         self.first = head.index  # its first stage's
         self.label = label
@@ -42,11 +43,14 @@ class Segment:
         self.window = head.window
         self.group = head.group  # it sends whole groups of this many inputs, but the last
         self.arrivals = Arrivals(head.group_wait) if head.group_wait is not None else None
-        self.min_chunk, self.max_chunk = (self._whole(n) for n in chunks)
-        self.chunk = self.min_chunk
-        # outputs an expanding chunk may hold before they are passed on: chunks in
-        # flight times this is at most cap
+        # outputs an expanding chunk may hold before they are passed on
         self.credit = max(1, chunks[0])
+        # An expansion's chunks start at one input, as each may make many outputs,
+        # and at most ``most`` are in flight, so that the outputs held stay within cap.
+        self.most = max(1, cap // self.credit) if expands else None
+        self.min_chunk, self.max_chunk = (self._whole(n) for n in (1 if expands else chunks[0],
+                                                                   chunks[1]))
+        self.chunk = self.min_chunk
         self.ordered = head.ordered
         self.flow = flow
         self.next = nxt
@@ -286,7 +290,7 @@ class Segment:
             return True
         again = False
         g = self.group
-        while in_buf:
+        while in_buf and (self.most is None or len(self.records) < self.most):
             full = len(in_buf) >= self.chunk
             if not (full or (final and (self.closed or self.ended or self.room() > 0))):
                 break

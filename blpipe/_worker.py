@@ -22,7 +22,7 @@ import traceback
 from itertools import islice
 from typing import Any, NamedTuple
 
-from ._chain import Chain, Run, Step, grouped, sliding
+from ._chain import Chain, grouped, sliding
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import (
     Broken,
@@ -36,6 +36,7 @@ from ._messages import (
     Unloadable,
     new,
 )
+from ._run import Outcome, Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
 from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
@@ -66,7 +67,8 @@ def load_segments(blob: bytes) -> Segments:
     window, group)}``, its first stage's groups formed by the hub."""
     return {seg: Segment(Chain([Step(label, loads_stage(data), None, catch, expand,
                                      group if i == 0 else None, bool(group) and i == 0)
-                                for i, (label, data, catch, expand) in enumerate(steps)]),
+                                for i, (label, data, catch, expand) in enumerate(steps)],
+                               ahead=True),
                          window, group, steps[-1][0])
             for seg, (steps, window, group) in loads(0, blob).items()}
 
@@ -192,24 +194,31 @@ def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
     """Send ``run``'s outputs in parts, at most ``credit`` of them; then pause
     it, to go on when the hub says (:class:`~blpipe._messages.Resume`), once
     it has passed them on. A part goes when it is full, or once its first
-    output has waited ``_PART_DELAY`` for the next. While a run is paused the
+    output has waited ``_PART_DELAY`` for more. While a run is paused the
     worker runs other chunks: waiting in it would starve the segments that
     share the pool, and those downstream may be what it waits for. Returns
     the seconds spent pickling the last message."""
     clock = time.perf_counter
-    buf: list[Any] = []
-    first = 0.0
-    for y in run:
-        if not buf:
-            first = clock()
-        buf.append(y)
-        if len(buf) < credit and clock() - first < _PART_DELAY:
+    buf, run.ahead = run.ahead, []
+    first = clock()
+    pieces = run.pieces
+    while True:
+        if len(buf) < credit and (not buf or clock() - first < _PART_DELAY):
+            piece = next(pieces, None)
+            if piece is None:
+                break
+            if not buf:
+                first = clock()
+            buf += piece
             continue
         ident = None
         if len(buf) >= credit:  # all the hub can hold: pause here
             ident = id(run)
             paused[ident] = run
+            buf, run.ahead = buf[:credit], buf[credit:]
         done = clock()
+        # The errors gone past so far all come before the outputs kept ahead: the
+        # run is only read on while fewer than credit outputs wait.
         try:
             frame = dumps_chunk(Part(mark_large(buf, True), _packed(run.skipped[run.told:]),
                                      ident, short_repr(run.item)), slots)[0]
@@ -335,8 +344,7 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
 EXPANSION_CAP = 100_000  # outputs of one chunk an executor's or a thread's task may hold
 
 
-def _capped(chain: Chain, items: list[Any], where: str) -> tuple[list[Any], StageFailure | None,
-                                                                list[Any], list[Skipped]]:
+def _capped(chain: Chain, items: list[Any], where: str) -> Outcome:
     """``chain.run(items)``, but an expansion that passes ``EXPANSION_CAP``
     outputs fails: a task returns its outputs all at once, so they must fit."""
     if not chain.expands:

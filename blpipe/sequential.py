@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._base import PipelineBase
-from ._chain import Chain, Run, step_of
+from ._chain import Chain, step_of
 from ._failures import settle, settled
+from ._run import Run
 
 __all__ = ["SequentialPipeline"]
 

@@ -409,6 +409,22 @@ class BreaksMidway(Attrs):
         yield x * 10 + 2
 
 
+class Long(Attrs):
+    """Expands ``x`` into ``n`` outputs ``x*10_000 + j``, at once (so a worker reads
+    them in blocks), each 97th a ``None``; then raises on ``x == at``."""
+
+    def __init__(self, n: int, at: int | None = None, **attrs: Any) -> None:
+        super().__init__(expand=True, **attrs)
+        self.n = n
+        self.at = at
+
+    def __call__(self, x: int) -> Any:
+        for j in range(self.n):
+            yield None if j % 97 == 5 else x * 10_000 + j
+        if x == self.at:
+            raise ValueError(f"bad {x}", x)
+
+
 class GroupFails(Attrs):
     """A group's sum; raises on a group that holds ``at``."""
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from blpipe._chain import Chain, Step, sliding
+from blpipe._chain import Chain, sliding
 from blpipe._failures import StageFailure
+from blpipe._run import Step
 
 
 def fail_on(bad: int) -> Any:

@@ -20,10 +20,12 @@ from tests.stages import (
     DiesExpanding,
     DiesInGroup,
     Expand,
+    FailAt,
     Forever,
     GroupEach,
     GroupFails,
     GroupSum,
+    Long,
     Tally,
     triple_each,
 )
@@ -171,6 +173,42 @@ def test_an_expansion_that_raises_under_a_policy(place: str, policy: str) -> Non
 
 
 @pytest.mark.parametrize("place", places())
+def test_a_stage_after_a_long_expansion_fails_in_place(place: str) -> None:
+    """A worker reads a fast expansion in blocks and maps the stages after it
+    over each: a failure there still comes after every output before it."""
+    got, err = assert_matches_sequential(
+        lambda: [Long(3000, **PLACES[place]), FailAt(21_500, stateful=False, batch_size=8)],
+        range(5), raises=(ValueError,), n_cpu=2)
+    assert err == (ValueError, ("bad 21500", 21_500))
+    assert got[-1] == 21_499
+    assert len(got) == 2 * (3000 - 31) + 1500 - 16
+
+
+@pytest.mark.parametrize("place", places())
+def test_a_long_expansion_that_raises_over_the_budget(place: str) -> None:
+    got, err = assert_matches_sequential(
+        lambda: [Long(3000, at=2, on_error="skip", max_errors=0, **PLACES[place]),
+                 Add(1, batch_size=8)],
+        range(5), raises=(Exception,), n_cpu=2)
+    assert err is not None
+    assert got[-1] == 22_999 + 1  # all that input 2 made, then the error
+
+
+@pytest.mark.parametrize("place", places())
+@pytest.mark.parametrize("failing", ["master", "dedicated"])
+def test_an_error_over_budget_lets_the_partial_groups_after_it_go_first(
+        place: str, failing: str) -> None:
+    """Input 4 fails over the budget: the partial group of 3 and 5 after it
+    holds earlier inputs, so its output comes before the error."""
+    got, err = assert_matches_sequential(
+        lambda: [FailAt(4, on_error="skip", max_errors=0, **PLACES[failing]),
+                 GroupSum(4, **PLACES[place])],
+        [0, 1, 2, 3, 5, 4, 6], raises=(ValueError,), n_cpu=2)
+    assert got == [GroupSum(4)([0, 1, 2, 3]), GroupSum(4)([5])]
+    assert err == (ValueError, ("bad 4", 4))
+
+
+@pytest.mark.parametrize("place", places())
 def test_a_group_that_raises_is_skipped_whole(place: str) -> None:
     def run(p: Any, data: Any) -> Any:
         got = list(p.apply(data))
@@ -246,6 +284,23 @@ def test_an_endless_expansion_runs_in_bounded_memory(place: str) -> None:
         grew = tree_rss() - before
         assert source.pulled <= 64 + 8  # the first input never ends: nothing more is needed
     assert grew < 64 * 2**20, f"the process tree grew by {grew / 2**20:.0f} MB"
+
+
+def test_expansions_waiting_for_the_consumer_hold_at_most_batch_size_outputs() -> None:
+    """Each input expands into 200 items of 64 KiB: while the consumer sleeps,
+    the chunks in flight hold at most batch_size (64) outputs, 4 MiB, where
+    one chunk per input in flight would hold 64 MiB."""
+    @stage(stateful=False, expand=True, batch_size=64)
+    def big(x: int) -> Iterator[bytes]:
+        for _ in range(200):
+            yield bytes(65536)
+
+    with Pipeline([big], n_cpu=2) as p:
+        it = p.apply(range(100))
+        next(it)
+        time.sleep(1.0)
+        assert sum(1 for _ in it) == 100 * 200 - 1
+    assert p.statistics().peak_bytes_in_flight < 8 * 2**20
 
 
 def test_an_expansion_flows_before_it_ends() -> None:
