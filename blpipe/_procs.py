@@ -64,6 +64,8 @@ class Procs:
                  flow: Flow, sink: Sink) -> None:
         self.ctx = ctx
         self.fork = ctx.get_start_method() == "fork"
+        # a worker's parent: this process, or the fork server (see die_with_parent)
+        self.parent = 0 if ctx.get_start_method() == "forkserver" else os.getpid()
         self.poller = poller
         self.parent_fds = parent_fds  # what a child must not keep open under fork
         self.flow = flow
@@ -83,7 +85,8 @@ class Procs:
         # included; holding its own task pipe's write end, it would never see EOF.
         close_fds = (*self.parent_fds, task_w.fileno(), result_r.fileno()) if self.fork else ()
         proc = self.ctx.Process(target=worker_main,
-                                args=(task_r, result_w, blob, close_fds, relay, linked),
+                                args=(task_r, result_w, blob, close_fds, relay, linked,
+                                      self.parent),
                                 name=f"blpipe {label}", daemon=True)
         try:
             proc.start()

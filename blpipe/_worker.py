@@ -23,6 +23,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from ._chain import Chain, grouped, sliding
+from ._deathsig import die_with_parent
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import (
     Broken,
@@ -88,7 +89,7 @@ def _packed(skipped: list[Skipped]) -> list[Skipped]:
 # -- a worker process --------------------------------------------------------
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
-                relay_conn: Any = None, linked: bool = False) -> None:
+                relay_conn: Any = None, linked: bool = False, parent: int = 0) -> None:
     """Run chunks until the task pipe closes.
 
     ``close_fds`` are the parent's ends of other workers' pipes, inherited
@@ -97,8 +98,9 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     its outputs to ``relay_conn``, the next worker's task pipe, with the error
     and figures so far; the last one sends the results to the parent. A
     ``linked`` worker sends nothing through shared memory, since the parent
-    could not hand its slots back.
+    could not hand its slots back. ``parent`` is for :func:`die_with_parent`.
     """
+    die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
     tune_malloc()

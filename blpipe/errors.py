@@ -70,7 +70,8 @@ def _describe_exit(exitcode: int | None) -> str:
 
 _HINTS = {
     -signal.SIGKILL: "SIGKILL usually means the out-of-memory killer: lower batch_size, "
-    "or make items smaller",
+    "or make items smaller (on Linux, under fork or spawn, it also comes when the thread "
+    "that started the worker ends)",
     -signal.SIGSEGV: "a segmentation fault comes from native code called by the stage",
     -signal.SIGTERM: "something outside blpipe terminated the worker",
 }

@@ -18,7 +18,8 @@ import blpipe
 PACKAGE = Path(blpipe.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm"},  # no blpipe imports
+    # no blpipe imports
+    {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
     {"stages", "errorlog", "_recorder", "_transport", "_progress"},
     {"_failures"},  # how an exception crosses a boundary
     {"_run"},  # a chunk, input by input
