@@ -20,6 +20,7 @@ from time import perf_counter
 from typing import Any
 
 from ._failures import Skipped, StageFailure
+from ._retry import Retrying, callable_of
 from ._run import Outcome, Run, Step
 from ._spec import StageSpec
 from .stages import Stage
@@ -28,7 +29,7 @@ from .stages import Stage
 def step_of(spec: StageSpec, formed: bool = False) -> Step:
     """The step that runs ``spec`` (its windows and groups formed by the chain,
     or already ``formed`` by the hub)."""
-    return Step(spec.label, spec.func, None if formed else spec.window,
+    return Step(spec.label, callable_of(spec), None if formed else spec.window,
                 spec.on_error != "raise", spec.expand, spec.group, formed and bool(spec.group),
                 spec.group_wait)
 
@@ -52,13 +53,14 @@ class Chain:
     """
 
     __slots__ = ("steps", "funcs", "windows", "_single", "lazy", "expands", "groups",
-                 "started", "seen", "tails")
+                 "started", "seen", "tails", "retrying")
 
     def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
         self.steps = list(steps)
         # A Stage only delegates: calling what it wraps saves a Python call per item.
         self.funcs = [s.func.__wrapped__ if isinstance(s.func, Stage) else s.func
                        for s in steps]
+        self.retrying = [(i, f) for i, f in enumerate(self.funcs) if isinstance(f, Retrying)]
         self.windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
                                                   for s in steps]
         self.lazy = any(s.expand or s.group for s in steps)
@@ -77,9 +79,9 @@ class Chain:
     def run(self, items: Iterable[Any]) -> Outcome:
         """Run the steps over a chunk, one step at a time over all of it.
 
-        Returns the outputs, that failure, ``[seconds, inputs, outputs]``
-        for each step, and the errors gone past. The outputs are aligned with
-        ``items`` up to the first failure in stream order (``None`` where an
+        Returns the outputs, that failure, ``[seconds, inputs, outputs,
+        retries]`` for each step, and the errors gone past. The outputs are
+        aligned with ``items`` up to the first failure in stream order (``None`` where an
         item was dropped); a lazy chain's are its outputs, in order. An error
         gone past, ``(at, step, local, error, size)``, sits before
         ``outputs[at]``; ``local`` places it among the step's inputs in this
@@ -94,17 +96,28 @@ class Chain:
             run = self.stream(items)
             outputs = list(run)
             return outputs, run.failure, run.stats, run.skipped
-        if self._single is not None:  # one step, no window: the common case, kept short
-            func = self._single
-            done: list[Any] = []
-            start = perf_counter()
-            try:
-                done.extend(map(func, items))
-            except Exception as e:
-                return done, StageFailure(self.steps[0].label, items[len(done)], e), [
-                    [perf_counter() - start, len(items), -1]], []
-            return done, None, [[perf_counter() - start, len(items), -1]], []
-        return self._run_steps(items)
+        if self._single is None:
+            outcome = self._run_steps(items)
+            if self.retrying:
+                self.count_retries(outcome[2])
+            return outcome
+        func = self._single  # one step, no window: the common case, kept short
+        done: list[Any] = []
+        start = perf_counter()
+        failure = None
+        try:
+            done.extend(map(func, items))
+        except Exception as e:
+            failure = StageFailure(self.steps[0].label, items[len(done)], e)
+        stats = [[perf_counter() - start, len(items), -1, 0]]
+        if self.retrying:
+            self.count_retries(stats)
+        return done, failure, stats, []
+
+    def count_retries(self, stats: list[list[Any]]) -> None:
+        """Add the retries each step made since the last count to ``stats``."""
+        for i, f in self.retrying:
+            stats[i][3] += f.take()
 
     def _run_steps(self, items: list[Any]) -> Outcome:
         vals = items
@@ -142,7 +155,7 @@ class Chain:
                         pos = pos[:k]
             seconds = perf_counter() - start
             if i == last:
-                stats.append([seconds, n_in, -1])
+                stats.append([seconds, n_in, -1, 0])
                 vals = out
                 break
             # By identity only: `None in out` would compare items with ==, which
@@ -151,7 +164,7 @@ class Chain:
             if len(vals) < len(out):
                 keep = [j for j, y in enumerate(out) if y is not None]
                 pos = keep if pos is None else [pos[j] for j in keep]
-            stats.append([seconds, n_in, len(vals)])
+            stats.append([seconds, n_in, len(vals), 0])
         if skipped:  # in stream order, and none after a failure
             skipped = sorted((e for e in skipped if e[0] < limit), key=lambda e: (e[0], e[1]))
         if pos is None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import pickle
 from typing import NamedTuple
 
+from ._retry import callable_of
 from ._spec import Placement, StageSpec
 from ._transport import PROTOCOL, dumps_stage
 from .errors import SerializationError
@@ -96,7 +97,7 @@ Pickled = tuple[str, bytes, bool, bool]
 
 def _pickled(s: StageSpec) -> Pickled:
     try:
-        return s.label, dumps_stage(s.func), s.on_error != "raise", s.expand
+        return s.label, dumps_stage(callable_of(s)), s.on_error != "raise", s.expand
     except Exception as e:
         raise SerializationError(
             f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "

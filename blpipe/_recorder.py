@@ -28,6 +28,7 @@ class Recorder:
         self.busy = [0.0] * n
         self.n_in = [0] * n
         self.n_out = [0] * n
+        self.retries = [0] * n
         self.serialize = [0.0] * n  # per first stage of a segment
         self.started: float | None = None
         self.ended: float | None = None
@@ -44,21 +45,25 @@ class Recorder:
             self.ended = time.monotonic()
 
     def add(self, first: int, stats: list[Any], n_in: int, n_out: int, seconds: float) -> None:
-        """A chunk's figures: per stage ``[busy, in, out]`` from ``first`` on, the
-        segment's inputs and outputs, and its serialization seconds."""
+        """A chunk's figures: per stage ``[busy, in, out, retries]`` from ``first``
+        on, the segment's inputs and outputs, and its serialization seconds."""
         self.serialize[first] += seconds
         if len(stats) == 1:  # the common case, kept short
-            self.busy[first] += stats[0][0]
+            figures = stats[0]
+            self.busy[first] += figures[0]
             self.n_in[first] += n_in
             self.n_out[first] += n_out
+            if figures[3]:
+                self.retries[first] += figures[3]
             return
         busy, ins, outs = self.busy, self.n_in, self.n_out
         last = len(stats) - 1
-        for j, (b, i, _) in enumerate(stats):
-            busy[first + j] += b
-            ins[first + j] += n_in if j == 0 else i
-        for j, (_, _, o) in enumerate(stats):
-            outs[first + j] += n_out if j == last else o
+        for j, figures in enumerate(stats):
+            busy[first + j] += figures[0]
+            ins[first + j] += n_in if j == 0 else figures[1]
+            self.retries[first + j] += figures[3]
+        for j, figures in enumerate(stats):
+            outs[first + j] += n_out if j == last else figures[2]
 
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
                  running: bool, errors: Sequence[int],
@@ -68,6 +73,7 @@ class Recorder:
         n_out = list(self.n_out)  # before the inputs: see the class docstring
         n_in = list(self.n_in)
         busy = list(self.busy)
+        retries = list(self.retries)
         serialize = list(self.serialize)
         end = self.ended or time.monotonic()
         elapsed = 0.0 if self.started is None else end - self.started
@@ -92,7 +98,7 @@ class Recorder:
                 peak_in_flight=peak,
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
-                errors=errors[i], shape=spec.shape))
+                errors=errors[i], shape=spec.shape, retries=retries[i]))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,

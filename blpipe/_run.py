@@ -69,6 +69,8 @@ class ChainState(Protocol):
 
     def run(self, items: Iterable[Any]) -> Outcome: ...
 
+    def count_retries(self, stats: list[list[Any]]) -> None: ...
+
 
 _BLOCK = 1024  # outputs of an expansion read at once, at most
 _BLOCK_SECONDS = 0.0002  # a block doubles while reading it takes less than this
@@ -95,7 +97,7 @@ class Run:
         self.chain = chain
         self.failure: StageFailure | None = None
         self.skipped: list[Skipped] = []
-        self.stats: list[list[Any]] = [[0.0, 0, 0] for _ in chain.steps]
+        self.stats: list[list[Any]] = [[0.0, 0, 0, 0] for _ in chain.steps]
         self.item: Any = None
         self.base = list(chain.seen)  # where this chunk starts in each step's stream
         self._count = [0] * len(chain.steps)  # what reached each step in this run
@@ -129,7 +131,7 @@ class Run:
             # The groups after the failing step hold earlier inputs: they go on
             # first. Those before it hold later ones, which the failure cuts off.
             yield from self._flushed(None, self._failed + 1)
-        self.stats[-1][2] = -1
+        self._end()
 
     def _flushed(self, due: float | None,
                  start: int = 0) -> Generator[list[Any], None, None]:
@@ -145,7 +147,11 @@ class Run:
                     yield from self._call(i, group, local, len(group))
         except _Stop:  # a failure in a group that went on early is earlier still
             yield from self._flushed(None, self._failed + 1)
+        self._end()
+
+    def _end(self) -> None:
         self.stats[-1][2] = -1
+        self.chain.count_retries(self.stats)
 
     def _feed(self, i: int, value: Any) -> Iterator[list[Any]]:
         """The outputs of ``value`` entering step ``i``, through the steps after it."""
@@ -249,10 +255,9 @@ class Run:
                     self._count[j] += len(vals)  # as a worker's other chunk may run, see _feed
                     self.chain.seen[j] += len(vals)
                 outs, failure, stats, _ = tail.run(vals)
-                for total, (seconds, n_in, n_out) in zip(self.stats[after:], stats, strict=True):
-                    total[0] += seconds
-                    total[1] += n_in
-                    total[2] += n_out
+                for total, figures in zip(self.stats[after:], stats, strict=True):
+                    for k, x in enumerate(figures):
+                        total[k] += x
                 outs = [y for y in outs if y is not None]
                 if outs:
                     self._n += len(outs)

@@ -345,7 +345,7 @@ class Segment:
             self.history.extend(items)
             if len(payload) < self.window:  # type: ignore[operator]
                 # not a full window yet: nothing to compute, but the inputs count
-                self.flow.recorder.add(self.first, [[0.0, 0, 0]], len(items), 0, 0.0)
+                self.flow.recorder.add(self.first, [[0.0, 0, 0, 0]], len(items), 0, 0.0)
                 return False
         try:
             packed = self.backend.pack(self.index, payload, place, self.credit)

@@ -27,6 +27,11 @@ attribute           default      meaning
                                  shorter); ``batch_size`` must hold a group
 ``group_wait``      ``None``     with ``group``: seconds after which a partial
                                  group goes on, counted from its oldest input
+``retries``         ``0``        calls repeated on an input after an error in
+                                 ``retry_on``, where the stage runs
+``retry_on``        ``(Exception,)``  the exception types that are retried
+``retry_backoff``   ``0.0``      seconds: the base of the sleep before a retry,
+                                 doubling with each (full jitter, capped)
 ==================  ===========  ==============================================
 """
 
@@ -37,7 +42,7 @@ import numbers
 import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 _reprs = reprlib.Repr()
 _reprs.maxstring = 60
@@ -77,6 +82,17 @@ def describe(func: object) -> str:
     return short_repr(func)
 
 
+class Retry(NamedTuple):
+    """A stage's validated ``retries``, ``retry_on`` and ``retry_backoff``."""
+
+    retries: int
+    on: tuple[type[Exception], ...]
+    backoff: float
+
+
+BACKOFF_CAP = 60.0  # seconds: no sleep between tries is longer
+
+
 class Placement(enum.Enum):
     """Where a stage runs."""
 
@@ -103,6 +119,7 @@ class StageSpec:
     expand: bool = False
     group: int | None = None
     group_wait: float | None = None
+    retry: Retry | None = None
 
     @property
     def label(self) -> str:
@@ -197,7 +214,39 @@ def read_stage(index: int | None, func: object) -> StageSpec:
 
     expand, group, group_wait = _shape(where, func, window, batch_size)
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
-                     on_error, max_errors, expand, group, group_wait)
+                     on_error, max_errors, expand, group, group_wait, _retry(where, func))
+
+
+def _retry(where: str, func: object) -> Retry | None:
+    """``retries``, ``retry_on`` and ``retry_backoff``, validated; ``None`` for no retries."""
+    retries = _count(where, "retries", getattr(func, "retries", 0), 0)
+    on = getattr(func, "retry_on", None)
+    backoff = getattr(func, "retry_backoff", None)
+    if not retries:
+        for name, value in (("retry_on", on), ("retry_backoff", backoff)):
+            if value is not None:
+                raise ValueError(f"{where}: {name}={value!r} says how to retry, but retries "
+                                 f"is 0; set retries = n (calls repeated after an error), or "
+                                 f"delete {name}")
+        return None
+    kinds = on if isinstance(on, tuple) else (Exception,) if on is None else (on,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise TypeError(f"{where}: retry_on={on!r}; it must be an exception class or a "
+                            f"tuple of them (subclasses of Exception), such as "
+                            f"(ConnectionError, TimeoutError)")
+    if not kinds:
+        raise ValueError(f"{where}: retry_on=() retries no error; name the exception types to "
+                         f"retry, or delete retry_on for (Exception,)")
+    if backoff is None:
+        backoff = 0.0
+    if isinstance(backoff, bool) or not isinstance(backoff, numbers.Real):
+        raise TypeError(f"{where}: retry_backoff={backoff!r} is a {type(backoff).__name__}; it "
+                        f"must be a number of seconds >= 0")
+    if not 0 <= float(backoff) <= BACKOFF_CAP:
+        raise ValueError(f"{where}: retry_backoff={backoff!r}; it must be a number of seconds "
+                         f">= 0 and <= {BACKOFF_CAP:g}, the longest sleep between tries")
+    return Retry(retries, kinds, float(backoff))
 
 
 def _shape(where: str, func: object, window: int | None,

@@ -2,10 +2,10 @@
 
 A stage is any callable; how it may run is read from plain attributes
 (``stateful``, ``batch_size``, ``run_in_master``, ``threads``, ``ordered``,
-``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``), which can
-sit on a function, an instance or its class. ``stage()`` sets them on
-callables that cannot take attributes, such as builtins and lambdas, and
-validates them at once.
+``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``, ``retries``,
+``retry_on``, ``retry_backoff``), which can sit on a function, an instance or
+its class. ``stage()`` sets them on callables that cannot take attributes,
+such as builtins and lambdas, and validates them at once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = ["Stage", "stage"]
 _DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
+    "retries": 0, "retry_on": None, "retry_backoff": None,
 }
 
 
@@ -43,6 +44,9 @@ class Stage:
     expand: bool
     group: int | None
     group_wait: float | None
+    retries: int
+    retry_on: type[Exception] | tuple[type[Exception], ...] | None
+    retry_backoff: float | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -73,20 +77,24 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
-          ) -> Stage: ...
+          retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
+          retry_backoff: float = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
-          ) -> Callable[[Callable[..., Any]], Stage]: ...
+          retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
+          retry_backoff: float = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
           batch_size: int = _UNSET, run_in_master: bool = _UNSET, threads: int | None = _UNSET,
           ordered: bool = _UNSET, on_error: str = _UNSET, max_errors: int | None = _UNSET,
           expand: bool = _UNSET, group: int | None = _UNSET, group_wait: float | None = _UNSET,
-          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          retries: int = _UNSET,
+          retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
+          retry_backoff: float = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::

@@ -72,6 +72,9 @@ class StageStatistics:
     shape: str = "1:1"
     """Inputs per call to outputs per call: ``'1:1'``; ``'1:n'`` for a stage
     that expands; ``'64:1'`` for one called with groups of 64; ``'64:n'``."""
+    retries: int = 0
+    """Calls it repeated after an error (``retries``); a call that succeeds on
+    its third try counts 2."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,9 @@ def _report(st: Statistics) -> str:
     failed = [f"{s.name} {s.errors:,}" for s in st.stages if s.errors]
     if failed:
         lines.append("errors gone past (on_error): " + ", ".join(failed))
+    retried = [f"{s.name} {s.retries:,}" for s in st.stages if s.retries]
+    if retried:
+        lines.append("calls retried (retries): " + ", ".join(retried))
     neck = st.bottleneck()
     lines.append(f"bottleneck: {neck}" if neck else
                  "bottleneck: none clear (nothing was busy half the run)")

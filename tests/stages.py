@@ -484,3 +484,46 @@ class Tally(Attrs):
         for _ in range(3):
             self.n += 1
             yield self.n, x
+
+
+class Flaky(Attrs):
+    """Raises ``error`` on the first ``fails`` calls for each input, then ``x * 10``;
+    counts the calls in files under ``tally``, so that every process sees them.
+    With ``expand``, yields ``x`` then ``x * 10``, raising before the first (or,
+    with ``late``, after it)."""
+
+    def __init__(self, tally: str, fails: int = 2, error: type[Exception] = ConnectionError,
+                 expand: bool = False, late: bool = False, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.tally, self.fails, self.error, self.late = tally, fails, error, late
+        if expand:
+            self.expand = True
+
+    def calls(self, x: Any) -> int:
+        path = os.path.join(self.tally, str(x))
+        if not os.path.exists(path):
+            return 0
+        with open(path) as f:
+            return int(f.read())
+
+    def _tries(self, x: Any) -> int:
+        n = self.calls(x) + 1
+        with open(os.path.join(self.tally, str(x)), "w") as f:
+            f.write(str(n))
+        return n
+
+    def __call__(self, x: Any) -> Any:
+        if getattr(self, "expand", False):
+            return self._expand(x)
+        if self._tries(x) <= self.fails:
+            raise self.error(f"try {self.calls(x)} on {x}")
+        return x * 10
+
+    def _expand(self, x: Any) -> Any:
+        n = self._tries(x)
+        if not self.late and n <= self.fails:
+            raise self.error(f"try {n} on {x}")
+        yield x
+        if self.late and n <= self.fails:
+            raise self.error(f"try {n} on {x}, after an output")
+        yield x * 10

@@ -28,7 +28,7 @@ def test_steps_in_order_and_none_drops() -> None:
     assert outputs == [-1, None, -3, None, -5]
     assert failure is None
     assert skipped == []
-    assert [s[1:] for s in stats] == [[5, 5], [5, 3], [3, -1]]  # [in, out]; the caller counts last
+    assert [s[1:3] for s in stats] == [[5, 5], [5, 3], [3, -1]]  # [in, out]; the caller counts last
 
 
 def test_a_window_keeps_its_values_between_chunks() -> None:
@@ -82,7 +82,7 @@ def test_single_step_fast_path_matches() -> None:
     assert outputs == [1, 2]
     assert failure is not None
     assert failure.item == 3
-    assert stats[0][1:] == [4, -1]
+    assert stats[0][1:] == [4, -1, 0]  # in, out (the caller counts it), retries
 
 
 @pytest.mark.parametrize(("items", "k", "expected"), [
