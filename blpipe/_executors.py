@@ -50,6 +50,7 @@ class Lane:
     """
 
     __slots__ = ("pending",)
+    left = None  # calls it may still take: no limit on an executor
 
     def __init__(self) -> None:
         self.pending: list[Any] = []

@@ -88,6 +88,7 @@ class Config:
     recorder: Recorder
     log: ErrorLog
     pool_key: bytes  # names this pipeline's stages in an executor's workers
+    max_tasks: int | None = None  # calls a pool worker takes before it is replaced
 
 
 class Hub:
@@ -127,7 +128,8 @@ class Hub:
             lanes = [Lane() for _ in range(config.pool_size)]
         elif plan.pool_blob is not None:
             assert self.procs is not None
-            self.pool = Pool(self.procs, plan.pool_blob, plan.pool_label, config.pool_size)
+            self.pool = Pool(self.procs, plan.pool_blob, plan.pool_label, config.pool_size,
+                             config.max_tasks)
             if config.auto:
                 own = [s.index for seg in plan.segments for s in seg.stages
                        if seg.kind in (Placement.DEDICATED, Placement.MASTER)]

@@ -47,21 +47,37 @@ class Pool(_Group):
     work = _CHUNK_WORK
     death = None
 
-    def __init__(self, procs: Procs, blob: bytes, label: str, size: int) -> None:
+    def __init__(self, procs: Procs, blob: bytes, label: str, size: int,
+                 max_tasks: int | None = None) -> None:
         super().__init__(procs)
         self.blob = blob
         self.label = label
         self.workers: list[Worker] = []
         self.active: list[Worker] = []  # the first n_active workers
         self.n_active = size
+        self.max_tasks = max_tasks
+        if max_tasks is not None:
+            self.post = self._post_counted
         for _ in range(size):
             self._add()
 
     def _add(self) -> None:
         worker, _ = self.procs.spawn(self.blob, self.label)
         worker.group = self
+        worker.left = self.max_tasks
         self.workers.append(worker)
         self.resize(self.n_active)
+
+    def _post_counted(self, worker: Worker, segment: Segment, rec: Record) -> None:
+        """Post, counting the calls: a worker that has taken its
+        ``max_tasks_per_child`` is replaced, and exits once it has finished them."""
+        self.procs.post(worker, segment, rec)
+        g = segment.group or 1
+        worker.left = max(0, worker.left - -(-rec.n_in // g))  # type: ignore[operator]
+        if worker.left == 0 and worker in self.workers:
+            self.workers.remove(worker)
+            self._add()
+            self.procs.flow.recorder.restarts += 1
 
     def resize(self, n: int) -> None:
         """Send to the first ``n`` workers only; the others finish what they hold."""
@@ -73,9 +89,11 @@ class Pool(_Group):
         downstream. The chunk it was running fails; the ones queued behind it
         never started, nor did those sent after it died, so other workers take them."""
         procs = self.procs
-        self.workers.remove(worker)
-        if not procs.closing:
-            self._add()
+        if worker in self.workers:  # else it was retired, and replaced then
+            self.workers.remove(worker)
+            if not procs.closing:
+                self._add()
+                procs.flow.recorder.restarts += 1
         # what it held paused goes with it: those chunks fail, as the one it ran
         pending = [*worker.paused, *worker.pending]
         first = len(worker.paused)
@@ -85,16 +103,16 @@ class Pool(_Group):
             if i <= first:
                 procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where()))
             else:
-                procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
+                self.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         for segment, rec in worker.unsent:
-            procs.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
+            self.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         worker.unsent.clear()
 
     def pick(self, limit: int) -> Worker | None:
         best = None
         for w in self.active:
             n = len(w.pending)
-            if n < limit and (best is None or n < len(best.pending)):
+            if n < limit and (best is None or n < len(best.pending)) and w.left != 0:
                 best = w
                 if not n:
                     break

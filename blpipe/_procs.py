@@ -40,7 +40,7 @@ class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
-                 "label", "group", "freed")
+                 "label", "group", "freed", "left")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -55,6 +55,7 @@ class Worker:
         self.label = label
         self.group: Any = None  # its Pool or Link, which handles its death
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
+        self.left: int | None = None  # calls it may still take (max_tasks_per_child)
 
 
 class Procs:
@@ -201,6 +202,8 @@ class Procs:
             if rec.slot is not None:
                 self._release_slot(rec)
             segment.complete(rec, new(Result, msg), nbytes)
+            if worker.left == 0 and not (worker.pending or worker.paused):
+                self.retire(worker)
         elif type(msg) is Part:  # a chunk still expanding: what it gave so far
             nbytes = len(payload)
             if views.last is not None:
@@ -241,6 +244,13 @@ class Procs:
 
     # -- deaths ------------------------------------------------------------------------
 
+    def retire(self, worker: Worker) -> None:
+        """It has taken all the calls it may and finished them: end of file
+        on its task pipe lets it exit."""
+        self._drop(worker.outbox.fd)  # type: ignore[union-attr]  # a pool worker's
+        worker.task.close()
+        worker.task = worker.outbox = None
+
     def on_death(self, worker: Worker) -> None:
         if worker not in self.workers:
             return
@@ -255,15 +265,21 @@ class Procs:
 
     def _forget(self, worker: Worker) -> None:
         self.views.forget(worker.proc.pid)
-        fds = [worker.inbox.fd, worker.proc.sentinel]
+        self.poller.unregister(worker.proc.sentinel)
+        self._drop(worker.inbox.fd)
         if worker.outbox is not None:
-            fds.append(worker.outbox.fd)
-        for fd in fds:
-            self.poller.unregister(fd)
+            self._drop(worker.outbox.fd)
         self.workers.remove(worker)
         if worker.task is not None:
             worker.task.close()
         worker.result.close()
+
+    def _drop(self, fd: int) -> None:
+        """Stop watching ``fd``, about to be closed. Its number may be reused at
+        once: a later child must not close it as its parent's."""
+        self.poller.unregister(fd)
+        if fd in self.parent_fds:
+            self.parent_fds.remove(fd)
 
     def busy(self) -> bool:
         """Whether any worker holds a chunk or has one waiting to be written."""

@@ -35,6 +35,7 @@ class Recorder:
         self.yielded = 0
         self.consumer = 0.0
         self.input = 0.0
+        self.restarts = 0  # pool workers started in place of others
 
     def start(self) -> None:
         if self.started is None:
@@ -104,4 +105,4 @@ class Recorder:
                           input_seconds=self.input, running=running,
                           pool_size=self.pool_size, usable_cpus=self.usable_cpus,
                           bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1],
-                          pool_active=active or self.pool_size)
+                          pool_active=active or self.pool_size, restarts=self.restarts)

@@ -303,6 +303,8 @@ class Segment:
             place = backend.pick(backend.depth if full else 1)
             if place is None:
                 break
+            if place.left is not None and n > place.left * (g or 1):  # max_tasks_per_child
+                n = place.left * (g or 1)
             if n > 1 and self.item_bytes is None and g is None and \
                     sys.getsizeof(in_buf[0]) > BIG:
                 n = 1  # sizes not yet seen, and a huge first item: it goes alone

@@ -65,18 +65,33 @@ class Pipeline(PipelineBase):
 
     ``max_bytes_in_flight`` bounds the serialized bytes in flight, by
     withholding input; ``keep_errors`` is how many records of errors gone past
-    (``on_error = "collect"``) ``errors`` keeps.
+    (``on_error = "collect"``) ``errors`` keeps. ``max_tasks_per_child``
+    replaces a pool worker once it has made that many calls, for stages
+    that leak memory.
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
                  start_method: str | None = None, progress: Any = None,
                  executor: Executor | None = None, keep_errors: int = 1000,
-                 max_bytes_in_flight: int | None = None) -> None:
+                 max_bytes_in_flight: int | None = None,
+                 max_tasks_per_child: int | None = None) -> None:
         if executor is not None:
             check_executor(executor)
             if n_cpu == "auto":
                 raise ValueError("n_cpu='auto' sizes blpipe's own pool; with an executor, the "
                                  "executor's size is yours to set: leave n_cpu out")
+            if max_tasks_per_child is not None:
+                raise ValueError("max_tasks_per_child replaces blpipe's own pool workers; an "
+                                 "executor's workers are the executor's: set it there (e.g. "
+                                 "ProcessPoolExecutor(max_tasks_per_child=n))")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError(f"max_tasks_per_child={max_tasks_per_child!r} is a "
+                                f"{type(max_tasks_per_child).__name__}; it must be an int >= 1 "
+                                f"(calls), or None to keep pool workers for the whole run")
+            if max_tasks_per_child < 1:
+                raise ValueError(f"max_tasks_per_child={max_tasks_per_child!r}; it must be an "
+                                 f"int >= 1 (calls), or None")
         if max_bytes_in_flight is not None and (isinstance(max_bytes_in_flight, bool) or not
                                                 isinstance(max_bytes_in_flight, int)
                                                 or max_bytes_in_flight < 1):
@@ -90,7 +105,7 @@ class Pipeline(PipelineBase):
         self._config = Config(
             ctx=multiprocess.get_context(start_method), pool_size=self._pool_size,
             auto=self._auto, executor=executor, budget=max_bytes_in_flight,
-            recorder=self._recorder, log=self.errors,
+            recorder=self._recorder, log=self.errors, max_tasks=max_tasks_per_child,
             # names this pipeline's stages in an executor's workers, which outlive it
             pool_key=hashlib.sha1(self._plan.pool_blob or b"").digest() + os.urandom(4))
         self._hub: Hub | None = None
