@@ -69,7 +69,8 @@ class Record:
     """
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
-                 "skipped", "nbytes", "done", "place", "paused", "trimmed", "expanding")
+                 "skipped", "nbytes", "done", "place", "paused", "trimmed", "expanding", "calls",
+                 "tries")
 
     def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
                  outs: list[Any] | None = None, failure: Failure | None = None) -> None:
@@ -89,6 +90,8 @@ class Record:
         self.paused: int | None = None  # its expansion waits for room, under this name
         self.trimmed = 0  # outputs of an expansion passed on and dropped from outs
         self.expanding: str | None = None  # the input an expansion last sent outputs of
+        self.calls = 0  # 1 for a chunk of one call: one run again after its worker died
+        self.tries = 0  # times it ran before, each ended by its worker's death
 
     def where(self) -> str:
         """The input a failure of the whole chunk is placed at, as messages show it."""

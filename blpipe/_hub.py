@@ -190,10 +190,12 @@ class Hub:
             n = config.pool_size
             backend = self.pool
         cap = s.batch_size
+        # a call whose worker died runs again, on a worker of its own, at least once
+        runs = max(2, 1 + max(x.retry.retries if x.retry else 0 for x in specs))
         # from every worker with one chunk queued, to two chunks in all
         return Segment(index, s, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
                        self.flow, nxt, backend,
-                       backend is self.pool and any(x.expand for x in specs))
+                       backend is self.pool and any(x.expand for x in specs), runs)
 
     # -- the stream ------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._procs import KILL_AFTER, Procs, Worker
+from ._rerun import rerun
 from ._spec import short_repr
 from ._transport import Frame
 from .errors import WorkerDied
@@ -101,7 +102,8 @@ class Pool(_Group):
         worker.paused.clear()
         for i, (segment, rec) in enumerate(pending):
             if i <= first:
-                procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where()))
+                if not (i == first and not procs.closing and rerun(self, segment, rec, exitcode)):
+                    procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where()))
             else:
                 self.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         for segment, rec in worker.unsent:

@@ -200,7 +200,7 @@ class Procs:
                 nbytes += views.nbytes
             segment, rec = worker.pending.popleft()
             if rec.slot is not None:
-                self._release_slot(rec)
+                self.release_slot(rec)
             segment.complete(rec, new(Result, msg), nbytes)
             if worker.left == 0 and not (worker.pending or worker.paused):
                 self.retire(worker)
@@ -216,13 +216,13 @@ class Procs:
                 rec.paused = msg.paused
                 worker.paused.append((segment, rec))
             if rec.slot is not None:  # it has read its inputs long ago
-                self._release_slot(rec)
+                self.release_slot(rec)
             rec.expanding = msg.expanding
             segment.extend(rec, msg.outputs, msg.skipped, nbytes)
         elif type(msg) is Loaded:  # it has a huge chunk in hand: free its slot now
             for _, rec in worker.pending:
                 if rec.slot == msg.slot:
-                    self._release_slot(rec)
+                    self.release_slot(rec)
                     break
         elif type(msg) is LoadFailed:
             self.flow.stop(1 << 30)
@@ -237,7 +237,7 @@ class Procs:
                 exc = broken(worker.label, msg.traceback)
             self.fail(segment, rec, exc)
 
-    def _release_slot(self, rec: Record) -> None:
+    def release_slot(self, rec: Record) -> None:
         if rec.slot is not None:
             self.slots.release(rec.slot)  # type: ignore[union-attr]
             rec.slot = None
@@ -260,7 +260,7 @@ class Procs:
         worker.group.died(worker, worker.proc.exitcode)
 
     def fail(self, segment: Segment, rec: Record, exc: BaseException) -> None:
-        self._release_slot(rec)
+        self.release_slot(rec)
         segment.fail(rec, exc)
 
     def _forget(self, worker: Worker) -> None:

@@ -35,7 +35,7 @@ class Segment:
 
     def __init__(self, index: int, head: StageSpec, label: str, cap: int,
                  chunks: tuple[int, int], flow: Flow, nxt: Any, backend: Backend,
-                 expands: bool = False) -> None:
+                 expands: bool = False, runs: int = 2) -> None:
         self.index = index
         self.first = head.index  # its first stage's
         self.label = label
@@ -52,6 +52,8 @@ class Segment:
                                                                    chunks[1]))
         self.chunk = self.min_chunk
         self.ordered = head.ordered
+        self.catch = head.on_error != "raise"  # then it is alone in its segment
+        self.runs = runs  # times a call may run, each ended by its worker's death
         self.flow = flow
         self.next = nxt
         self.backend = backend
@@ -104,6 +106,14 @@ class Segment:
         """``n`` inputs, rounded down to whole groups (at least one)."""
         g = self.group
         return n if g is None else max(g, n - n % g)
+
+    def replace(self, rec: Record, news: list[Record]) -> None:
+        """``rec``, in flight, is now ``news``: the same inputs, in order."""
+        i = self.records.index(rec)
+        del self.records[i]
+        for j, new in enumerate(news):
+            self.records.insert(i + j, new)
+        self.flow.meter.now -= rec.nbytes
 
     def put_failure(self, failure: Failure) -> None:
         if not self.closed:  # once closed, anything later is later in the stream

@@ -21,17 +21,21 @@ class WorkerDied(BrokenPipeline):
 
     ``stage`` names the stage it was running, ``exitcode`` is the process's
     exit code (negative: killed by that signal), and ``input_repr`` is a short
-    ``repr`` of the input it was handling, or ``None`` when unknown.
+    ``repr`` of the input it was handling, or ``None`` when unknown. ``runs``
+    is how many times that input's call ran, each time ending its worker: a
+    pool stage's call runs again alone before it is blamed.
     """
 
-    def __init__(self, stage: str, exitcode: int | None, input_repr: str | None) -> None:
+    def __init__(self, stage: str, exitcode: int | None, input_repr: str | None,
+                 runs: int = 1) -> None:
         self.stage = stage
         self.exitcode = exitcode
         self.input_repr = input_repr
-        super().__init__(_death_message(stage, exitcode, input_repr))
+        self.runs = runs
+        super().__init__(_death_message(stage, exitcode, input_repr, runs))
 
-    def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, int | None, str | None]]:
-        return type(self), (self.stage, self.exitcode, self.input_repr)
+    def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, int | None, str | None, int]]:
+        return type(self), (self.stage, self.exitcode, self.input_repr, self.runs)
 
 
 class SerializationError(TypeError):
@@ -77,10 +81,14 @@ _HINTS = {
 }
 
 
-def _death_message(stage: str, exitcode: int | None, input_repr: str | None) -> str:
+def _death_message(stage: str, exitcode: int | None, input_repr: str | None,
+                   runs: int) -> str:
     what = f"the worker running {stage} died with {_describe_exit(exitcode)}"
     if input_repr is not None:
         what += f" while handling input {input_repr}"
+    if runs > 1:
+        what += (f", on each of the {runs} times it ran, "
+                 + ("the second alone" if runs == 2 else f"the last {runs - 1} each alone"))
     hint = _HINTS.get(exitcode or 0, "the stage (or native code it calls) ended the process; "
                       "run it under SequentialPipeline to debug it in one process")
     return f"{what}; {hint}"

@@ -527,3 +527,34 @@ class Flaky(Attrs):
         if self.late and n <= self.fails:
             raise self.error(f"try {n} on {x}, after an output")
         yield x * 10
+
+
+class Poison(Attrs):
+    """Stateless: ``x * 2``, but crashes its process with SIGSEGV on the inputs in
+    ``bad`` (a window: its newest; a group: its first). With ``tally``, each call
+    appends a byte to a file named after its input there; with ``once``, an
+    input crashes only on its first call."""
+
+    def __init__(self, bad: frozenset[int] | set[int], tally: str | None = None,
+                 once: bool = False, **attrs: Any) -> None:
+        super().__init__(**{"stateful": False, **attrs})
+        self.bad = frozenset(bad)
+        self.tally = tally
+        self.once = once
+
+    def runs(self, x: Any) -> int:
+        path = os.path.join(self.tally or "", str(x))
+        return os.path.getsize(path) if os.path.exists(path) else 0
+
+    def __call__(self, x: Any) -> Any:
+        key = x[-1] if isinstance(x, tuple) else x[0] if isinstance(x, list) else x
+        if self.tally is not None:
+            with open(os.path.join(self.tally, str(key)), "a") as f:
+                f.write(".")
+        if key in self.bad and not (self.once and self.runs(key) > 1):
+            import ctypes
+            import faulthandler
+
+            faulthandler.disable()  # inherited from pytest under fork; the crash is expected
+            ctypes.string_at(0)
+        return x * 2 if isinstance(x, int) else x

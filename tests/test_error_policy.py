@@ -112,14 +112,23 @@ def test_statistics_and_report_count_errors() -> None:
     assert "errors gone past (on_error): stage 0 (FailAt()) 10" in p.report()
 
 
-@pytest.mark.parametrize("stateful", [False, True])
-def test_a_death_is_never_skipped(start_method: str, stateful: bool) -> None:
-    die = DieAt(50, 3, stateful=stateful, batch_size=4, on_error="skip")
+def test_a_dedicated_death_is_never_skipped(start_method: str) -> None:
+    die = DieAt(50, 3, stateful=True, batch_size=4, on_error="skip")
     with Pipeline([die], n_cpu=2, start_method=start_method) as p:
         got, err = drain(p.apply(range(200)))
     assert isinstance(err, WorkerDied)
     assert got == list(range(len(got)))
     assert p.errors.counts == [0]
+
+
+def test_a_pool_death_is_skipped_once_isolated(start_method: str) -> None:
+    # a pool worker holds no state: the input that kills it twice is gone past
+    die = DieAt(50, 3, stateful=False, batch_size=4, on_error="skip")
+    with Pipeline([die], n_cpu=2, start_method=start_method) as p:
+        got, err = drain(p.apply(range(200)))
+    assert err is None
+    assert got == [x for x in range(200) if x != 50]
+    assert p.errors.counts == [1]
 
 
 def interrupt(x: int) -> int:

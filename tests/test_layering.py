@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"_worker"},  # the child side
     {"_plan"},  # stages to segments
     {"_segments", "_master"},  # bounded, ordered release; stages in the caller
-    {"_procs", "_executors"},  # where chunks run
+    {"_procs", "_executors", "_rerun"},  # where chunks run; what a dead worker held
     {"_pool"},  # groups of worker processes
     {"_feeder"},  # the input, read in a thread with group_wait
     {"_hub"},  # the event loop
@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
 ]
 # What a worker process runs, and all it imports: it never needs the hub.
 CHILD_SIDE = "_worker"
-HUB_SIDE = {"_hub", "_feeder", "_segments", "_master", "_flow", "_procs", "_pool",
+HUB_SIDE = {"_hub", "_feeder", "_segments", "_master", "_flow", "_procs", "_pool", "_rerun",
             "_executors", "_plan", "_base", "_recorder", "_progress", "_adaptive", "pipeline",
             "sequential", "__init__"}
 

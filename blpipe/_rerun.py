@@ -1,0 +1,129 @@
+"""Running again the calls a dead pool worker held: crash isolation.
+
+A pool worker holds no state, so when one dies in the middle of a chunk,
+nothing of the chunk is lost but time: its calls run again, each in a chunk
+of its own, so that an input that kills its worker again takes only itself
+down::
+
+    [a b c d] --its worker dies--> [a] [b] [c] [d]   each on the pool, in its place
+                                         |
+                                  dies again: WorkerDied naming c, placed at c:
+                                  raised, or under on_error skipped like any error
+
+A call is made at most ``max(2, retries + 1)`` times. The chunk's inputs are
+rebuilt from the frame that was sent, kept for this until its results are in;
+an expansion that has passed outputs on, or a chunk whose huge inputs were
+already freed, cannot run again, and fails as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._failures import StageFailure
+from ._flow import Record, Shown
+from ._messages import Result
+from ._shm import Views
+from ._spec import short_repr
+from ._transport import HEADER, loads
+from .errors import WorkerDied
+
+if TYPE_CHECKING:
+    from ._segments import Segment
+
+
+class Pool(Protocol):
+    """What of the pool a rerun needs (:class:`blpipe._pool.Pool`)."""
+
+    procs: Any  # its Procs: release_slot(), fail()
+    workers: list[Any]
+    depth: int
+
+    def pick(self, limit: int) -> Any: ...
+
+    def pack(self, segment: int, payload: list[Any], place: Any,
+             credit: int = 0) -> tuple[Any, int | None, int]: ...
+
+    def post(self, place: Any, segment: Any, rec: Record) -> None: ...
+
+
+def rerun(pool: Pool, segment: Segment, rec: Record, exitcode: int | None) -> bool:
+    """Run ``rec``'s calls again, a chunk each, or fail the one call it held
+    once it has run out of tries. ``False`` when it cannot run again."""
+    procs = pool.procs
+    if rec.outs is not None or rec.frame is None:
+        return False
+    tries = rec.tries + 1
+    if rec.calls == 1 and tries >= segment.runs:
+        _died(pool, segment, rec, exitcode)
+        return True
+    try:
+        payload = _payload(rec.frame)
+    except Exception:  # its huge inputs are freed already, or it is not a task
+        return False
+    procs.release_slot(rec)
+    units = _units(segment, rec, payload)
+    segment.replace(rec, [unit for unit, _ in units])
+    for unit, items in units:
+        if items is None:  # inputs that complete no window: nothing to call
+            segment.complete(unit, Result([], None, [[0.0, 0, 0, 0]], 0.0, []))
+            continue
+        unit.tries = tries
+        worker = pool.pick(pool.depth + 1) or pool.workers[0]
+        unit.frame, unit.slot, unit.nbytes = pool.pack(segment.index, items, worker,
+                                                       segment.credit)
+        segment.flow.meter.add(unit.nbytes)
+        pool.post(worker, segment, unit)
+    return True
+
+
+def _payload(frame: Any) -> list[Any]:
+    """The items a task frame carries, rebuilt here from it."""
+    header, data = frame
+    views = Views()
+    try:
+        task = loads(HEADER.unpack(header)[0], data, views)
+    finally:
+        views.close()
+    return list(task[1])
+
+
+def _units(segment: Segment, rec: Record,
+           payload: list[Any]) -> list[tuple[Record, list[Any] | None]]:
+    """``rec`` as records of one call each, with what each is sent."""
+    out: list[tuple[Record, list[Any] | None]] = []
+    k, g = segment.window, segment.group
+    if k:
+        start = rec.start
+        if rec.offset:  # the first inputs of the stream: they complete no window
+            out.append((_unit(rec.offset, payload[0], start), None))
+            start += rec.offset
+        for j in range(len(payload) - k + 1):
+            window = payload[j:j + k]
+            out.append((_unit(1, tuple(window), start + j), window))
+        return out
+    for j in range(0, len(payload), g or 1):
+        items = payload[j:j + (g or 1)]
+        out.append((_unit(len(items), items if g else items[0], rec.start + j), items))
+    return out
+
+
+def _unit(n_in: int, call: Any, start: int) -> Record:
+    """A record of one call, on ``call`` (an input, a window or a group)."""
+    rec = Record(n_in, Shown(short_repr(call)))
+    rec.start = start
+    rec.calls = 1
+    return rec
+
+
+def _died(pool: Pool, segment: Segment, rec: Record, exitcode: int | None) -> None:
+    """The call killed its worker again: it fails, placed at its input, and
+    under ``on_error`` it is gone past like any error."""
+    exc = WorkerDied(segment.label, exitcode, repr(rec.first), rec.tries + 1)
+    if not segment.catch:
+        pool.procs.fail(segment, rec, exc)
+        return
+    pool.procs.release_slot(rec)
+    size = rec.n_in if segment.group else 1
+    segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0]], 0.0,
+                                 [(0, 0, 0, StageFailure(segment.label, rec.first, exc), size)]))
