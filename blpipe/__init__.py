@@ -33,6 +33,7 @@ __all__ = [
     "SerializationError",
     "Stage",
     "StageStatistics",
+    "StageTimeout",
     "Statistics",
     "WorkerDied",
     "stage",
@@ -42,7 +43,8 @@ __version__ = "0.1.0"
 
 _MODULE = {
     "BrokenPipeline": "errors", "RemoteTraceback": "errors", "SerializationError": "errors",
-    "WorkerDied": "errors", "ErrorLog": "errorlog", "ErrorRecord": "errorlog",
+    "WorkerDied": "errors", "StageTimeout": "errors", "ErrorLog": "errorlog",
+    "ErrorRecord": "errorlog",
     "Pipeline": "pipeline", "SequentialPipeline": "sequential", "Stage": "stages",
     "stage": "stages", "StageStatistics": "statistics", "Statistics": "statistics",
     "usable_cpu_count": "_cpu",
@@ -65,7 +67,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._cpu import usable_cpu_count
     from .errorlog import ErrorLog, ErrorRecord
-    from .errors import BrokenPipeline, RemoteTraceback, SerializationError, WorkerDied
+    from .errors import (
+        BrokenPipeline,
+        RemoteTraceback,
+        SerializationError,
+        StageTimeout,
+        WorkerDied,
+    )
     from .pipeline import Pipeline
     from .sequential import SequentialPipeline
     from .stages import Stage, stage

@@ -15,15 +15,36 @@ expansion of any length flows out in bounded memory, in order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 
 from ._failures import Skipped, StageFailure
-from ._retry import Retrying, callable_of
+from ._retry import Retrying
 from ._run import Outcome, Run, Step
-from ._spec import StageSpec
+from ._spec import Placement, StageSpec
+from ._timeout import Abandoning, Clocked
 from .stages import Stage
+
+_WRAPPERS = (Retrying, Abandoning, Clocked)
+
+
+def callable_of(spec: StageSpec) -> Callable[[Any], Any]:
+    """What runs ``spec`` where it runs: its callable, wrapped to keep its
+    ``retries`` and its ``timeout``, which count in a shared ``tally``."""
+    func = spec.func.__wrapped__ if isinstance(spec.func, Stage) else spec.func
+    tally = [0, 0]  # retries, calls timed out here
+    limit = spec.timeout
+    if limit is not None and spec.placement is Placement.THREAD:
+        func = Abandoning(func, limit, spec.label, spec.expand, tally)
+    if spec.retry is not None:
+        func = Retrying(func, spec.retry, spec.expand, tally)
+    if limit is not None and spec.placement in (Placement.POOL, Placement.DEDICATED):
+        clocked = Clocked(func, spec.expand, tally)
+        if isinstance(func, Retrying):
+            func.restart = clocked.restart
+        func = clocked
+    return func if isinstance(func, _WRAPPERS) else spec.func
 
 
 def step_of(spec: StageSpec, formed: bool = False) -> Step:
@@ -53,14 +74,16 @@ class Chain:
     """
 
     __slots__ = ("steps", "funcs", "windows", "_single", "lazy", "expands", "groups",
-                 "started", "seen", "tails", "retrying")
+                 "started", "seen", "tails", "tallies")
 
     def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
         self.steps = list(steps)
         # A Stage only delegates: calling what it wraps saves a Python call per item.
         self.funcs = [s.func.__wrapped__ if isinstance(s.func, Stage) else s.func
                        for s in steps]
-        self.retrying = [(i, f) for i, f in enumerate(self.funcs) if isinstance(f, Retrying)]
+        # the wrapped steps: their retries and timeouts are counted for the figures
+        self.tallies = [(i, f.tally) for i, f in enumerate(self.funcs)
+                        if isinstance(f, _WRAPPERS)]
         self.windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
                                                   for s in steps]
         self.lazy = any(s.expand or s.group for s in steps)
@@ -80,7 +103,7 @@ class Chain:
         """Run the steps over a chunk, one step at a time over all of it.
 
         Returns the outputs, that failure, ``[seconds, inputs, outputs,
-        retries]`` for each step, and the errors gone past. The outputs are
+        retries, timeouts]`` for each step, and the errors gone past. The outputs are
         aligned with ``items`` up to the first failure in stream order (``None`` where an
         item was dropped); a lazy chain's are its outputs, in order. An error
         gone past, ``(at, step, local, error, size)``, sits before
@@ -98,8 +121,8 @@ class Chain:
             return outputs, run.failure, run.stats, run.skipped
         if self._single is None:
             outcome = self._run_steps(items)
-            if self.retrying:
-                self.count_retries(outcome[2])
+            if self.tallies:
+                self.count_calls(outcome[2])
             return outcome
         func = self._single  # one step, no window: the common case, kept short
         done: list[Any] = []
@@ -109,15 +132,25 @@ class Chain:
             done.extend(map(func, items))
         except Exception as e:
             failure = StageFailure(self.steps[0].label, items[len(done)], e)
-        stats = [[perf_counter() - start, len(items), -1, 0]]
-        if self.retrying:
-            self.count_retries(stats)
+        stats = [[perf_counter() - start, len(items), -1, 0, 0]]
+        if self.tallies:
+            self.count_calls(stats)
         return done, failure, stats, []
 
-    def count_retries(self, stats: list[list[Any]]) -> None:
-        """Add the retries each step made since the last count to ``stats``."""
-        for i, f in self.retrying:
-            stats[i][3] += f.take()
+    def count_calls(self, stats: list[list[Any]]) -> None:
+        """Add the retries and timeouts of each step since the last count to ``stats``."""
+        for i, tally in self.tallies:
+            stats[i][3] += tally[0]
+            stats[i][4] += tally[1]
+            tally[0] = tally[1] = 0
+
+    def close(self) -> None:
+        """End the threads its steps keep for calls that may time out."""
+        for f in self.funcs:
+            if isinstance(f, Abandoning):
+                f.close()
+            elif isinstance(f, Retrying) and isinstance(f.func, Abandoning):
+                f.func.close()
 
     def _run_steps(self, items: list[Any]) -> Outcome:
         vals = items
@@ -155,7 +188,7 @@ class Chain:
                         pos = pos[:k]
             seconds = perf_counter() - start
             if i == last:
-                stats.append([seconds, n_in, -1, 0])
+                stats.append([seconds, n_in, -1, 0, 0])
                 vals = out
                 break
             # By identity only: `None in out` would compare items with ==, which
@@ -164,7 +197,7 @@ class Chain:
             if len(vals) < len(out):
                 keep = [j for j, y in enumerate(out) if y is not None]
                 pos = keep if pos is None else [pos[j] for j in keep]
-            stats.append([seconds, n_in, len(vals), 0])
+            stats.append([seconds, n_in, len(vals), 0, 0])
         if skipped:  # in stream order, and none after a failure
             skipped = sorted((e for e in skipped if e[0] < limit), key=lambda e: (e[0], e[1]))
         if pos is None:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._chain import Chain
 from ._cpu import usable_cpu_count
-from ._failures import broken, cannot_load
-from ._messages import Broken, LoadFailed
+from ._failures import StageFailure, broken, cannot_load
+from ._messages import Broken, LoadFailed, Result
 from ._spec import short_repr
 from ._transport import Poller
 from ._worker import run_chunk, run_local
-from .errors import BrokenPipeline, SerializationError, WorkerDied
+from .errors import BrokenPipeline, SerializationError, StageTimeout, WorkerDied
 
 if TYPE_CHECKING:
     from ._flow import Record
@@ -146,6 +146,11 @@ class Futures:
         poller.register(self.waker.fd, poller.READ, self.on_wake)
         self.pending: set[Future[Any]] = set()
         self.owned: list[ThreadPoolExecutor] = []  # thread stages' executors
+        self.chains: list[Chain] = []  # and their chains, which may keep threads for calls
+        # a timed stage's tasks: when each is given up on, and how to send it again
+        self.deadlines: dict[Future[Any], tuple[float, Any, Lane, Segment, Record, Any]] = {}
+        self.given_up: set[Future[Any]] = set()
+        self.gave_up = False  # since the hub last looked: what was in flight has moved
 
     def submit(self, submit: Callable[[list[Any]], Future[Any]], lane: Lane, segment: Segment,
                rec: Record) -> None:
@@ -158,10 +163,51 @@ class Futures:
             return
         lane.pending.append(rec)
         self.pending.add(future)
+        if segment.timeout is not None:
+            self.deadlines[future] = (time.monotonic() + segment.timeout, submit, lane, segment,
+                                      rec, payload)
         self.waker.watch(future, (lane, segment, rec))
+
+    def watch(self, now: float) -> float | None:
+        """Give up on the tasks of timed stages past their deadline, counted from
+        when they were sent; returns when to look again."""
+        due = None
+        for future, (deadline, submit, lane, segment, rec, payload) in list(
+                self.deadlines.items()):
+            if now < deadline:
+                due = deadline if due is None else min(due, deadline)
+                continue
+            del self.deadlines[future]
+            self.gave_up = True
+            self.pending.discard(future)
+            self.given_up.add(future)
+            future.cancel()  # a call already running goes on: its result is dropped
+            lane.pending.remove(rec)
+            recorder = segment.flow.recorder
+            recorder.timeouts[segment.first] += 1
+            if rec.tries < segment.retries:
+                rec.tries += 1
+                recorder.retries[segment.first] += 1
+                rec.frame = payload
+                self.submit(submit, lane, segment, rec)
+                continue
+            exc = StageTimeout(segment.label, short_repr(rec.first), segment.timeout or 0.0,
+                               "its result was given up on; the executor may still run the "
+                               "call, and its result is dropped")
+            if segment.catch:
+                size = rec.n_in if segment.group else 1
+                segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0, 0]], 0.0, [
+                    (0, 0, 0, StageFailure(segment.label, rec.first, exc), size)]))
+            else:
+                segment.fail(rec, exc)
+        return due
 
     def on_wake(self) -> None:
         for (lane, segment, rec), future in self.waker.drain():
+            if future in self.given_up:
+                self.given_up.discard(future)
+                continue
+            self.deadlines.pop(future, None)
             lane.pending.remove(rec)
             self.pending.discard(future)
             if future.cancelled():
@@ -190,6 +236,8 @@ class Futures:
         for ex in self.owned:  # a thread cannot be killed: give it time to finish its call
             for t in list(getattr(ex, "_threads", ())):
                 t.join(max(0.0, deadline - time.monotonic()))
+        for chain in self.chains:
+            chain.close()
         self.waker.close()
 
 
@@ -233,8 +281,9 @@ class Remote(_Lanes):
     stages once per process and pipeline (``key``)."""
 
     def __init__(self, futures: Futures, lanes: list[Lane], executor: Executor, key: bytes,
-                 blob: bytes, segment: int) -> None:
-        super().__init__(futures, lanes, _PER_LANE_REMOTE, _CHUNK_WORK_REMOTE)
+                 blob: bytes, segment: int, timed: bool = False) -> None:
+        # a timed stage's call must start when it is sent: its deadline counts from then
+        super().__init__(futures, lanes, 1 if timed else _PER_LANE_REMOTE, _CHUNK_WORK_REMOTE)
         self.args = executor.submit, key, blob, segment
 
     def _submit(self, payload: list[Any]) -> Future[Any]:
@@ -251,6 +300,7 @@ class Local(_Lanes):
                          _CHUNK_WORK_LOCAL)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix=f"blpipe {name}")
         futures.owned.append(self.executor)
+        futures.chains.append(chain)
         self.chain = chain
         self.window = window
         self.group = group

@@ -70,7 +70,7 @@ class Record:
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
                  "skipped", "nbytes", "done", "place", "paused", "trimmed", "expanding", "calls",
-                 "tries")
+                 "tries", "seq")
 
     def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
                  outs: list[Any] | None = None, failure: Failure | None = None) -> None:
@@ -92,6 +92,7 @@ class Record:
         self.expanding: str | None = None  # the input an expansion last sent outputs of
         self.calls = 0  # 1 for a chunk of one call: one run again after its worker died
         self.tries = 0  # times it ran before, each ended by its worker's death
+        self.seq = 0  # its number among the tasks sent to its worker
 
     def where(self) -> str:
         """The input a failure of the whole chunk is placed at, as messages show it."""

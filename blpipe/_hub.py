@@ -63,7 +63,7 @@ from ._flow import Flow, Sink
 from ._master import MasterSegment
 from ._plan import Plan
 from ._pool import Link, Pool
-from ._procs import GRACE, KILL_AFTER, Procs
+from ._procs import GRACE, KILL_AFTER, WATCH, Procs
 from ._segments import Segment
 from ._spec import Placement
 from ._transport import Poller
@@ -111,6 +111,8 @@ class Hub:
         self.governor: Governor | None = None
         self.last_tick = time.monotonic()
         self.waited = 0.0  # seconds a blocking wait took, smoothed
+        self.next_watch = 0.0  # when to look at the timed calls again
+        self.watching: list[Any] = []  # what runs timed calls: Procs, Futures
         try:
             self._build(plan, config)
         except BaseException:
@@ -128,8 +130,12 @@ class Hub:
             lanes = [Lane() for _ in range(config.pool_size)]
         elif plan.pool_blob is not None:
             assert self.procs is not None
+            timed = any(s.timeout is not None for seg in plan.segments
+                        if seg.kind is Placement.POOL for s in seg.stages)
             self.pool = Pool(self.procs, plan.pool_blob, plan.pool_label, config.pool_size,
-                             config.max_tasks)
+                             config.max_tasks, timed)
+            if timed:
+                self.watching.append(self.procs)
             if config.auto:
                 own = [s.index for seg in plan.segments for s in seg.stages
                        if seg.kind in (Placement.DEDICATED, Placement.MASTER)]
@@ -171,9 +177,11 @@ class Hub:
             # batch_size, in chunks of which one runs in each worker, one waits.
             cap = s.batch_size * len(specs)
             size = max(1, cap // (len(specs) + 1))
+            if s.timeout is not None and self.procs not in self.watching:
+                self.watching.append(self.procs)
             return Segment(index, s, seg.label, cap, (size, size), self.flow, nxt,
                            Link(self.procs, seg.blobs, [x.label for x in specs],
-                                any(x.expand for x in specs)))
+                                any(x.expand for x in specs), s.timeout is not None))
         backend: Any
         if seg.kind is Placement.THREAD:
             assert self.futures is not None
@@ -185,15 +193,21 @@ class Hub:
             assert plan.pool_blob is not None
             n = config.pool_size
             backend = Remote(self.futures, lanes, config.executor, config.pool_key,
-                             plan.pool_blob, index)
+                             plan.pool_blob, index, s.timeout is not None)
+            if s.timeout is not None and self.futures not in self.watching:
+                self.watching.append(self.futures)
         else:
             n = config.pool_size
             backend = self.pool
         cap = s.batch_size
         # a call whose worker died runs again, on a worker of its own, at least once
         runs = max(2, 1 + max(x.retry.retries if x.retry else 0 for x in specs))
-        # from every worker with one chunk queued, to two chunks in all
-        return Segment(index, s, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
+        # from every worker with one chunk queued, to two chunks in all; on an executor,
+        # a timed stage's calls go one per task, each timed from when it is sent
+        chunks = (max(1, cap // (2 * n)), max(1, cap // 2))
+        if s.timeout is not None and isinstance(backend, Remote):
+            chunks = (1, 1)
+        return Segment(index, s, seg.label, cap, chunks,
                        self.flow, nxt, backend,
                        backend is self.pool and any(x.expand for x in specs), runs)
 
@@ -339,10 +353,23 @@ class Hub:
         No timeout either: arming a timer for each wait costs as much again.
         """
         poll = self.poller.poll
+        watched = None  # when to look at the timed calls again
+        if self.watching:
+            now = time.monotonic()
+            if now >= self.next_watch:  # as events come, not only when it would block
+                dues = [d for w in self.watching if (d := w.watch(now)) is not None]
+                self.next_watch = min(dues) if dues else now + WATCH
+                if self.futures is not None and self.futures.gave_up:
+                    self.futures.gave_up = False
+                    return  # a task given up on has failed or gone again: pump first
+            if any(w.busy() for w in self.watching):
+                watched = self.next_watch
         ready = poll(0)
         if not ready and timeout is None:
             due = self._deadline()
-            if due is not None:  # a partial group goes on then, whatever else happens
+            if watched is not None:
+                due = watched if due is None else min(due, watched)
+            if due is not None:  # a partial group or a late call: then, whatever happens
                 timeout = max(0.0, due - time.monotonic())
             elif not ((self.procs and (self.procs.busy() or self.procs.holds()))
                       or (self.futures and self.futures.busy())

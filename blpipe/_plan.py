@@ -11,7 +11,8 @@ process boundary once per segment, not once per stage:
   feeding the next;
 * master stages in a row: run together in the caller;
 * a thread stage, and any stage with ``on_error``: alone, so its errors are
-  placed in its own stream.
+  placed in its own stream; a stage with a ``timeout``: alone, so each call
+  of a chunk is a call of that stage, which a timed-out call is named by.
 
 The stages are pickled here, at construction, so a stage that cannot be sent
 to a worker is reported before any process starts, whatever the start method.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import pickle
 from typing import NamedTuple
 
-from ._retry import callable_of
+from ._chain import callable_of
 from ._spec import Placement, StageSpec
 from ._transport import PROTOCOL, dumps_stage
 from .errors import SerializationError
@@ -83,7 +84,8 @@ def _joins(run: list[StageSpec], s: StageSpec) -> bool:
         return True
     first, last = run[0], run[-1]
     same = (s.batch_size == first.batch_size and s.on_error == first.on_error == "raise"
-            and s.group is None)  # the hub cuts the groups: only a segment's first groups
+            and s.group is None  # the hub cuts the groups: only a segment's first groups
+            and s.timeout is None and first.timeout is None)
     if s.placement is Placement.POOL:
         return same and s.window is None and s.ordered == first.ordered
     # A linked worker relays whole chunks: an expansion streams only to the hub.

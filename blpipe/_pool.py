@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._procs import KILL_AFTER, Procs, Worker
-from ._rerun import rerun
+from ._rerun import late_call, rerun
 from ._spec import short_repr
 from ._transport import Frame
 from .errors import WorkerDied
@@ -49,7 +49,7 @@ class Pool(_Group):
     death = None
 
     def __init__(self, procs: Procs, blob: bytes, label: str, size: int,
-                 max_tasks: int | None = None) -> None:
+                 max_tasks: int | None = None, timed: bool = False) -> None:
         super().__init__(procs)
         self.blob = blob
         self.label = label
@@ -57,13 +57,14 @@ class Pool(_Group):
         self.active: list[Worker] = []  # the first n_active workers
         self.n_active = size
         self.max_tasks = max_tasks
+        self.timed = timed  # a pool stage has a timeout: its workers get clocks
         if max_tasks is not None:
             self.post = self._post_counted
         for _ in range(size):
             self._add()
 
     def _add(self) -> None:
-        worker, _ = self.procs.spawn(self.blob, self.label)
+        worker, _ = self.procs.spawn(self.blob, self.label, timed=self.timed)
         worker.group = self
         worker.left = self.max_tasks
         self.workers.append(worker)
@@ -102,8 +103,12 @@ class Pool(_Group):
         worker.paused.clear()
         for i, (segment, rec) in enumerate(pending):
             if i <= first:
-                if not (i == first and not procs.closing and rerun(self, segment, rec, exitcode)):
-                    procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where()))
+                late = worker.late[1] if worker.late and worker.late[0] is rec else None
+                if not (i == first and not procs.closing and
+                        rerun(self, segment, rec, exitcode, late)):
+                    procs.fail(segment, rec, WorkerDied(segment.label, exitcode, rec.where())
+                               if late is None else late_call(segment, rec, late, "its worker "
+                                                              "was killed"))
             else:
                 self.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         for segment, rec in worker.unsent:
@@ -127,7 +132,7 @@ class Link(_Group):
     work = _CHUNK_WORK
 
     def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str],
-                 expands: bool = False) -> None:
+                 expands: bool = False, timed: bool = False) -> None:
         super().__init__(procs)
         self.workers: list[Worker] = []
         self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
@@ -137,7 +142,7 @@ class Link(_Group):
         relay = None  # the write end of the next worker's task pipe
         for i in range(len(blobs) - 1, -1, -1):
             worker, feeder = procs.spawn(blobs[i], labels[i], relay=relay,
-                                         linked=len(blobs) > 1, fed=i == 0)
+                                         linked=len(blobs) > 1, fed=i == 0, timed=timed)
             if relay is not None:
                 relay.close()  # the worker before it holds it now: its exit is an EOF
             relay = feeder
@@ -174,6 +179,9 @@ class Link(_Group):
         worker.unsent.clear()
         worker.paused.clear()
         for segment, rec in pending:
+            if worker.late is not None and worker.late[0] is rec:
+                self.procs.fail(segment, rec, late_call(segment, rec, worker.late[1]))
+                continue
             if len(self.workers) > 1:
                 where = (f"{short_repr(rec.first)} to {self.workers[0].label} or one after "
                          f"it (its chunk went through linked stages)")

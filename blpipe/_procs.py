@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 GRACE = 1.0  # seconds an idle worker gets to exit on end of file after a normal run
 KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
+WATCH = 0.2  # seconds between looks at the clocks of workers running timed chunks
 _PIPE_SIZE = 1 << 20
 
 
@@ -40,7 +41,7 @@ class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
-                 "label", "group", "freed", "left")
+                 "label", "group", "freed", "left", "clock", "tasks", "late")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -56,6 +57,9 @@ class Worker:
         self.group: Any = None  # its Pool or Link, which handles its death
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
         self.left: int | None = None  # calls it may still take (max_tasks_per_child)
+        self.clock: Any = None  # its [task, call, started] in shared memory, if timed
+        self.tasks = 0  # tasks sent to it: the number of the next one
+        self.late: tuple[Record, int] | None = None  # killed: this chunk's call ran late
 
 
 class Procs:
@@ -73,13 +77,16 @@ class Procs:
         self.sink = sink
         self.workers: list[Worker] = []
         self.slots = Slots() if AVAILABLE else None  # for large inputs
+        self.timed = False  # some worker has a clock: watch() it
         self.views = Views()  # the workers' slots, for large results
         self.closing = False
 
     def spawn(self, blob: bytes, label: str, relay: Any = None, linked: bool = False,
-              fed: bool = True) -> tuple[Worker, Any]:
+              fed: bool = True, timed: bool = False) -> tuple[Worker, Any]:
         """Start a worker; returns it, and the write end of its task pipe when
-        the hub does not feed it (``fed``): the caller passes that on."""
+        the hub does not feed it (``fed``): the caller passes that on. A
+        ``timed`` worker runs stages with a ``timeout``: it gets a clock."""
+        clock = self.ctx.RawArray("d", 3) if timed else None
         task_r, task_w = self.ctx.Pipe(duplex=False)
         result_r, result_w = self.ctx.Pipe(duplex=False)
         # Under fork the child inherits the parent's ends of every pipe, its own
@@ -87,7 +94,7 @@ class Procs:
         close_fds = (*self.parent_fds, task_w.fileno(), result_r.fileno()) if self.fork else ()
         proc = self.ctx.Process(target=worker_main,
                                 args=(task_r, result_w, blob, close_fds, relay, linked,
-                                      self.parent),
+                                      self.parent, clock),
                                 name=f"blpipe {label}", daemon=True)
         try:
             proc.start()
@@ -95,6 +102,9 @@ class Procs:
             task_r.close()
             result_w.close()
         worker = Worker(proc, task_w if fed else None, result_r, label)
+        worker.clock = clock
+        if timed:
+            self.timed = True
         if not fed:  # a linked worker's: it stays blocking, for the worker that feeds it
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(task_w.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
@@ -125,10 +135,13 @@ class Procs:
         worker.freed = []
         return packed
 
-    def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
+    def post(self, worker: Worker, segment: Segment, rec: Record, task: bool = True) -> None:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
         queued = bool(outbox)
         rec.place = worker
+        if task:  # not a paused expansion going on: the worker counts tasks as it reads them
+            rec.seq = worker.tasks
+            worker.tasks += 1
         worker.pending.append((segment, rec))
         try:
             if outbox.put(rec.frame) or outbox.waiting:
@@ -150,7 +163,7 @@ class Procs:
         ident, rec.paused = rec.paused, None
         assert ident is not None
         rec.frame = dumps(Resume(ident, credit))
-        self.post(worker, segment, rec)
+        self.post(worker, segment, rec, task=False)
 
     def on_writable(self, worker: Worker) -> None:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]
@@ -280,6 +293,31 @@ class Procs:
         self.poller.unregister(fd)
         if fd in self.parent_fds:
             self.parent_fds.remove(fd)
+
+    def watch(self, now: float) -> float | None:
+        """Kill each worker whose call has run past its stage's timeout; returns
+        when to look again, or ``None`` when no timed call is in flight."""
+        due = None
+        for w in self.workers:
+            clock = w.clock
+            if clock is None or not w.pending or w.late is not None:
+                continue
+            task, call, started = clock[0], clock[1], clock[2]
+            for segment, rec in w.pending:
+                if rec.seq == task and segment.timeout is not None:
+                    break
+            else:  # not a timed chunk, or one it has not begun: look again soon
+                if any(s.timeout is not None for s, _ in w.pending):
+                    due = min(due or now + 1.0, now + WATCH)
+                continue
+            if not started:  # between its calls
+                due = min(due or now + 1.0, now + min(WATCH, segment.timeout / 2))
+            elif now >= started + segment.timeout:
+                w.late = rec, int(call)
+                w.proc.kill()  # its sentinel fires at once: on_death takes it from there
+            else:
+                due = min(due or now + 1.0, started + segment.timeout)
+        return due
 
     def busy(self) -> bool:
         """Whether any worker holds a chunk or has one waiting to be written."""

@@ -29,6 +29,7 @@ class Recorder:
         self.n_in = [0] * n
         self.n_out = [0] * n
         self.retries = [0] * n
+        self.timeouts = [0] * n
         self.serialize = [0.0] * n  # per first stage of a segment
         self.started: float | None = None
         self.ended: float | None = None
@@ -46,7 +47,7 @@ class Recorder:
             self.ended = time.monotonic()
 
     def add(self, first: int, stats: list[Any], n_in: int, n_out: int, seconds: float) -> None:
-        """A chunk's figures: per stage ``[busy, in, out, retries]`` from ``first``
+        """A chunk's figures: per stage ``[busy, in, out, retries, timeouts]`` from ``first``
         on, the segment's inputs and outputs, and its serialization seconds."""
         self.serialize[first] += seconds
         if len(stats) == 1:  # the common case, kept short
@@ -54,8 +55,9 @@ class Recorder:
             self.busy[first] += figures[0]
             self.n_in[first] += n_in
             self.n_out[first] += n_out
-            if figures[3]:
+            if figures[3] or figures[4]:
                 self.retries[first] += figures[3]
+                self.timeouts[first] += figures[4]
             return
         busy, ins, outs = self.busy, self.n_in, self.n_out
         last = len(stats) - 1
@@ -63,6 +65,7 @@ class Recorder:
             busy[first + j] += figures[0]
             ins[first + j] += n_in if j == 0 else figures[1]
             self.retries[first + j] += figures[3]
+            self.timeouts[first + j] += figures[4]
         for j, figures in enumerate(stats):
             outs[first + j] += n_out if j == last else figures[2]
 
@@ -75,6 +78,7 @@ class Recorder:
         n_in = list(self.n_in)
         busy = list(self.busy)
         retries = list(self.retries)
+        timeouts = list(self.timeouts)
         serialize = list(self.serialize)
         end = self.ended or time.monotonic()
         elapsed = 0.0 if self.started is None else end - self.started
@@ -99,7 +103,8 @@ class Recorder:
                 peak_in_flight=peak,
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
-                errors=errors[i], shape=spec.shape, retries=retries[i]))
+                errors=errors[i], shape=spec.shape, retries=retries[i],
+                timeouts=timeouts[i]))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,

@@ -26,7 +26,7 @@ from ._messages import Result
 from ._shm import Views
 from ._spec import short_repr
 from ._transport import HEADER, loads
-from .errors import WorkerDied
+from .errors import StageTimeout, WorkerDied
 
 if TYPE_CHECKING:
     from ._segments import Segment
@@ -47,14 +47,17 @@ class Pool(Protocol):
     def post(self, place: Any, segment: Any, rec: Record) -> None: ...
 
 
-def rerun(pool: Pool, segment: Segment, rec: Record, exitcode: int | None) -> bool:
+def rerun(pool: Pool, segment: Segment, rec: Record, exitcode: int | None,
+          late: int | None = None) -> bool:
     """Run ``rec``'s calls again, a chunk each, or fail the one call it held
-    once it has run out of tries. ``False`` when it cannot run again."""
+    once it has run out of tries. ``late``: the worker was killed because its
+    call ``late`` of the chunk ran past the stage's timeout; only that call is
+    blamed. ``False`` when it cannot run again."""
     procs = pool.procs
     if rec.outs is not None or rec.frame is None:
         return False
     tries = rec.tries + 1
-    if rec.calls == 1 and tries >= segment.runs:
+    if late is None and rec.calls == 1 and tries >= segment.runs:
         _died(pool, segment, rec, exitcode)
         return True
     try:
@@ -64,17 +67,47 @@ def rerun(pool: Pool, segment: Segment, rec: Record, exitcode: int | None) -> bo
     procs.release_slot(rec)
     units = _units(segment, rec, payload)
     segment.replace(rec, [unit for unit, _ in units])
+    calls = [unit for unit, items in units if items is not None]
+    recorder = segment.flow.recorder
+    if late is not None:
+        recorder.timeouts[segment.first] += 1
     for unit, items in units:
         if items is None:  # inputs that complete no window: nothing to call
-            segment.complete(unit, Result([], None, [[0.0, 0, 0, 0]], 0.0, []))
+            segment.complete(unit, Result([], None, [[0.0, 0, 0, 0, 0]], 0.0, []))
             continue
-        unit.tries = tries
+        if late is None:
+            unit.tries = tries
+        elif unit is calls[late]:
+            unit.tries = rec.tries + 1 if rec.calls == 1 else 1
+            if unit.tries > segment.retries:
+                _expired(pool, segment, unit)
+                continue
+            recorder.retries[segment.first] += 1
         worker = pool.pick(pool.depth + 1) or pool.workers[0]
         unit.frame, unit.slot, unit.nbytes = pool.pack(segment.index, items, worker,
                                                        segment.credit)
         segment.flow.meter.add(unit.nbytes)
         pool.post(worker, segment, unit)
     return True
+
+
+def late_call(segment: Segment, rec: Record, late: int, what: str = "its process was "
+              "killed, and the stage's state with it, so the pipeline cannot go on") -> Any:
+    """The error for call ``late`` of ``rec``, which ran past the timeout."""
+    try:
+        calls = [u for u, items in _units(segment, rec, _payload(rec.frame)) if items]
+        where = repr(calls[late].first)
+    except Exception:  # the chunk cannot be rebuilt: name it as a whole
+        where = rec.where()
+    return StageTimeout(segment.label, where, segment.timeout, what)  # type: ignore[arg-type]
+
+
+def _expired(pool: Pool, segment: Segment, rec: Record) -> None:
+    """A call of one input ran past the timeout, with no retry left."""
+    what = "its worker was killed and replaced" + (f", on each of its {rec.tries} tries"
+                                                    if rec.tries > 1 else "")
+    _failed(pool, segment, rec, StageTimeout(segment.label, repr(rec.first),
+                                             segment.timeout, what))  # type: ignore[arg-type]
 
 
 def _payload(frame: Any) -> list[Any]:
@@ -119,11 +152,17 @@ def _unit(n_in: int, call: Any, start: int) -> Record:
 def _died(pool: Pool, segment: Segment, rec: Record, exitcode: int | None) -> None:
     """The call killed its worker again: it fails, placed at its input, and
     under ``on_error`` it is gone past like any error."""
-    exc = WorkerDied(segment.label, exitcode, repr(rec.first), rec.tries + 1)
+    _failed(pool, segment, rec, WorkerDied(segment.label, exitcode, repr(rec.first),
+                                           rec.tries + 1))
+
+
+def _failed(pool: Pool, segment: Segment, rec: Record, exc: Exception) -> None:
+    """``rec``, a chunk of one call, failed with ``exc``: raised in its place, or
+    under ``on_error`` gone past like any error of the stage."""
     if not segment.catch:
         pool.procs.fail(segment, rec, exc)
         return
     pool.procs.release_slot(rec)
     size = rec.n_in if segment.group else 1
-    segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0]], 0.0,
+    segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0, 0]], 0.0,
                                  [(0, 0, 0, StageFailure(segment.label, rec.first, exc), size)]))

@@ -22,13 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._failures import add_note
-from ._spec import BACKOFF_CAP, Retry, StageSpec
-from .stages import Stage
-
-
-def callable_of(spec: StageSpec) -> Callable[[Any], Any]:
-    """What runs ``spec``: its callable, wrapped when it has retries."""
-    return spec.func if spec.retry is None else Retrying(spec.func, spec.retry, spec.expand)
+from ._spec import BACKOFF_CAP, Retry
 
 
 def delay(backoff: float, retry: int) -> float:
@@ -41,21 +35,22 @@ def delay(backoff: float, retry: int) -> float:
 
 
 class Retrying:
-    """``func``, called up to ``retries + 1`` times per input; counts its retries."""
+    """``func``, called up to ``retries + 1`` times per input.
 
-    __slots__ = ("func", "retry", "expand", "retries")
+    It counts its retries in ``tally[0]``, which the chain reads for the
+    figures; ``restart``, when set, is called before each retry (a clock that
+    times each try).
+    """
 
-    def __init__(self, func: Callable[[Any], Any], retry: Retry, expand: bool) -> None:
-        # a Stage only delegates: calling what it wraps saves a call per try
-        self.func = func.__wrapped__ if isinstance(func, Stage) else func
+    __slots__ = ("func", "retry", "expand", "tally", "restart")
+
+    def __init__(self, func: Callable[[Any], Any], retry: Retry, expand: bool,
+                 tally: list[int]) -> None:
+        self.func = func
         self.retry = retry
         self.expand = expand
-        self.retries = 0  # since the last take()
-
-    def take(self) -> int:
-        """The retries counted since the last call, for the figures."""
-        n, self.retries = self.retries, 0
-        return n
+        self.tally = tally
+        self.restart: Callable[[], None] | None = None
 
     def __call__(self, value: Any) -> Any:
         retries, on, backoff = self.retry
@@ -71,13 +66,12 @@ class Retrying:
                     add_note(e, f"blpipe: the call failed {attempt} times (retries="
                                 f"{retries}); this is the last error")
                     raise
-                self.retries += 1
+                self.tally[0] += 1
                 if backoff:
                     time.sleep(delay(backoff, attempt))
+                if self.restart is not None:
+                    self.restart()
         raise AssertionError("unreachable")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled to workers with its stage
-        return Retrying, (self.func, self.retry, self.expand)
 
 
 _END = object()

@@ -69,7 +69,7 @@ class ChainState(Protocol):
 
     def run(self, items: Iterable[Any]) -> Outcome: ...
 
-    def count_retries(self, stats: list[list[Any]]) -> None: ...
+    def count_calls(self, stats: list[list[Any]]) -> None: ...
 
 
 _BLOCK = 1024  # outputs of an expansion read at once, at most
@@ -97,7 +97,7 @@ class Run:
         self.chain = chain
         self.failure: StageFailure | None = None
         self.skipped: list[Skipped] = []
-        self.stats: list[list[Any]] = [[0.0, 0, 0, 0] for _ in chain.steps]
+        self.stats: list[list[Any]] = [[0.0, 0, 0, 0, 0] for _ in chain.steps]
         self.item: Any = None
         self.base = list(chain.seen)  # where this chunk starts in each step's stream
         self._count = [0] * len(chain.steps)  # what reached each step in this run
@@ -112,6 +112,7 @@ class Run:
         self.label = ""  # a worker's: how messages name its segment's last stage
         self.seconds = 0.0  # a worker's: unpickling and pickling, for the figures
         self.ahead: list[Any] = []  # a worker's: outputs made beyond its last part
+        self.position = (0, 0)  # a worker's: its task and calls, for a timed stage's clock
         self.pieces = self._outputs(items) if items is not None else self._flushed(due, start)
         self._it = flatten.from_iterable(self.pieces)
 
@@ -151,7 +152,7 @@ class Run:
 
     def _end(self) -> None:
         self.stats[-1][2] = -1
-        self.chain.count_retries(self.stats)
+        self.chain.count_calls(self.stats)
 
     def _feed(self, i: int, value: Any) -> Iterator[list[Any]]:
         """The outputs of ``value`` entering step ``i``, through the steps after it."""

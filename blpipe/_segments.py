@@ -54,6 +54,8 @@ class Segment:
         self.ordered = head.ordered
         self.catch = head.on_error != "raise"  # then it is alone in its segment
         self.runs = runs  # times a call may run, each ended by its worker's death
+        self.timeout = head.timeout  # a stage with a timeout is alone in its segment
+        self.retries = head.retry.retries if head.retry else 0
         self.flow = flow
         self.next = nxt
         self.backend = backend
@@ -357,7 +359,7 @@ class Segment:
             self.history.extend(items)
             if len(payload) < self.window:  # type: ignore[operator]
                 # not a full window yet: nothing to compute, but the inputs count
-                self.flow.recorder.add(self.first, [[0.0, 0, 0, 0]], len(items), 0, 0.0)
+                self.flow.recorder.add(self.first, [[0.0, 0, 0, 0, 0]], len(items), 0, 0.0)
                 return False
         try:
             packed = self.backend.pack(self.index, payload, place, self.credit)

@@ -32,6 +32,8 @@ attribute           default      meaning
 ``retry_on``        ``(Exception,)``  the exception types that are retried
 ``retry_backoff``   ``0.0``      seconds: the base of the sleep before a retry,
                                  doubling with each (full jitter, capped)
+``timeout``         ``None``     seconds a call may run; past it, the input fails
+                                 with ``StageTimeout``
 ==================  ===========  ==============================================
 """
 
@@ -120,6 +122,7 @@ class StageSpec:
     group: int | None = None
     group_wait: float | None = None
     retry: Retry | None = None
+    timeout: float | None = None
 
     @property
     def label(self) -> str:
@@ -214,7 +217,26 @@ def read_stage(index: int | None, func: object) -> StageSpec:
 
     expand, group, group_wait = _shape(where, func, window, batch_size)
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
-                     on_error, max_errors, expand, group, group_wait, _retry(where, func))
+                     on_error, max_errors, expand, group, group_wait, _retry(where, func),
+                     _timeout(where, func, placement))
+
+
+def _timeout(where: str, func: object, placement: Placement) -> float | None:
+    limit = getattr(func, "timeout", None)
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Real):
+        raise TypeError(f"{where}: timeout={limit!r} is a {type(limit).__name__}; it must be "
+                        f"a number of seconds > 0, or None")
+    if not 0 < float(limit) < float("inf"):
+        raise ValueError(f"{where}: timeout={limit!r}; it must be a number of seconds > 0, or "
+                         f"None")
+    if placement is Placement.MASTER:
+        raise ValueError(f"{where}: timeout={limit!r} cannot be kept by a run_in_master stage: "
+                         f"blpipe cannot safely interrupt the calling process; run the stage "
+                         f"in the pool (stateful=False), in threads, or in a process of its "
+                         f"own, or delete timeout")
+    return float(limit)
 
 
 def _retry(where: str, func: object) -> Retry | None:

@@ -40,6 +40,7 @@ from ._messages import (
 from ._run import Outcome, Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
+from ._timeout import position, set_clock, start_task
 from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
 from ._transport import write_frame as _write
 from .errors import BrokenPipeline, SerializationError
@@ -89,7 +90,8 @@ def _packed(skipped: list[Skipped]) -> list[Skipped]:
 # -- a worker process --------------------------------------------------------
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
-                relay_conn: Any = None, linked: bool = False, parent: int = 0) -> None:
+                relay_conn: Any = None, linked: bool = False, parent: int = 0,
+                clock: Any = None) -> None:
     """Run chunks until the task pipe closes.
 
     ``close_fds`` are the parent's ends of other workers' pipes, inherited
@@ -99,11 +101,14 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     and figures so far; the last one sends the results to the parent. A
     ``linked`` worker sends nothing through shared memory, since the parent
     could not hand its slots back. ``parent`` is for :func:`die_with_parent`.
+    ``clock``, for a worker of stages with a ``timeout``, is where it shows
+    which call runs since when (:mod:`blpipe._timeout`).
     """
     die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
     tune_malloc()
+    set_clock(clock)
     if close_fds:
         # dup2 over them rather than close, so a stale object closing its
         # inherited fd later cannot close a descriptor the stage opened.
@@ -137,6 +142,7 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
     paused: dict[int, Run] = {}  # expansions waiting for the hub to make room
+    tasks = 0  # read so far: the hub numbers them the same way, for the clock
 
     while (frame := inbox.next()) is not None:
         start = clock()
@@ -151,10 +157,13 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             _write(result_fd, dumps(Loaded(views.last[1])))  # the hub frees the slot now
         if type(msg) is Resume:  # an expansion the hub has room for again
             run = paused.pop(msg.ident)
+            start_task(*run.position)
             pickling = _stream(run, msg.credit, slots, result_fd, paused)
             continue
         task: Task = new(Task, msg)
         del msg
+        start_task(tasks)
+        tasks += 1
         for owner, ident in task.freed:
             if owner == pid and slots is not None:  # a resent chunk may carry another's
                 slots.release(ident)
@@ -217,6 +226,7 @@ def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
         if len(buf) >= credit:  # all the hub can hold: pause here
             ident = id(run)
             paused[ident] = run
+            run.position = position()
             buf, run.ahead = buf[:credit], buf[credit:]
         done = clock()
         # The errors gone past so far all come before the outputs kept ahead: the

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import signal
 
-__all__ = ["BrokenPipeline", "RemoteTraceback", "SerializationError", "WorkerDied"]
+__all__ = ["BrokenPipeline", "RemoteTraceback", "SerializationError", "StageTimeout",
+           "WorkerDied"]
 
 
 class BrokenPipeline(RuntimeError):
@@ -36,6 +37,28 @@ class WorkerDied(BrokenPipeline):
 
     def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, int | None, str | None, int]]:
         return type(self), (self.stage, self.exitcode, self.input_repr, self.runs)
+
+
+class StageTimeout(TimeoutError):
+    """A call ran past its stage's ``timeout``.
+
+    ``stage`` names the stage, ``input_repr`` is a short ``repr`` of the
+    input, ``limit`` the timeout in seconds, and ``what`` says what became of
+    the call: its worker was killed, it was abandoned in its thread, its task
+    was cancelled. It is a ``TimeoutError``, and the error policy applies to
+    it like to any error of the stage.
+    """
+
+    def __init__(self, stage: str, input_repr: str, limit: float, what: str) -> None:
+        self.stage = stage
+        self.input_repr = input_repr
+        self.limit = limit
+        self.what = what
+        super().__init__(f"{stage} ran past its timeout of {limit:g} s on input {input_repr}: "
+                         f"{what}")
+
+    def __reduce__(self) -> tuple[type[StageTimeout], tuple[str, str, float, str]]:
+        return type(self), (self.stage, self.input_repr, self.limit, self.what)
 
 
 class SerializationError(TypeError):

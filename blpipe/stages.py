@@ -3,8 +3,8 @@
 A stage is any callable; how it may run is read from plain attributes
 (``stateful``, ``batch_size``, ``run_in_master``, ``threads``, ``ordered``,
 ``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``, ``retries``,
-``retry_on``, ``retry_backoff``), which can sit on a function, an instance or
-its class. ``stage()`` sets them on callables that cannot take attributes,
+``retry_on``, ``retry_backoff``, ``timeout``), which can sit on a function, an
+instance or its class. ``stage()`` sets them on callables that cannot take attributes,
 such as builtins and lambdas, and validates them at once.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["Stage", "stage"]
 _DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
-    "retries": 0, "retry_on": None, "retry_backoff": None,
+    "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None,
 }
 
 
@@ -47,6 +47,7 @@ class Stage:
     retries: int
     retry_on: type[Exception] | tuple[type[Exception], ...] | None
     retry_backoff: float | None
+    timeout: float | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -78,14 +79,16 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
-          retry_backoff: float = ...) -> Stage: ...
+          retry_backoff: float = ..., timeout: float | None = ...,
+          ) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
-          retry_backoff: float = ...) -> Callable[[Callable[..., Any]], Stage]: ...
+          retry_backoff: float = ..., timeout: float | None = ...,
+          ) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
@@ -94,7 +97,8 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           expand: bool = _UNSET, group: int | None = _UNSET, group_wait: float | None = _UNSET,
           retries: int = _UNSET,
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
-          retry_backoff: float = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
+          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::

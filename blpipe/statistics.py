@@ -75,6 +75,9 @@ class StageStatistics:
     retries: int = 0
     """Calls it repeated after an error (``retries``); a call that succeeds on
     its third try counts 2."""
+    timeouts: int = 0
+    """Calls that ran past its ``timeout``: killed with their worker,
+    abandoned in their thread, or cancelled."""
 
 
 @dataclass(frozen=True)

@@ -558,3 +558,30 @@ class Poison(Attrs):
             faulthandler.disable()  # inherited from pytest under fork; the crash is expected
             ctypes.string_at(0)
         return x * 2 if isinstance(x, int) else x
+
+
+class Hang(Attrs):
+    """``x * 2``, but on the inputs in ``bad`` the call never returns: it sleeps
+    (``how="sleep"``) or spins in pure Python (``"spin"``), until the file
+    ``release`` exists (for calls in this process's threads, which cannot be
+    killed)."""
+
+    def __init__(self, bad: frozenset[int] | set[int], how: str = "sleep",
+                 release: str | None = None, **attrs: Any) -> None:
+        super().__init__(**{"stateful": False, **attrs})
+        self.bad = frozenset(bad)
+        self.how = how
+        self.release = release
+
+    def __call__(self, x: Any) -> Any:
+        key = x[-1] if isinstance(x, tuple) else x[0] if isinstance(x, list) else x
+        if key in self.bad:
+            release = self.release
+            if self.how == "sleep":
+                while not (release and os.path.exists(release)):
+                    time.sleep(0.05)
+            else:
+                n = 0
+                while not (release and n % 100_000 == 0 and os.path.exists(release)):
+                    n += 1
+        return x * 2 if isinstance(x, int) else x

@@ -82,7 +82,7 @@ def test_single_step_fast_path_matches() -> None:
     assert outputs == [1, 2]
     assert failure is not None
     assert failure.item == 3
-    assert stats[0][1:] == [4, -1, 0]  # in, out (the caller counts it), retries
+    assert stats[0][1:] == [4, -1, 0, 0]  # in, out (the caller counts it), retries, timeouts
 
 
 @pytest.mark.parametrize(("items", "k", "expected"), [

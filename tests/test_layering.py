@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
     {"stages", "errorlog", "_recorder", "_transport", "_progress"},
     {"_failures"},  # how an exception crosses a boundary
-    {"_run", "_retry"},  # a chunk, input by input; a call, try by try
+    {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
     {"_chain", "_messages", "_flow"},  # a chunk: how it runs, what carries it
     {"_worker"},  # the child side
     {"_plan"},  # stages to segments
