@@ -2,7 +2,8 @@
 
 A stage is any callable; how it may run is read from plain attributes
 (``stateful``, ``batch_size``, ``run_in_master``, ``threads``, ``ordered``,
-``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``), which can
+``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``,
+``concurrency``), which can
 sit on a function, an instance or its class. ``stage()`` sets them on
 callables that cannot take attributes, such as builtins and lambdas, and
 validates them at once.
@@ -22,7 +23,7 @@ __all__ = ["Stage", "stage"]
 # Every attribute but run_in_master, which counts by its presence, with its default.
 _DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
-    "max_errors": None, "expand": False, "group": None, "group_wait": None,
+    "max_errors": None, "expand": False, "group": None, "group_wait": None, "concurrency": None,
 }
 
 
@@ -43,6 +44,7 @@ class Stage:
     expand: bool
     group: int | None
     group_wait: float | None
+    concurrency: int | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -73,20 +75,20 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
-          ) -> Stage: ...
+          concurrency: int | None = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
           ordered: bool = ..., on_error: str = ..., max_errors: int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
-          ) -> Callable[[Callable[..., Any]], Stage]: ...
+          concurrency: int | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
           batch_size: int = _UNSET, run_in_master: bool = _UNSET, threads: int | None = _UNSET,
           ordered: bool = _UNSET, on_error: str = _UNSET, max_errors: int | None = _UNSET,
           expand: bool = _UNSET, group: int | None = _UNSET, group_wait: float | None = _UNSET,
-          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          concurrency: int | None = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::
@@ -105,6 +107,10 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
         stage(str.upper, stateful=False, batch_size=1, threads=16, ordered=False)
         >>> stage(str.split, stateful=False, expand=True)
         stage(str.split, stateful=False, batch_size=1, expand=True)
+        >>> async def get(url):
+        ...     return url
+        >>> stage(get, batch_size=64, concurrency=32)
+        stage(get, stateful=True, batch_size=64, concurrency=32)
 
     Attributes not given keep the callable's own, else the defaults. The values
     are validated at once, so a bad one fails here rather than in a pipeline.
