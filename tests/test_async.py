@@ -435,13 +435,13 @@ def test_works_inside_a_running_event_loop(cls: type) -> None:
     assert asyncio.run(main()) == [0, 1, 2, 0, 0, 1]
 
 
-class Locked:
-    """Async, and holds a lock, so it cannot pickle: it must never be sent."""
+class Unpicklable:
+    """Async, and refuses to be pickled: no worker process may ever load it."""
 
     batch_size = 8
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __reduce__(self) -> Any:
+        raise TypeError("an async stage is never pickled")
 
     async def __call__(self, x: int) -> int:
         await asyncio.sleep(0.0005 * (x % 4))
@@ -450,7 +450,7 @@ class Locked:
 
 def test_mixes_with_pool_and_dedicated_stages(start_method: str) -> None:
     def ops() -> list[Any]:
-        return [Add(1, batch_size=8), Locked(), RunningSum(batch_size=8)]
+        return [Add(1, batch_size=8), Unpicklable(), RunningSum(batch_size=8)]
 
     data = [None if i % 11 == 0 else i for i in range(500)]
     assert_matches_sequential(ops, data, n_cpu=2, start_method=start_method)
