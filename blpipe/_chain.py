@@ -65,6 +65,14 @@ def grouped(items: Sequence[Any], n: int) -> list[list[Any]]:
     return [list(items[i:i + n]) for i in range(0, len(items), n)]
 
 
+def formed(payload: list[Any], window: int | None, group: int | None) -> list[Any]:
+    """What a chunk's one step is called with: the windows or groups of
+    ``payload`` (which begins with a window's ``k - 1`` earlier inputs), or it."""
+    if window:
+        return sliding(payload, window)
+    return grouped(payload, group) if group else payload
+
+
 class Chain:
     """Applies steps in order; ``None`` from any step drops the item.
 

@@ -57,33 +57,45 @@ class Lane:
 
 
 class Waker:
-    """Futures finished on other threads, handed to the hub through a pipe."""
+    """Futures finished on other threads, handed to the hub through a pipe.
+
+    A byte is written only for the first future of a batch the hub has not
+    taken yet: a write is a system call, which lets other threads take the
+    GIL, so a byte per future would slow a burst of them down.
+    """
 
     def __init__(self) -> None:
         self.fd, self._w = os.pipe()
         for fd in (self.fd, self._w):
             os.set_blocking(fd, False)
         self._done: deque[tuple[Any, Future[Any]]] = deque()
-        self._lock = threading.Lock()  # so no write lands on a closed, reused fd
+        # Both threads test and change _done under it, so that a future queued
+        # behind others is never left without a byte; and no write lands on a
+        # closed, reused fd.
+        self._lock = threading.Lock()
         self._closed = False
 
     def watch(self, future: Future[Any], tag: Any) -> None:
         future.add_done_callback(lambda f: self._ready(tag, f))
 
     def _ready(self, tag: Any, future: Future[Any]) -> None:
-        self._done.append((tag, future))
         with self._lock:
-            if not self._closed:
+            first = not self._done
+            self._done.append((tag, future))
+            if first and not self._closed:
                 with contextlib.suppress(BlockingIOError):  # a byte is already waiting
                     os.write(self._w, b"\0")
 
     def drain(self) -> list[tuple[Any, Future[Any]]]:
+        # The pipe is read before the batch is taken: a future queued in between
+        # is taken now, and its byte only wakes the hub once more for nothing.
+        # Read after, that byte could go while the future stayed queued.
         with contextlib.suppress(BlockingIOError):
             while os.read(self.fd, 4096):
                 pass
-        done = []
-        while self._done:
-            done.append(self._done.popleft())
+        with self._lock:
+            done = list(self._done)
+            self._done.clear()
         return done
 
     def close(self) -> None:

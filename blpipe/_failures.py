@@ -45,7 +45,7 @@ def add_note(exc: BaseException, note: str) -> None:
 class StageFailure(Exception):
     """A stage raised ``exc`` on ``item``; ``label`` names the stage."""
 
-    def __init__(self, label: str, item: Any, exc: Exception) -> None:
+    def __init__(self, label: str, item: Any, exc: BaseException) -> None:
         super().__init__(label, exc)
         self.label = label
         self.item = item

@@ -19,7 +19,8 @@ The data flow, for ``[parse (pool), Total() (dedicated), render (master)]``::
 
    wait(): one select over every result pipe, every worker's sentinel (a death
    is seen as it happens), task pipes with writes pending, and the Waker
-   (futures done on an executor's or a thread stage's threads)
+   (futures done on an executor's or a thread stage's threads, or on the
+   async stages' event loop thread)
 
 Each step of the consumer's loop is :meth:`Hub.pump` (release finished
 outputs downstream, pull input into the first segment, dispatch chunks), then
@@ -39,7 +40,7 @@ worker -> hub          ``Loaded``                   slot: a huge input is read, 
 worker -> hub          ``LoadFailed``               traceback: the stages could not load
 worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
 worker -> hub          ``Broken``                   traceback: blpipe's own code failed
-executor/thread -> hub ``Result`` or ``Broken``     as a future's result
+a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
 hub -> worker          end of file on its task pipe stop
 =====================  ===========================  ===========================================
 """
@@ -55,6 +56,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ._adaptive import Governor
+from ._aio import Loop, LoopThread
 from ._chain import Chain, step_of
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
@@ -107,6 +109,7 @@ class Hub:
         self.sink = Sink(last.batch_size if last else 64)
         self.procs: Procs | None = None
         self.futures: Futures | None = None
+        self.aio: LoopThread | None = None  # the event loop of the async stages
         self.pool: Pool | None = None
         self.governor: Governor | None = None
         self.last_tick = time.monotonic()
@@ -123,7 +126,8 @@ class Hub:
         kinds = {s.kind for s in plan.segments}
         if kinds & {Placement.DEDICATED} or (config.executor is None and plan.pool_blob):
             self.procs = Procs(config.ctx, self.poller, self.parent_fds, self.flow, self.sink)
-        if Placement.THREAD in kinds or (config.executor is not None and plan.pool_blob):
+        if kinds & {Placement.THREAD, Placement.ASYNC} or (config.executor is not None and
+                                                            plan.pool_blob):
             self.futures = Futures(self.poller, self.parent_fds)
         lanes: list[Lane] = []
         if config.executor is not None:
@@ -141,6 +145,8 @@ class Hub:
                        if seg.kind in (Placement.DEDICATED, Placement.MASTER)]
                 self.governor = Governor(config.pool_size, own, config.recorder.busy,
                                          time.monotonic())
+        if Placement.ASYNC in kinds:
+            self.aio = LoopThread()
         nxt: Any = self.sink
         segments: list[Any] = []
         for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
@@ -159,6 +165,8 @@ class Hub:
         self.head = segments[0] if segments else self.sink
         # input is pulled a chunk of the first outside segment at a time
         self.pull_from: Segment | None = self.outside[-1] if self.outside else None
+        if self.aio is not None:  # once every process has started: no fork copies its thread
+            self.aio.start()
 
     def _segment(self, index: int, plan: Plan, config: Config, lanes: list[Lane],
                  nxt: Any) -> Segment | MasterSegment:
@@ -188,6 +196,11 @@ class Hub:
             n = s.threads or 1
             backend = Local(self.futures, Chain([step_of(s, formed=True)], ahead=True),
                             s.window, s.group, n, seg.label)
+        elif seg.kind is Placement.ASYNC:
+            assert self.futures is not None
+            assert self.aio is not None
+            n = s.concurrency or 1
+            backend = Loop(self.futures, self.aio, s)
         elif config.executor is not None:
             assert self.futures is not None
             assert plan.pool_blob is not None
@@ -416,6 +429,8 @@ class Hub:
             self.procs.close(graceful)
         if self.futures is not None:
             self.futures.close(GRACE if graceful else KILL_AFTER)
+        if self.aio is not None:
+            self.aio.close(GRACE if graceful else KILL_AFTER)
         if self.feeder is not None:
             self.feeder.close(GRACE if graceful else KILL_AFTER)
         self.poller.close()

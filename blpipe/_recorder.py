@@ -91,7 +91,7 @@ class Recorder:
             inflight, peak, starved, blocked = live(seg)
             workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
                        Placement.MASTER: 0, Placement.THREAD: spec.threads or 1,
-                       }[spec.placement]
+                       Placement.ASYNC: spec.concurrency or 1}[spec.placement]
             # calls in flight at once: a group stage's hold a group each
             can_run = max(1, min(workers, spec.batch_size // (spec.group or 1)))
             stages.append(StageStatistics(

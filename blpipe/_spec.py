@@ -34,12 +34,22 @@ attribute           default      meaning
                                  doubling with each (full jitter, capped)
 ``timeout``         ``None``     seconds a call may run; past it, the input fails
                                  with ``StageTimeout``
+``concurrency``     ``None``     an async stage's calls in flight at most: an
+                                 int ``n >= 1``, at most ``batch_size``; its
+                                 default is ``batch_size``
 ==================  ===========  ==============================================
+
+A stage whose call is an ``async def`` (a coroutine or an async generator
+function) is *async*: it runs on the run's event loop, in a thread of the
+calling process, whatever ``stateful`` says (a window ``k`` still gives it
+windows), with at most ``concurrency`` calls in flight.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 import numbers
 import reprlib
 from collections.abc import Callable, Iterable
@@ -102,6 +112,44 @@ class Placement(enum.Enum):
     DEDICATED = "dedicated"
     POOL = "pool"
     THREAD = "thread"
+    ASYNC = "async"
+
+
+COROUTINE = "coroutine"
+ASYNC_GENERATOR = "async generator"
+
+
+def async_kind(func: object) -> str | None:
+    """``COROUTINE`` or ``ASYNC_GENERATOR`` when calling ``func`` gives one,
+    else ``None``.
+
+    It looks through ``functools.partial``, at an object's ``__call__``, and
+    through the ``__wrapped__`` of a callable object, which is taken to call
+    what it wraps, as a ``blpipe.stage`` does. A function is judged by itself
+    only: one made with ``functools.wraps`` may be a plain wrapper around an
+    ``async def``.
+    """
+    for _ in range(100):  # a cycle of wrappers ends here
+        while isinstance(func, functools.partial):
+            func = func.func
+        kind = _kind_of(func)
+        if kind is not None or inspect.isroutine(func) or isinstance(func, type) or \
+                not callable(func):
+            return kind
+        kind = _kind_of(type(func).__call__)
+        if kind is not None:
+            return kind
+        wrapped = getattr(func, "__wrapped__", None)
+        if wrapped is None or wrapped is func:
+            return None
+        func = wrapped
+    return None
+
+
+def _kind_of(f: object) -> str | None:
+    if inspect.iscoroutinefunction(f):
+        return COROUTINE
+    return ASYNC_GENERATOR if inspect.isasyncgenfunction(f) else None
 
 
 @dataclass(frozen=True)
@@ -123,6 +171,7 @@ class StageSpec:
     group_wait: float | None = None
     retry: Retry | None = None
     timeout: float | None = None
+    concurrency: int | None = None  # an async stage's calls in flight at most
 
     @property
     def label(self) -> str:
@@ -174,7 +223,12 @@ def read_stage(index: int | None, func: object) -> StageSpec:
 
     batch_size = _count(where, "batch_size", getattr(func, "batch_size", 1), 1)
 
-    if hasattr(func, "run_in_master"):
+    kind = async_kind(func)
+    threads = getattr(func, "threads", None)
+    if kind is not None:
+        _async_only(where, func, threads)
+        placement = Placement.ASYNC
+    elif hasattr(func, "run_in_master"):
         flag = func.run_in_master
         if not flag:
             raise ValueError(
@@ -183,8 +237,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                 f"to run the stage in the calling process, or delete the attribute")
         placement = Placement.MASTER
 
-    threads = getattr(func, "threads", None)
-    if threads is not None:
+    if threads is not None and kind is None:
         n = _count(where, "threads", threads, 1, " (or None for no threads)")
         if placement is not Placement.POOL:
             raise ValueError(f"{where}: threads={threads!r} runs a stateless stage in threads, "
@@ -196,7 +249,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
     if not isinstance(ordered, bool):
         raise TypeError(f"{where}: ordered={ordered!r} is a {type(ordered).__name__}; use True "
                         f"or False")
-    if not ordered and placement not in (Placement.POOL, Placement.THREAD):
+    if not ordered and placement not in (Placement.POOL, Placement.THREAD, Placement.ASYNC):
         raise ValueError(f"{where}: ordered=False lets a stateless stage pass outputs on as "
                          f"they complete, but this one is {_kind(placement)} and runs one "
                          f"input at a time, in order; delete ordered or set stateful=False")
@@ -216,9 +269,14 @@ def read_stage(index: int | None, func: object) -> StageSpec:
         max_errors = n
 
     expand, group, group_wait = _shape(where, func, window, batch_size)
+    if kind == ASYNC_GENERATOR and not expand:
+        raise ValueError(f"{where} is an async generator function, which yields outputs "
+                         f"rather than returning one; set expand = True so that each "
+                         f"element it yields goes on")
+    concurrency = _concurrency(where, func, kind, batch_size)
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
                      on_error, max_errors, expand, group, group_wait, _retry(where, func),
-                     _timeout(where, func, placement))
+                     _timeout(where, func, placement), concurrency)
 
 
 def _timeout(where: str, func: object, placement: Placement) -> float | None:
@@ -269,6 +327,42 @@ def _retry(where: str, func: object) -> Retry | None:
         raise ValueError(f"{where}: retry_backoff={backoff!r}; it must be a number of seconds "
                          f">= 0 and <= {BACKOFF_CAP:g}, the longest sleep between tries")
     return Retry(retries, kinds, float(backoff))
+
+
+def _async_only(where: str, func: object, threads: object) -> None:
+    """Refuse what places a stage elsewhere on an async stage."""
+    if threads is not None:
+        raise ValueError(f"{where}: threads={threads!r} runs a blocking stage in threads, but "
+                         f"this one is async (an async def): its calls overlap on the "
+                         f"pipeline's event loop instead; delete threads, and set concurrency "
+                         f"= n for at most n calls in flight")
+    if hasattr(func, "run_in_master"):
+        raise ValueError(f"{where}: run_in_master={func.run_in_master!r}, but this stage is "
+                         f"async (an async def): it runs in the calling process already, on "
+                         f"the pipeline's event loop thread, where its calls overlap; delete "
+                         f"run_in_master")
+
+
+def _concurrency(where: str, func: object, kind: str | None, batch_size: int) -> int | None:
+    """An async stage's ``concurrency``, validated; its default is ``batch_size``."""
+    value = getattr(func, "concurrency", None)
+    if kind is None:
+        if value is not None:
+            raise ValueError(f"{where}: concurrency={value!r} bounds the calls in flight of an "
+                             f"async stage, but this stage is not async (its call is not an "
+                             f"async def); delete concurrency, or set threads = n to run a "
+                             f"blocking stage in n threads")
+        return None
+    if value is None:
+        return batch_size
+    n = _count(where, "concurrency", value, 1, " (or None for batch_size)")
+    if n > batch_size:
+        raise ValueError(f"{where}: concurrency={n} is larger than batch_size={batch_size}, "
+                         f"which bounds the inputs in flight, so no more than {batch_size} "
+                         f"calls could ever overlap; set batch_size >= {n} (twice concurrency "
+                         f"keeps inputs waiting for each call that ends), or lower "
+                         f"concurrency")
+    return n
 
 
 def _shape(where: str, func: object, window: int | None,

@@ -22,7 +22,7 @@ import traceback
 from itertools import islice
 from typing import Any, NamedTuple
 
-from ._chain import Chain, grouped, sliding
+from ._chain import Chain, formed
 from ._deathsig import die_with_parent
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import (
@@ -56,9 +56,7 @@ class Segment(NamedTuple):
 
     def items(self, payload: list[Any]) -> list[Any]:
         """What the chain is called with: windows or groups of the payload, or it."""
-        if self.window:
-            return sliding(payload, self.window)
-        return grouped(payload, self.group) if self.group else payload
+        return formed(payload, self.window, self.group)
 
 
 Segments = dict[int, Segment]
@@ -354,9 +352,19 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
 
 
 EXPANSION_CAP = 100_000  # outputs of one chunk an executor's or a thread's task may hold
+STREAM_ELSEWHERE = ("run it in blpipe's own pool or in a process of its own, where an "
+                    "expansion streams in bounded memory")
 
 
-def _capped(chain: Chain, items: list[Any], where: str) -> Outcome:
+def too_many(label: str, where: str, advice: str = STREAM_ELSEWHERE) -> BrokenPipeline:
+    """Why a chunk's expansion was stopped at ``EXPANSION_CAP`` outputs."""
+    return BrokenPipeline(f"{label} expanded a chunk into more than {EXPANSION_CAP:,} outputs "
+                          f"on {where}, whose tasks return their outputs at once: blpipe stops "
+                          f"it rather than hold more; {advice}")
+
+
+def _capped(chain: Chain, items: list[Any], where: str,
+            advice: str = STREAM_ELSEWHERE) -> Outcome:
     """``chain.run(items)``, but an expansion that passes ``EXPANSION_CAP``
     outputs fails: a task returns its outputs all at once, so they must fit."""
     if not chain.expands:
@@ -366,11 +374,7 @@ def _capped(chain: Chain, items: list[Any], where: str) -> Outcome:
     if len(outputs) > EXPANSION_CAP:
         run.close()
         label = next(s.label for s in chain.steps if s.expand)
-        run.failure = StageFailure(label, run.item, BrokenPipeline(
-            f"{label} expanded a chunk into more than {EXPANSION_CAP:,} outputs on {where}, "
-            f"whose tasks return their outputs at once: blpipe stops it rather than hold "
-            f"more; run it in blpipe's own pool or in a process of its own, where an "
-            f"expansion streams in bounded memory"))
+        run.failure = StageFailure(label, run.item, too_many(label, where, advice))
         outputs = outputs[:EXPANSION_CAP]
     return outputs, run.failure, run.stats, run.skipped
 
@@ -379,9 +383,14 @@ def run_local(chain: Chain, window: int | None, group: int | None,
               payload: list[Any]) -> Result | Broken:
     """A thread stage's task: like :func:`run_chunk`, with nothing to unpickle."""
     try:
-        items = (sliding(payload, window) if window else grouped(payload, group) if group
-                 else payload)
-        outputs, failure, stats, skipped = _capped(chain, items, "a thread stage")
-        return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)
+        return local_result(chain, formed(payload, window, group), "a thread stage")
     except Exception:
         return Broken(traceback.format_exc())
+
+
+def local_result(chain: Chain, items: list[Any], where: str,
+                 advice: str = STREAM_ELSEWHERE) -> Result:
+    """``chain`` over ``items`` in the calling process, as a task's ``Result``:
+    its outputs all at once, and so capped."""
+    outputs, failure, stats, skipped = _capped(chain, items, where, advice)
+    return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)

@@ -6,10 +6,12 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ._aio import Awaited, LoopThread
 from ._base import PipelineBase
 from ._chain import Chain, step_of
 from ._failures import settle, settled
 from ._run import Run
+from ._spec import Placement
 
 __all__ = ["SequentialPipeline"]
 
@@ -21,7 +23,9 @@ class SequentialPipeline(PipelineBase):
     groups, expansions, ``None`` dropping and errors as :class:`~blpipe.Pipeline`,
     so it is the reference to test against and the place to debug a stage. It
     forms groups by count only: ``group_wait`` needs a clock running while the
-    input waits, and here nothing runs then::
+    input waits, and here nothing runs then. An async stage's calls are
+    awaited one at a time, on an event loop in a thread of its own, which
+    lives as long as the run::
 
         >>> from blpipe import SequentialPipeline, stage
         >>> diff = stage(lambda w: w[1] - w[0], stateful=2)
@@ -37,7 +41,15 @@ class SequentialPipeline(PipelineBase):
         otherwise unused, so either class can replace the other."""
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
-        self._chain = Chain([step_of(s) for s in self.stages])
+        steps = [step_of(s) for s in self.stages]
+        self._aio: LoopThread | None = None
+        if any(s.placement is Placement.ASYNC for s in self.stages):
+            # awaited on a loop of its own, so that it works under the caller's running loop
+            self._aio = LoopThread()
+            steps = [step._replace(func=Awaited(s.func, self._aio))
+                     if s.placement is Placement.ASYNC else step
+                     for s, step in zip(self.stages, steps, strict=True)]
+        self._chain = Chain(steps)
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()
@@ -48,6 +60,8 @@ class SequentialPipeline(PipelineBase):
         rec = self._recorder
         clock = time.monotonic
         rec.start()
+        if self._aio is not None:
+            self._aio.start()
         try:
             while True:
                 self._check_open()
@@ -107,9 +121,17 @@ class SequentialPipeline(PipelineBase):
         finally:
             rec.add(0, run.stats, n_in, n_out, 0.0)
 
+    def _finish(self) -> None:
+        if self._aio is not None:
+            # Between outputs no call is in flight; an async generator left
+            # midway is closed on the loop, given this long.
+            self._aio.close(_GRACE)
+        super()._finish()
+
     def close(self) -> None:
         super().close()
         self._finish()
 
 
 _END = object()
+_GRACE = 1.0  # seconds the loop thread gets to close what the async stages left open

@@ -3,9 +3,9 @@
 A stage is any callable; how it may run is read from plain attributes
 (``stateful``, ``batch_size``, ``run_in_master``, ``threads``, ``ordered``,
 ``on_error``, ``max_errors``, ``expand``, ``group``, ``group_wait``, ``retries``,
-``retry_on``, ``retry_backoff``, ``timeout``), which can sit on a function, an
-instance or its class. ``stage()`` sets them on callables that cannot take attributes,
-such as builtins and lambdas, and validates them at once.
+``retry_on``, ``retry_backoff``, ``timeout``, ``concurrency``), which can sit on
+a function, an instance or its class. ``stage()`` sets them on callables that
+cannot take attributes, such as builtins and lambdas, and validates them at once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["Stage", "stage"]
 _DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
-    "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None,
+    "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
 }
 
 
@@ -48,6 +48,7 @@ class Stage:
     retry_on: type[Exception] | tuple[type[Exception], ...] | None
     retry_backoff: float | None
     timeout: float | None
+    concurrency: int | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -80,7 +81,7 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          ) -> Stage: ...
+          concurrency: int | None = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
@@ -88,7 +89,7 @@ def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          ) -> Callable[[Callable[..., Any]], Stage]: ...
+          concurrency: int | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
@@ -98,7 +99,7 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           retries: int = _UNSET,
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
           retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
-          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          concurrency: int | None = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::
@@ -117,6 +118,10 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
         stage(str.upper, stateful=False, batch_size=1, threads=16, ordered=False)
         >>> stage(str.split, stateful=False, expand=True)
         stage(str.split, stateful=False, batch_size=1, expand=True)
+        >>> async def get(url):
+        ...     return url
+        >>> stage(get, batch_size=64, concurrency=32)
+        stage(get, stateful=True, batch_size=64, concurrency=32)
 
     Attributes not given keep the callable's own, else the defaults. The values
     are validated at once, so a bad one fails here rather than in a pipeline.

@@ -24,7 +24,7 @@ class StageStatistics:
     """The stage as messages name it: ``'stage 1 (Accumulator())'``."""
     placement: str
     """Where it runs: ``'master'``, ``'dedicated'``, ``'pool'`` (blpipe's own or
-    the ``executor``'s) or ``'thread'``."""
+    the ``executor``'s), ``'thread'`` or ``'async'`` (the run's event loop)."""
     window: int | None
     """``k`` for a stage that receives windows of ``k`` inputs, else ``None``."""
     batch_size: int
@@ -35,8 +35,9 @@ class StageStatistics:
     figures."""
     workers: int
     """Processes that may run it: the pool's size (the executor's width when
-    there is one), 1 for a dedicated stage, its ``threads`` for a thread stage
-    and 0 for a stage in the calling process."""
+    there is one), 1 for a dedicated stage, its ``threads`` for a thread stage,
+    its ``concurrency`` (calls in flight) for an async stage and 0 for a stage
+    in the calling process."""
     items_in: int
     """Inputs it has finished with (a window stage counts its inputs, not
     its windows)."""
@@ -44,7 +45,9 @@ class StageStatistics:
     """Outputs it passed on, after ``None`` was dropped (a window stage of
     ``k`` over ``n`` inputs gives ``n - k + 1``)."""
     busy_seconds: float
-    """Time inside the stage's callable, summed over the processes running it."""
+    """Time inside the stage's callable, summed over the processes running it
+    (an async stage's: each call's time from its start to its end, summed,
+    though the calls overlap)."""
     starved_seconds: float
     """Time its segment had nothing to do while the stream went on: it waited
     for input. ``0.0`` for stages in the calling process, which run when
@@ -147,7 +150,7 @@ def _advice(st: Statistics) -> list[str]:
         return out
     pool = [s for s in st.stages if s.placement == "pool"]
     dedicated = [s for s in st.stages if s.placement == "dedicated"]
-    for s in [*pool, *(s for s in st.stages if s.placement == "thread")]:
+    for s in [*pool, *(s for s in st.stages if s.placement in ("thread", "async"))]:
         group = int(s.shape.split(":")[0])
         if group > 1 and s.batch_size // group < s.workers and s.utilization >= 0.5:
             out.append(

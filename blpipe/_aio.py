@@ -1,0 +1,365 @@
+"""Async stages: their calls overlap on one event loop, in a thread of the calling process.
+
+One :class:`LoopThread` per run serves every async stage of the pipeline: it
+starts with the run, and is stopped and joined when the run ends or is
+closed. Each async stage is a segment of its own, whose backend is a
+:class:`Loop`::
+
+   the hub (the consumer's thread)         the loop thread
+   ───────────────────────────────         ───────────────────────────────────────────
+   Segment ─dispatch()─► Loop.post ─soon─► Loop._start: a task per input, in input
+            (concurrency chunks at most)   order, each taking the semaphore (at most
+                                           concurrency calls in flight), then
+                                           call_one(): the call, awaited (an async
+                                           generator: what it yields, gathered)
+                                              │ the chunk's last call ended
+                                              ▼
+                                           the replay: a one-step Chain over the
+                                           inputs, whose step gives back each call's
+                                           value, or raises its exception, in input
+                                           order: on_error, groups, windows and
+                                           expansions are the chain's, as for a
+                                           thread stage
+                                              │ a Result, as a thread stage's
+   Segment.complete ◄─ Futures.on_wake ◄─ Waker ◄─ the chunk's future is done
+
+``SequentialPipeline`` calls an async stage through :class:`Awaited`: each
+call awaited to its end on a loop thread of its own, before the next input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from functools import partial
+from time import perf_counter
+from typing import Any, NamedTuple, TypeVar
+
+from ._chain import Chain, formed, step_of
+from ._executors import Futures, Lane, _Lanes
+from ._failures import StageFailure
+from ._messages import Broken, Result
+from ._spec import ASYNC_GENERATOR, StageSpec, async_kind
+from ._worker import EXPANSION_CAP, local_result, too_many
+from .stages import Stage
+
+T = TypeVar("T")
+
+# Seconds of calls a chunk aims at, as a thread stage's: slow calls go one per
+# chunk, so that each result is passed on as soon as its call ends.
+_CHUNK_WORK = 0.0002
+_ADVICE = ("yield lists of outputs instead, and expand them in a later stage that is not "
+           "async")
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for one run: :meth:`start` it,
+    :meth:`close` it; closed, it leaves no thread behind."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Callbacks handed over, not yet run. The loop is woken only for the
+        # first of a batch: a wake is a system call, which lets other threads
+        # take the GIL, so one per chunk would slow a burst of chunks down.
+        self._queued: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references
+
+    def start(self) -> None:
+        if self._thread is None and not self._closed:
+            self.loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._main, name="blpipe event loop",
+                                            daemon=True)
+            self._thread.start()
+
+    def _main(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    def soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop, from any thread."""
+        if not self.running():
+            raise RuntimeError("the pipeline's event loop is closed")
+        with self._lock:
+            first = not self._queued
+            self._queued.append(callback)
+        if first:
+            self.loop.call_soon_threadsafe(self._run_queued)  # type: ignore[union-attr]
+
+    def _run_queued(self) -> None:
+        with self._lock:
+            queued = list(self._queued)
+            self._queued.clear()
+        for callback in queued:
+            callback()
+
+    def task(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """On the loop: run ``coro`` as a task, held until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop, and wait here for its result."""
+        if not self.running():
+            coro.close()
+            raise RuntimeError("the pipeline's event loop is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore
+
+    def close(self, grace: float) -> None:
+        """Cancel what runs on the loop, give it ``grace`` seconds to end, stop
+        the loop and join its thread. A call that blocks the thread itself (a
+        ``time.sleep`` in an ``async def``) cannot be stopped: after ``grace``
+        its thread is left to end with it."""
+        thread = self._thread
+        if self._closed or thread is None:
+            self._closed = True
+            return
+        self._closed = True
+        deadline = time.monotonic() + grace
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # its loop is closed: the thread has ended
+            asyncio.run_coroutine_threadsafe(self._shutdown(deadline), self.loop)
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
+
+    @staticmethod
+    async def _shutdown(deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        # what the stages left open: their async generators, asyncio.to_thread's threads
+        for closing in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closing, max(0.01, deadline - time.monotonic()))
+        loop.stop()
+
+
+class Called(NamedTuple):
+    """How one call ended: its value (an async generator's: the list of what it
+    yielded), or the exception it raised; its seconds; and whether its chunk's
+    room for outputs ran out while it yielded (``cut``)."""
+
+    value: Any
+    error: BaseException | None
+    seconds: float
+    cut: bool = False
+
+
+async def call_one(func: Callable[[Any], Any], item: Any, room: list[int] | None) -> Called:
+    """Call an async stage on ``item`` and await its end: the one place where a
+    call happens.
+
+    An async generator's outputs are gathered while ``room`` (the outputs its
+    chunk may still hold) lasts. Any exception is the call's, even one that is
+    not an ``Exception``: out of a task, ``SystemExit`` would stop the loop. A
+    cancellation goes on, to end the task.
+    """
+    start = perf_counter()
+    got: list[Any] | None = None
+    try:
+        out = func(item)
+        if not hasattr(out, "__anext__"):
+            value = await out
+            return Called(value, None, perf_counter() - start)
+        got = []
+        while room is None or room[0] > 0:
+            try:
+                y = await out.__anext__()
+            except StopAsyncIteration:
+                return Called(got, None, perf_counter() - start)
+            got.append(y)
+            if room is not None:
+                room[0] -= 1
+        with contextlib.suppress(Exception):  # cut short: let it clean up now
+            await out.aclose()
+        return Called(got, None, perf_counter() - start, cut=True)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as e:
+        return Called(got, e, perf_counter() - start)
+
+
+class _Replay:
+    """Stands for the stage in the replay chain: called with each input in
+    turn, it gives back how that input's call ended."""
+
+    __slots__ = ("_ends",)
+
+    def __init__(self) -> None:
+        self._ends: Iterator[Called] = iter(())
+
+    def load(self, ends: list[Called]) -> None:
+        self._ends = iter(ends)
+
+    def __call__(self, item: Any) -> Any:
+        end = next(self._ends)
+        if end.error is None:
+            return end.value
+        if end.value is None:
+            raise end.error
+        return _then_raise(end.value, end.error)  # an async generator that failed midway
+
+
+def _then_raise(values: list[Any], error: BaseException) -> Iterator[Any]:
+    yield from values
+    raise error
+
+
+class _Chunk:
+    """A chunk on the loop: its inputs and the ends of their calls so far."""
+
+    __slots__ = ("items", "future", "ends", "left", "room")
+
+    def __init__(self, items: list[Any], future: Future[Any]) -> None:
+        self.items = items
+        self.future = future
+        self.ends: list[Called | None] = [None] * len(items)
+        self.left = len(items)
+        self.room = [EXPANSION_CAP + 1]  # outputs it may hold: one more fails it
+
+
+class Loop(_Lanes):
+    """An async stage's segment: chunks on the run's event loop, at most
+    ``concurrency`` calls of the stage in flight."""
+
+    def __init__(self, futures: Futures, thread: LoopThread, spec: StageSpec) -> None:
+        # As many chunks in flight as calls may be, each started at once: the
+        # semaphore paces the calls in them. They share one lane, as there is
+        # nothing to balance, so that picking one costs no scan of the lanes.
+        super().__init__(futures, [Lane()], 1, _CHUNK_WORK)
+        self.most = spec.concurrency or 1
+        self.thread = thread
+        self.spec = spec
+        self.func = spec.func.__wrapped__ if isinstance(spec.func, Stage) else spec.func
+        self.replay = _Replay()
+        self.chain = Chain([step_of(spec, formed=True)._replace(func=self.replay)], ahead=True)
+        self.calls: asyncio.Semaphore | None = None  # made on the loop, by the first chunk
+
+    def pick(self, limit: int) -> Lane | None:
+        lane = self.lanes[0]
+        return lane if len(lane.pending) < self.most * limit else None
+
+    def _submit(self, payload: list[Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.thread.soon(partial(self._start, payload, future))
+        return future
+
+    def _start(self, payload: list[Any], future: Future[Any]) -> None:
+        """On the loop: a task for each input's call, started in input order.
+        A future cancelled before (the run is closing) starts none."""
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            chunk = _Chunk(formed(payload, self.spec.window, self.spec.group), future)
+            if self.calls is None:
+                self.calls = asyncio.Semaphore(self.most)
+            for i, x in enumerate(chunk.items):
+                self.thread.task(self._call(x, chunk.room)).add_done_callback(
+                    partial(self._ended, chunk, i))
+            if not chunk.items:
+                future.set_result(self._replayed(chunk.items, []))
+        except Exception:
+            future.set_result(Broken(traceback.format_exc()))
+
+    async def _call(self, item: Any, room: list[int]) -> Called:
+        async with self.calls:  # type: ignore[union-attr]
+            return await call_one(self.func, item, room)
+
+    def _ended(self, chunk: _Chunk, i: int, task: asyncio.Task[Called]) -> None:
+        """A call ended. A cancelled one raised ``CancelledError`` itself, or the
+        run is closing and its result no longer matters."""
+        try:
+            chunk.ends[i] = task.result()
+        except BaseException as e:  # call_one lets nothing else out
+            chunk.ends[i] = Called(None, e, 0.0)
+        chunk.left -= 1
+        if not chunk.left:
+            try:
+                result: Result | Broken = self._replayed(chunk.items, chunk.ends)  # type: ignore
+            except Exception:  # the stage's are in the ends: this is blpipe's own
+                result = Broken(traceback.format_exc())
+            chunk.future.set_result(result)
+
+    def _replayed(self, items: list[Any], ends: list[Called]) -> Result:
+        """The chunk's ``Result``: the replay chain run over ``items``.
+
+        A call that must end the run, whatever ``on_error`` says, cuts the
+        chunk at its input, after the outputs of the inputs before it: one
+        that raised what is not an ``Exception`` (``SystemExit``, its own
+        ``CancelledError``), as it would in the calling process, and one cut
+        short because its chunk's outputs passed the cap.
+        """
+        k = next((i for i, e in enumerate(ends)
+                  if e.cut or not isinstance(e.error, (Exception, type(None)))), len(ends))
+        self.replay.load(ends[:k])
+        label = self.spec.label
+        result = local_result(self.chain, items[:k], "an async stage", _ADVICE)
+        if k < len(ends) and result.error is None:
+            end = ends[k]
+            fatal = too_many(label, "an async stage", _ADVICE) if end.cut else end.error
+            assert fatal is not None
+            result = result._replace(error=StageFailure(label, items[k], fatal))
+        result.stats[0][0] = sum(e.seconds for e in ends)  # the calls' own, overlapping
+        return result
+
+
+async def _caught(aw: Awaitable[T]) -> tuple[T | None, BaseException | None]:
+    """What ``aw`` gives, or the exception it raises, whatever it is."""
+    try:
+        return await aw, None
+    except BaseException as e:
+        return None, e
+
+
+class Awaited:
+    """An async stage as a blocking callable, for ``SequentialPipeline``: each
+    call is awaited to its end on ``thread`` before the next, and an async
+    generator's elements are awaited one at a time, as the chain asks."""
+
+    def __init__(self, func: Callable[[Any], Any], thread: LoopThread) -> None:
+        self.generator = async_kind(func) == ASYNC_GENERATOR
+        self.func = func.__wrapped__ if isinstance(func, Stage) else func
+        self.thread = thread
+
+    def __call__(self, item: Any) -> Any:
+        if self.generator:
+            return self._elements(self.func(item))
+        end, error = self.thread.run(_caught(call_one(self.func, item, None)))
+        if end is not None:
+            error = end.error
+        if error is not None:
+            raise error
+        return end.value  # type: ignore[union-attr]
+
+    def _elements(self, agen: Any) -> Iterator[Any]:
+        try:
+            while True:
+                value, error = self.thread.run(_caught(agen.__anext__()))
+                if isinstance(error, StopAsyncIteration):
+                    return
+                if error is not None:
+                    raise error
+                yield value
+        finally:
+            if self.thread.running():  # left early: let it clean up now, on its loop
+                self.thread.run(_caught(agen.aclose()))
