@@ -43,10 +43,12 @@ from typing import Any, NamedTuple, TypeVar
 
 from ._chain import Chain, formed, step_of
 from ._executors import Futures, Lane, _Lanes
-from ._failures import StageFailure
+from ._failures import StageFailure, add_note
 from ._messages import Broken, Result
-from ._spec import ASYNC_GENERATOR, StageSpec, async_kind
+from ._retry import delay
+from ._spec import ASYNC_GENERATOR, StageSpec, async_kind, short_repr
 from ._worker import EXPANSION_CAP, local_result, too_many
+from .errors import StageTimeout
 from .stages import Stage
 
 T = TypeVar("T")
@@ -254,6 +256,7 @@ class Loop(_Lanes):
         self.replay = _Replay()
         self.chain = Chain([step_of(spec, formed=True)._replace(func=self.replay)], ahead=True)
         self.calls: asyncio.Semaphore | None = None  # made on the loop, by the first chunk
+        self.tally = [0, 0]  # retries and timeouts, counted on the loop
 
     def pick(self, limit: int) -> Lane | None:
         lane = self.lanes[0]
@@ -283,7 +286,35 @@ class Loop(_Lanes):
 
     async def _call(self, item: Any, room: list[int]) -> Called:
         async with self.calls:  # type: ignore[union-attr]
-            return await call_one(self.func, item, room)
+            return await self._tries(item, room)
+
+    async def _tries(self, item: Any, room: list[int]) -> Called:
+        """The call, cancelled past the stage's ``timeout``, and tried again on an
+        error in ``retry_on`` while ``retries`` last, as in any placement."""
+        spec = self.spec
+        retry, limit = spec.retry, spec.timeout
+        last = 1 + (retry.retries if retry else 0)
+        for attempt in range(1, last + 1):
+            if limit is None:
+                end = await call_one(self.func, item, room)
+            else:
+                try:
+                    end = await asyncio.wait_for(call_one(self.func, item, room), limit)
+                except asyncio.TimeoutError:  # call_one returns the stage's own
+                    self.tally[1] += 1
+                    end = Called(None, StageTimeout(spec.label, short_repr(item), limit,
+                                                    "its task was cancelled"), limit)
+            error = end.error
+            if error is None or retry is None or end.value or not isinstance(error, retry.on):
+                return end
+            if attempt == last:
+                add_note(error, f"blpipe: the call failed {attempt} times (retries="
+                                f"{retry.retries}); this is the last error")
+                return end
+            self.tally[0] += 1
+            if retry.backoff:
+                await asyncio.sleep(delay(retry.backoff, attempt))
+        raise AssertionError("unreachable")
 
     def _ended(self, chunk: _Chunk, i: int, task: asyncio.Task[Called]) -> None:
         """A call ended. A cancelled one raised ``CancelledError`` itself, or the
@@ -319,7 +350,10 @@ class Loop(_Lanes):
             fatal = too_many(label, "an async stage", _ADVICE) if end.cut else end.error
             assert fatal is not None
             result = result._replace(error=StageFailure(label, items[k], fatal))
-        result.stats[0][0] = sum(e.seconds for e in ends)  # the calls' own, overlapping
+        figures = result.stats[0]
+        figures[0] = sum(e.seconds for e in ends)  # the calls' own, overlapping
+        figures[3], figures[4] = self.tally  # the retries and timeouts since the last chunk
+        self.tally[:] = [0, 0]
         return result
 
 

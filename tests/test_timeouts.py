@@ -187,3 +187,39 @@ def test_stage_sets_it() -> None:
     s = stage(len, stateful=False, timeout=2)
     assert s.timeout == 2
     assert "timeout=2" in repr(s)
+
+
+@pytest.mark.parametrize("how", ["sleep", "spin"])
+def test_an_async_call_past_its_timeout_is_cancelled(how: str) -> None:
+    import asyncio
+
+    @stage(batch_size=16, concurrency=8, timeout=LIMIT, on_error="collect")
+    async def call(x: int) -> int:
+        if x == 7:
+            while True:  # "spin": it never returns, but it awaits, so it can be cancelled
+                await asyncio.sleep(3600 if how == "sleep" else 0)
+        return 2 * x
+
+    with Pipeline([call]) as p:
+        start = time.monotonic()
+        assert list(p.apply(range(N))) == [2 * x for x in range(N) if x != 7]
+        assert time.monotonic() - start < LIMIT + 1.0
+        [record] = p.errors.records
+        assert (record.input, record.error_type) == ("7", "StageTimeout")
+        assert "its task was cancelled" in record.message
+        assert p.statistics().stages[0].timeouts == 1
+
+
+def test_an_async_call_is_retried() -> None:
+    tries: dict[int, int] = {}
+
+    @stage(batch_size=16, concurrency=8, retries=2, retry_on=ConnectionError)
+    async def call(x: int) -> int:
+        tries[x] = tries.get(x, 0) + 1
+        if tries[x] < 3:
+            raise ConnectionError(x)
+        return x
+
+    with Pipeline([call]) as p:
+        assert list(p.apply(range(N))) == list(range(N))
+        assert p.statistics().stages[0].retries == 2 * N
