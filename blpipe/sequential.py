@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ._aio import Awaited, LoopThread
@@ -41,15 +42,15 @@ class SequentialPipeline(PipelineBase):
         otherwise unused, so either class can replace the other."""
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
-        steps = [step_of(s) for s in self.stages]
+        # Every call runs to its end here, as a debugger would want: no timeouts.
+        specs = [replace(s, timeout=None) for s in self.stages]
         self._aio: LoopThread | None = None
-        if any(s.placement is Placement.ASYNC for s in self.stages):
+        if any(s.placement is Placement.ASYNC for s in specs):
             # awaited on a loop of its own, so that it works under the caller's running loop
             self._aio = LoopThread()
-            steps = [step._replace(func=Awaited(s.func, self._aio))
-                     if s.placement is Placement.ASYNC else step
-                     for s, step in zip(self.stages, steps, strict=True)]
-        self._chain = Chain(steps)
+            specs = [replace(s, func=Awaited(s.func, self._aio))
+                     if s.placement is Placement.ASYNC else s for s in specs]
+        self._chain = Chain([step_of(s) for s in specs])
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()

@@ -196,3 +196,18 @@ def test_the_report_counts_the_retries(tally: str) -> None:
     line = next(x for x in p.report().splitlines() if x.startswith("calls retried"))
     assert line.startswith("calls retried (retries): stage 0 (Flaky")
     assert line.endswith(" 3")
+
+
+def test_sequential_pipeline_retries_an_async_stage() -> None:
+    tries: dict[int, int] = {}
+
+    @stage(retries=2, retry_on=ConnectionError)
+    async def call(x: int) -> int:
+        tries[x] = tries.get(x, 0) + 1
+        if tries[x] < 3:
+            raise ConnectionError(x)
+        return x
+
+    p = SequentialPipeline([call])
+    assert list(p.apply(range(5))) == list(range(5))
+    assert p.statistics().stages[0].retries == 10

@@ -155,9 +155,13 @@ def test_on_an_executor_the_result_is_given_up_on(release: str) -> None:
         Path(release).touch()  # before the executor's shutdown waits for its thread
 
 
-def test_sequential_pipeline_does_not_time_calls() -> None:
-    slow = stage(lambda x: time.sleep(0.05) or x, stateful=False, timeout=0.01)
-    assert list(SequentialPipeline([slow]).apply(range(3))) == [0, 1, 2]
+@pytest.mark.parametrize("attrs", [{"stateful": False}, {"stateful": False, "threads": 2},
+                                   {"stateful": True}])
+def test_sequential_pipeline_does_not_time_calls(attrs: dict[str, Any]) -> None:
+    slow = stage(lambda x: time.sleep(0.05) or x, timeout=0.01, **attrs)
+    p = SequentialPipeline([slow])
+    assert list(p.apply(range(3))) == [0, 1, 2]
+    assert p.statistics().stages[0].timeouts == 0
 
 
 @pytest.mark.parametrize(("value", "error", "words"), [
