@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,47 +28,55 @@ PIPELINES = [Pipeline, SequentialPipeline]
 
 # -- a real server --------------------------------------------------------------
 
-class _Answer(asyncio.Protocol):
-    """Reads a line with a number ``n``; 50 ms later answers ``3n + 1`` and closes."""
+SERVER = """
+import asyncio, sys
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.got = b""
+class Answer(asyncio.Protocol):
+    # Reads a line with a number n; 50 ms later answers 3n + 1 and closes.
+    def connection_made(self, transport):
+        self.transport, self.got = transport, b""
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data):
         self.got += data
-        if self.got.endswith(b"\n"):
-            asyncio.get_running_loop().call_later(0.05, self._answer, int(self.got))
+        if self.got.endswith(b"\\n"):
+            asyncio.get_running_loop().call_later(0.05, self.answer, int(self.got))
 
-    def _answer(self, n: int) -> None:
-        self.transport.write(b"%d\n" % (3 * n + 1))
+    def answer(self, n):
+        self.transport.write(b"%d\\n" % (3 * n + 1))
         self.transport.close()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    # a backlog for every connection the stage may open at once
+    server = await loop.create_server(Answer, "127.0.0.1", 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:  # until the test closes this process's stdin
+        await loop.run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
 
 
 class Server:
-    """An asyncio TCP server on 127.0.0.1, in a thread of its own until ``close``."""
+    """An asyncio TCP server on 127.0.0.1, in a process of its own (so that it
+    does not share the pipeline's GIL) until ``close``."""
 
     def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),),
-                                        name="test server")
-        self._thread.start()
-        assert self._ready.wait(10), "the server did not start"
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        # a backlog for every connection the stage may open at once
-        server = await self._loop.create_server(_Answer, "127.0.0.1", 0, backlog=1024)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
+        self._proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        self.port = int(self._proc.stdout.readline())
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        assert not self._thread.is_alive()
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        finally:
+            self._proc.kill()
+            self._proc.wait()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
 
 
 @pytest.fixture
@@ -82,8 +92,7 @@ def test_2000_requests_to_a_real_server_overlap(server: Server) -> None:
     """2,000 requests answered after 50 ms each, 500 at a time: four rounds of
     50 ms, not 100 s; each answer in its request's place."""
     async def ask(n: int) -> int:
-        """A connection per request, on the loop's socket calls: the leanest
-        client, since the server shares this process's GIL."""
+        """A connection per request, on the loop's socket calls: the leanest client."""
         loop = asyncio.get_running_loop()
         with socket.socket() as sock:
             sock.setblocking(False)

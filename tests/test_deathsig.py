@@ -103,6 +103,8 @@ def stages() -> list[object]:
 
 
 @pytest.mark.timeout(60)
+# the run starts in a thread, so Python 3.12+ warns about fork in a threaded process
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_workers_die_with_the_thread_that_started_them(start_method: str) -> None:
     """The documented rule: under fork and spawn the kernel tracks the thread
     that forked a worker, so its end kills the worker and the run fails; a
