@@ -283,18 +283,13 @@ def _timeout(where: str, func: object, placement: Placement) -> float | None:
     limit = getattr(func, "timeout", None)
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, numbers.Real):
-        raise TypeError(f"{where}: timeout={limit!r} is a {type(limit).__name__}; it must be "
-                        f"a number of seconds > 0, or None")
-    if not 0 < float(limit) < float("inf"):
-        raise ValueError(f"{where}: timeout={limit!r}; it must be a number of seconds > 0, or "
-                         f"None")
+    limit = _seconds(where, "timeout", limit)
     if placement is Placement.MASTER:
         raise ValueError(f"{where}: timeout={limit!r} cannot be kept by a run_in_master stage: "
                          f"blpipe cannot safely interrupt the calling process; run the stage "
                          f"in the pool (stateful=False), in threads, or in a process of its "
                          f"own, or delete timeout")
-    return float(limit)
+    return limit
 
 
 def _retry(where: str, func: object) -> Retry | None:
@@ -390,14 +385,20 @@ def _shape(where: str, func: object, window: int | None,
             raise ValueError(f"{where}: group_wait={wait!r} bounds how long a partial group "
                              f"waits, but the stage has no group; set group, or delete "
                              f"group_wait")
-        if isinstance(wait, bool) or not isinstance(wait, numbers.Real):
-            raise TypeError(f"{where}: group_wait={wait!r} is a {type(wait).__name__}; it "
-                            f"must be a number of seconds > 0, or None")
-        if not 0 < float(wait) < float("inf"):
-            raise ValueError(f"{where}: group_wait={wait!r}; it must be a number of seconds "
-                             f"> 0, or None")
-        wait = float(wait)
+        wait = _seconds(where, "group_wait", wait)
     return expand, group, wait
+
+
+def _seconds(where: str, name: str, value: object) -> float:
+    """``value`` as a finite number of seconds > 0; else a ``TypeError`` or
+    ``ValueError`` naming the stage and the attribute."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name}={value!r} is a {type(value).__name__}; it must be a "
+                        f"number of seconds > 0, or None")
+    if not 0 < float(value) < float("inf"):
+        raise ValueError(f"{where}: {name}={value!r}; it must be a number of seconds > 0, or "
+                         f"None")
+    return float(value)
 
 
 ON_ERROR = ("raise", "skip", "collect")

@@ -10,7 +10,10 @@ from typing import Any
 
 import multiprocess
 import psutil
+import pytest
 from hypothesis import HealthCheck
+
+from blpipe import Pipeline, stage
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver")
                  if m in multiprocess.get_all_start_methods()]
@@ -92,3 +95,18 @@ def drain(it: Iterator[Any]) -> tuple[list[Any], BaseException | None]:
     except BaseException as e:
         return got, e
     return got, None
+
+
+def assert_refused(attrs: dict[str, Any], error: type[Exception], words: str) -> None:
+    """A stage with ``attrs`` fails at construction with ``error``, naming the stage
+    and saying ``words``; ``stage()`` makes the same checks at once."""
+    def f(x: Any) -> Any:
+        return x
+
+    for k, v in attrs.items():
+        setattr(f, k, v)
+    with pytest.raises(error, match=r"stage 0 \(.*f\)") as info:
+        Pipeline([f])
+    assert words in str(info.value)
+    with pytest.raises(error):
+        stage(len, **attrs)

@@ -11,6 +11,7 @@ import pytest
 from blpipe import Pipeline, SequentialPipeline, stage
 from blpipe._retry import delay
 from blpipe._spec import BACKOFF_CAP
+from tests.helpers import assert_refused
 from tests.stages import Flaky
 
 pytestmark = pytest.mark.timeout(90)
@@ -172,16 +173,7 @@ def test_backoff_sleeps_between_tries(tally: str, monkeypatch: pytest.MonkeyPatc
 ])
 def test_bad_retry_attributes_fail_at_construction(attrs: dict[str, Any],
                                                    error: type[Exception], words: str) -> None:
-    def f(x: Any) -> Any:
-        return x
-
-    for k, v in attrs.items():
-        setattr(f, k, v)
-    with pytest.raises(error, match=r"stage 0 \(.*f\)") as info:
-        Pipeline([f])
-    assert words in str(info.value)
-    with pytest.raises(error):
-        stage(len, **attrs)
+    assert_refused(attrs, error, words)
 
 
 def test_stage_sets_the_retry_attributes() -> None:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from blpipe import BrokenPipeline, Pipeline, SequentialPipeline, WorkerDied, stage
-from tests.helpers import Endless, drain
+from tests.helpers import Endless, assert_refused, drain
 from tests.oracle import assert_matches_sequential, outcome
 from tests.stages import (
     Add,
@@ -63,16 +63,7 @@ def places(*extra: str) -> list[str]:
 ])
 def test_bad_shapes_fail_at_construction(attrs: dict[str, Any], error: type[Exception],
                                          words: str) -> None:
-    def f(x: Any) -> Any:
-        return x
-
-    for k, v in attrs.items():
-        setattr(f, k, v)
-    with pytest.raises(error, match=r"stage 0 \(.*f\)") as info:
-        Pipeline([f])
-    assert words in str(info.value)
-    with pytest.raises(error):
-        stage(len, **attrs)  # the same checks, at once
+    assert_refused(attrs, error, words)
 
 
 def test_stage_sets_the_shapes() -> None:
