@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 import traceback
@@ -257,6 +258,8 @@ class Loop(_Lanes):
         self.chain = Chain([step_of(spec, formed=True)._replace(func=self.replay)], ahead=True)
         self.calls: asyncio.Semaphore | None = None  # made on the loop, by the first chunk
         self.tally = [0, 0]  # retries and timeouts, counted on the loop
+        self.running: dict[int, tuple[float, Any]] = {}  # calls in flight: since, input
+        self.ids = itertools.count()
 
     def pick(self, limit: int) -> Lane | None:
         lane = self.lanes[0]
@@ -286,7 +289,12 @@ class Loop(_Lanes):
 
     async def _call(self, item: Any, room: list[int]) -> Called:
         async with self.calls:  # type: ignore[union-attr]
-            return await self._tries(item, room)
+            key = next(self.ids)
+            self.running[key] = time.monotonic(), item
+            try:
+                return await self._tries(item, room)
+            finally:
+                del self.running[key]
 
     async def _tries(self, item: Any, room: list[int]) -> Called:
         """The call, cancelled past the stage's ``timeout``, and tried again on an

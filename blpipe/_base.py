@@ -57,7 +57,7 @@ class PipelineBase:
         rec = self._recorder
         running = rec.started is not None and rec.ended is None
         return rec.snapshot(self._live, running, self.errors.counts, self._bytes(),
-                            self._active())
+                            self._active(), self._stalls() if running else {})
 
     def report(self) -> str:
         """``statistics()`` as a table, with the bottleneck and advice."""
@@ -66,6 +66,10 @@ class PipelineBase:
     def _live(self, segment: int) -> tuple[int, int, float, float]:
         """A segment's in flight, peak in flight, starved and blocked seconds."""
         return 0, 0, 0.0, 0.0
+
+    def _stalls(self) -> dict[int, tuple[float, str | None]]:
+        """Per stage, its oldest call in flight: since when, on what input."""
+        return {}
 
     def _active(self) -> int:
         """Pool workers that get work now."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from time import perf_counter
+from threading import get_ident
+from time import monotonic, perf_counter
 from typing import Any
 
 from ._failures import Skipped, StageFailure
@@ -52,7 +53,7 @@ def step_of(spec: StageSpec, formed: bool = False) -> Step:
     or already ``formed`` by the hub)."""
     return Step(spec.label, callable_of(spec), None if formed else spec.window,
                 spec.on_error != "raise", spec.expand, spec.group, formed and bool(spec.group),
-                spec.group_wait)
+                spec.group_wait, spec.index)
 
 
 def sliding(items: Sequence[Any], k: int) -> list[tuple[Any, ...]]:
@@ -82,7 +83,7 @@ class Chain:
     """
 
     __slots__ = ("steps", "funcs", "windows", "_single", "lazy", "expands", "groups",
-                 "started", "seen", "tails", "tallies")
+                 "started", "seen", "tails", "tallies", "hands")
 
     def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
         self.steps = list(steps)
@@ -101,6 +102,11 @@ class Chain:
         self.groups: list[list[Any]] = [[] for _ in steps]  # partial groups
         self.started = [0.0] * len(steps)  # when each partial group began
         self.seen = [0] * len(steps)  # values that reached each step, ever
+        # What each thread running it has in hand, for the stall watchdog
+        # (blpipe._stall): (step, values, outputs so far, when the step began on
+        # them) while a step maps over a chunk; (step, value, since) for a call
+        # of a lazy run. Set per step and per lazy call, never per mapped call.
+        self.hands: dict[int, tuple[Any, ...]] = {}
         # for an expanding step that only plain steps follow: those steps, which
         # then run over blocks of its outputs
         self.tails: list[Chain | None] = [Chain(steps[i + 1:]) if ahead and s.expand and
@@ -128,7 +134,10 @@ class Chain:
             outputs = list(run)
             return outputs, run.failure, run.stats, run.skipped
         if self._single is None:
-            outcome = self._run_steps(items)
+            try:
+                outcome = self._run_steps(items)
+            finally:
+                self.hands.pop(get_ident(), None)
             if self.tallies:
                 self.count_calls(outcome[2])
             return outcome
@@ -136,10 +145,14 @@ class Chain:
         done: list[Any] = []
         start = perf_counter()
         failure = None
+        hands, me = self.hands, get_ident()
+        hands[me] = (0, items, done, monotonic())
         try:
             done.extend(map(func, items))
         except Exception as e:
             failure = StageFailure(self.steps[0].label, items[len(done)], e)
+        finally:
+            del hands[me]
         stats = [[perf_counter() - start, len(items), -1, 0, 0]]
         if self.tallies:
             self.count_calls(stats)
@@ -168,6 +181,7 @@ class Chain:
         stats: list[Any] = []
         skipped: list[Skipped] = []
         last = len(self.steps) - 1
+        hands, me = self.hands, get_ident()
         for i, (step, func, window) in enumerate(zip(self.steps, self.funcs, self.windows,
                                                      strict=True)):
             n_in = len(vals)
@@ -177,6 +191,7 @@ class Chain:
                 shift = n_in - len(vals)
             out: list[Any] = []
             start = perf_counter()
+            hands[me] = (i, vals, out, monotonic())
             if step.catch:
                 for j, v in enumerate(vals):
                     try:

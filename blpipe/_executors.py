@@ -27,6 +27,7 @@ from ._cpu import usable_cpu_count
 from ._failures import StageFailure, broken, cannot_load
 from ._messages import Broken, LoadFailed, Result
 from ._spec import short_repr
+from ._stall import in_chunk
 from ._transport import Poller
 from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, StageTimeout, WorkerDied
@@ -163,10 +164,13 @@ class Futures:
         self.deadlines: dict[Future[Any], tuple[float, Any, Lane, Segment, Record, Any]] = {}
         self.given_up: set[Future[Any]] = set()
         self.gave_up = False  # since the hub last looked: what was in flight has moved
+        # the tasks on a user's executor: when each was sent, its stage, its chunk
+        self.sent: dict[Future[Any], tuple[float, int, Record]] = {}
 
     def submit(self, submit: Callable[[list[Any]], Future[Any]], lane: Lane, segment: Segment,
-               rec: Record) -> None:
-        """Send a chunk; its future wakes the hub when done."""
+               rec: Record, remote: bool = False) -> None:
+        """Send a chunk; its future wakes the hub when done. A ``remote`` one is
+        on the user's executor, where the watchdog sees only when it was sent."""
         payload, rec.frame = rec.frame, None
         try:
             future = submit(payload)
@@ -175,6 +179,8 @@ class Futures:
             return
         lane.pending.append(rec)
         self.pending.add(future)
+        if remote:
+            self.sent[future] = time.monotonic(), segment.first, rec
         if segment.timeout is not None:
             self.deadlines[future] = (time.monotonic() + segment.timeout, submit, lane, segment,
                                       rec, payload)
@@ -192,6 +198,7 @@ class Futures:
             del self.deadlines[future]
             self.gave_up = True
             self.pending.discard(future)
+            self.sent.pop(future, None)
             self.given_up.add(future)
             future.cancel()  # a call already running goes on: its result is dropped
             lane.pending.remove(rec)
@@ -201,7 +208,7 @@ class Futures:
                 rec.tries += 1
                 recorder.retries[segment.first] += 1
                 rec.frame = payload
-                self.submit(submit, lane, segment, rec)
+                self.submit(submit, lane, segment, rec, remote=True)
                 continue
             exc = StageTimeout(segment.label, short_repr(rec.first), segment.timeout or 0.0,
                                "its result was given up on; the executor may still run the "
@@ -220,6 +227,7 @@ class Futures:
                 self.given_up.discard(future)
                 continue
             self.deadlines.pop(future, None)
+            self.sent.pop(future, None)
             lane.pending.remove(rec)
             self.pending.discard(future)
             if future.cancelled():
@@ -235,6 +243,13 @@ class Futures:
                 segment.fail(rec, cannot_load(segment.label, result.traceback))
             else:
                 segment.complete(rec, result)
+
+    def calls(self) -> list[tuple[int, float, str]]:
+        """The user's executor's tasks in flight, as calls: ``(stage, sent, input)``.
+        A task may wait in the executor's queue before it runs, and may hold
+        several inputs."""
+        return [(stage, sent, in_chunk(rec.n_in, rec.first))
+                for sent, stage, rec in list(self.sent.values())]
 
     def busy(self) -> bool:
         return bool(self.pending)
@@ -297,6 +312,9 @@ class Remote(_Lanes):
         # a timed stage's call must start when it is sent: its deadline counts from then
         super().__init__(futures, lanes, 1 if timed else _PER_LANE_REMOTE, _CHUNK_WORK_REMOTE)
         self.args = executor.submit, key, blob, segment
+
+    def post(self, place: Lane, segment: Segment, rec: Record) -> None:
+        self.futures.submit(self._submit, place, segment, rec, remote=True)
 
     def _submit(self, payload: list[Any]) -> Future[Any]:
         submit, key, blob, segment = self.args

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -50,6 +51,22 @@ class Feeder:
                 self._cond.notify()
         return taken
 
+    def take_within(self, room: int, left: float | None,
+                    avg: float) -> tuple[list[Any], bool]:
+        """What the thread has read, up to ``room`` items (fewer under a byte
+        budget with ``left`` bytes, by their average size ``avg``), and whether
+        the input ended."""
+        if left is not None:
+            if not left:
+                return [], False
+            if avg:
+                room = max(1, min(room, int(left // avg)))
+        raw = self.take(room)
+        ended = bool(raw) and raw[-1] is END
+        if ended:
+            raw.pop()
+        return raw, ended
+
     def _read(self) -> None:
         cond = self._cond
         while True:
@@ -82,3 +99,27 @@ class Feeder:
             os.close(self._r)
             os.close(self._w)
         self._thread.join(grace)
+
+
+def take_within(it: Iterator[Any], room: int, left: float | None,
+                avg: float) -> tuple[list[Any], bool]:
+    """Up to ``room`` items of ``it`` that a byte budget with ``left`` bytes
+    has room for, and whether the input ended.
+
+    Each item is reckoned at ``sys.getsizeof`` (the whole buffer for bytes,
+    bytearray, str and NumPy arrays) or at the recent average serialized size
+    per item ``avg``, whichever is larger, and items are taken until the room
+    left is used up: the last one may pass it. With nothing in flight one is
+    always taken, so that an item larger than the budget still goes alone.
+    """
+    if left is not None and not left:
+        return [], False
+    raw: list[Any] = []
+    room_left = float("inf") if left is None else left
+    while len(raw) < room and (room_left > 0 or not raw):
+        x = next(it, END)
+        if x is END:
+            return raw, True
+        raw.append(x)
+        room_left -= max(sys.getsizeof(x), avg)
+    return raw, False

@@ -27,27 +27,12 @@ outputs downstream, pull input into the first segment, dispatch chunks), then
 it yields what reached the :class:`~blpipe._segments.Sink`, or waits for
 events (:meth:`Hub.wait`) when nothing can move.
 
-The messages (:mod:`blpipe._messages`):
-
-=====================  ===========================  ===========================================
-from -> to             message                      fields
-=====================  ===========================  ===========================================
-hub -> worker          ``Task``                     segment, items, freed slots, ``None``
-worker -> next linked  ``Task`` (relayed)           ``None``, outputs, ``[]``, ``Carry`` (error,
-                                                    stats, seconds so far)
-worker -> hub          ``Result``                   outputs, error, stats, seconds, skipped
-worker -> hub          ``Loaded``                   slot: a huge input is read, free it now
-worker -> hub          ``LoadFailed``               traceback: the stages could not load
-worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
-worker -> hub          ``Broken``                   traceback: blpipe's own code failed
-a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
-hub -> worker          end of file on its task pipe stop
-=====================  ===========================  ===========================================
+The messages on the arrows are in :mod:`blpipe._messages`.
 """
 
 from __future__ import annotations
 
-import sys
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,14 +45,15 @@ from ._aio import Loop, LoopThread
 from ._chain import Chain, step_of
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
-from ._feeder import END, Feeder
+from ._feeder import Feeder, take_within
 from ._flow import Flow, Sink
 from ._master import MasterSegment
 from ._plan import Plan
 from ._pool import Link, Pool
 from ._procs import GRACE, KILL_AFTER, WATCH, Procs
 from ._segments import Segment
-from ._spec import Placement
+from ._spec import Placement, short_repr
+from ._stall import Call, Looker, Watcher, oldest
 from ._transport import Poller
 from .errors import BrokenPipeline
 
@@ -115,7 +101,10 @@ class Hub:
         self.last_tick = time.monotonic()
         self.waited = 0.0  # seconds a blocking wait took, smoothed
         self.next_watch = 0.0  # when to look at the timed calls again
+        self.every: float | None = None  # the longest a wait blocks: progress's period
         self.watching: list[Any] = []  # what runs timed calls: Procs, Futures
+        self.loops: list[Loop] = []  # the async stages' segments
+        self.looker: Looker | None = None  # the watchdog of stages run in this process
         try:
             self._build(plan, config)
         except BaseException:
@@ -165,8 +154,14 @@ class Hub:
         self.head = segments[0] if segments else self.sink
         # input is pulled a chunk of the first outside segment at a time
         self.pull_from: Segment | None = self.outside[-1] if self.outside else None
-        if self.aio is not None:  # once every process has started: no fork copies its thread
+        # once every process has started: no fork copies their threads
+        if self.aio is not None:
             self.aio.start()
+        here = [s.chain for s in segments if isinstance(s, MasterSegment)]
+        here += [s.backend.chain for s in segments if isinstance(getattr(s, "backend", None),
+                                                                  Local)]
+        if here:
+            self.looker = Looker(Watcher(here))
 
     def _segment(self, index: int, plan: Plan, config: Config, lanes: list[Lane],
                  nxt: Any) -> Segment | MasterSegment:
@@ -201,6 +196,7 @@ class Hub:
             assert self.aio is not None
             n = s.concurrency or 1
             backend = Loop(self.futures, self.aio, s)
+            self.loops.append(backend)
         elif config.executor is not None:
             assert self.futures is not None
             assert plan.pool_blob is not None
@@ -263,14 +259,18 @@ class Hub:
             return False
         start = perf_counter()
         if self.timed:
-            raw, ended = self._take_fed(room)
+            if self.feeder is None:
+                self.feeder = Feeder(self.inputs, self.poller, self.parent_fds)
+            raw, ended = self.feeder.take_within(room, *self._budget())
             if not (raw or ended):
                 return False
         elif self.flow.budget is None:
             raw = list(islice(self.inputs, room))
             ended = len(raw) < room
+        elif self.pull_from is not None and self.pull_from.in_buf:
+            return False  # what was pulled last is not sent yet, and so not counted
         else:
-            raw, ended = self._take_within_budget(room)
+            raw, ended = take_within(self.inputs, room, *self._budget())
         self.flow.recorder.input += perf_counter() - start
         failure = None
         if raw and type(raw[-1]) is Failure:  # the input's error ends it, full batch or not
@@ -287,54 +287,16 @@ class Hub:
             self.head.end()
         return not self.src_done and len(raw) == room
 
-    def _take_fed(self, room: int) -> tuple[list[Any], bool]:
-        """What the feeder thread has read, up to ``room`` items (fewer under a
-        byte budget, by their average size), and whether the input ended."""
-        if self.feeder is None:
-            self.feeder = Feeder(self.inputs, self.poller, self.parent_fds)
-        if self.flow.budget is not None:
-            meter = self.flow.meter
-            left = self.flow.budget - meter.now
-            if left <= 0 and meter.now:
-                return [], False
-            avg = self.pull_from.item_bytes if self.pull_from is not None else None
-            if avg:
-                room = max(1, min(room, int(left // avg)))
-        raw = self.feeder.take(room)
-        ended = bool(raw) and raw[-1] is END
-        if ended:
-            raw.pop()
-        return raw, ended
-
-    def _take_within_budget(self, room: int) -> tuple[list[Any], bool]:
-        """Up to ``room`` items that the byte budget has room for, and whether
-        the input ended.
-
-        Nothing is taken while what was pulled last is not yet sent (and so
-        counted). Each item is reckoned at ``sys.getsizeof`` (the whole buffer
-        for bytes, bytearray, str and NumPy arrays) or at the recent average
-        serialized size per item, whichever is larger, and items are taken
-        until the room left is used up: the last one may pass it. With
-        nothing in flight one is always taken, so that an item larger than
-        the budget still goes alone.
-        """
+    def _budget(self) -> tuple[float | None, float]:
+        """Bytes the budget has room for now (``None``: no budget; ``0``: none,
+        while something is in flight), and the recent bytes per input item."""
         first = self.pull_from
-        if first is not None and first.in_buf:
-            return [], False
-        meter = self.flow.meter
-        left: float = self.flow.budget - meter.now  # type: ignore[operator]
-        if left <= 0 and meter.now:
-            return [], False
         avg = (first.item_bytes if first is not None else None) or 0.0
-        raw: list[Any] = []
-        it = self.inputs
-        while len(raw) < room and (left > 0 or not raw):
-            x = next(it, _END)
-            if x is _END:
-                return raw, True
-            raw.append(x)
-            left -= max(sys.getsizeof(x), avg)
-        return raw, False
+        if self.flow.budget is None:
+            return None, avg
+        meter = self.flow.meter
+        left = self.flow.budget - meter.now
+        return (0.0 if left <= 0 and meter.now else max(left, 1.0)), avg
 
     def finished(self) -> bool:
         return self.sink.ended
@@ -382,15 +344,17 @@ class Hub:
             due = self._deadline()
             if watched is not None:
                 due = watched if due is None else min(due, watched)
-            if due is not None:  # a partial group or a late call: then, whatever happens
-                timeout = max(0.0, due - time.monotonic())
-            elif not ((self.procs and (self.procs.busy() or self.procs.holds()))
-                      or (self.futures and self.futures.busy())
-                      or (self.feeder is not None and not self.src_done)):
+            if due is None and not ((self.procs and (self.procs.busy() or self.procs.holds()))
+                                    or (self.futures and self.futures.busy())
+                                    or (self.feeder is not None and not self.src_done)):
                 # nothing in flight: no event will ever come, and waiting would hang
                 raise BrokenPipeline("internal error: blpipe has nothing in flight yet the "
                                      "stream is not finished; please report this with the "
                                      "stages")
+            if self.every is not None:  # progress is fed even while nothing happens
+                due = min(due or math.inf, time.monotonic() + self.every)
+            if due is not None:  # a partial group or a late call: then, whatever happens
+                timeout = max(0.0, due - time.monotonic())
             start = perf_counter()
             if self.waited < _SPIN:
                 end = start + _SPIN
@@ -415,6 +379,20 @@ class Hub:
             return 0, 0, 0.0, 0.0
         return s.inflight, s.peak, s.starved, s.blocked
 
+    def stalls(self) -> dict[int, tuple[float, str | None]]:
+        """Per stage, its oldest call in flight: since when, and on what."""
+        now = time.monotonic()
+        here = oldest(self.looker.watcher.calls if self.looker is not None else ())
+        calls: list[Call] = [(i, since, short_repr(x)) for i, (since, x) in here.items()]
+        for loop in self.loops:
+            calls += [(loop.spec.index, since, short_repr(x))
+                      for since, x in list(loop.running.values())]
+        if self.procs is not None:
+            calls += self.procs.calls(now)
+        if self.futures is not None:
+            calls += self.futures.calls()
+        return oldest(calls)
+
     def active(self) -> int | None:
         return self.governor.active if self.governor is not None else None
 
@@ -433,8 +411,9 @@ class Hub:
             self.aio.close(GRACE if graceful else KILL_AFTER)
         if self.feeder is not None:
             self.feeder.close(GRACE if graceful else KILL_AFTER)
+        if self.looker is not None:
+            self.looker.close()
         self.poller.close()
 
 
-_END = object()
 _SPIN = 50e-6  # seconds the hub polls before it sleeps, while waits are this short

@@ -1,4 +1,19 @@
-"""The messages between the hub and its workers (see the table in :mod:`blpipe._hub`).
+"""The messages between the hub and its workers (the data flow is drawn in :mod:`blpipe._hub`).
+
+=====================  ===========================  ===========================================
+from -> to             message                      fields
+=====================  ===========================  ===========================================
+hub -> worker          ``Task``                     segment, items, freed slots, ``None``
+worker -> next linked  ``Task`` (relayed)           ``None``, outputs, ``[]``, ``Carry`` (error,
+                                                    stats, seconds so far)
+worker -> hub          ``Result``                   outputs, error, stats, seconds, skipped
+worker -> hub          ``Loaded``                   slot: a huge input is read, free it now
+worker -> hub          ``LoadFailed``               traceback: the stages could not load
+worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
+worker -> hub          ``Broken``                   traceback: blpipe's own code failed
+a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
+hub -> worker          end of file on its task pipe stop
+=====================  ===========================  ===========================================
 
 Each is a ``NamedTuple``. The two sent once per chunk, :class:`Task` and
 :class:`Result`, travel as plain tuples and are rebuilt with

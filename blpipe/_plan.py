@@ -93,13 +93,13 @@ def _joins(run: list[StageSpec], s: StageSpec) -> bool:
 
 
 # What a worker loads of a stage: its label, the pickled callable, whether it
-# goes on past errors, whether it expands.
-Pickled = tuple[str, bytes, bool, bool]
+# goes on past errors, whether it expands, and its index.
+Pickled = tuple[str, bytes, bool, bool, int]
 
 
 def _pickled(s: StageSpec) -> Pickled:
     try:
-        return s.label, dumps_stage(callable_of(s)), s.on_error != "raise", s.expand
+        return s.label, dumps_stage(callable_of(s)), s.on_error != "raise", s.expand, s.index
     except Exception as e:
         raise SerializationError(
             f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "

@@ -23,6 +23,7 @@ from ._failures import Failure, broken, cannot_load, cannot_unpickle
 from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, Unloadable, new
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
+from ._stall import SIZE, STALE, Board, Call, in_chunk
 from ._transport import Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
@@ -41,7 +42,7 @@ class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
-                 "label", "group", "freed", "left", "clock", "tasks", "late")
+                 "label", "group", "freed", "left", "clock", "tasks", "late", "board")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -58,6 +59,7 @@ class Worker:
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
         self.left: int | None = None  # calls it may still take (max_tasks_per_child)
         self.clock: Any = None  # its [task, call, started] in shared memory, if timed
+        self.board: Board | None = None  # its oldest call, shown by its watchdog thread
         self.tasks = 0  # tasks sent to it: the number of the next one
         self.late: tuple[Record, int] | None = None  # killed: this chunk's call ran late
 
@@ -87,6 +89,7 @@ class Procs:
         the hub does not feed it (``fed``): the caller passes that on. A
         ``timed`` worker runs stages with a ``timeout``: it gets a clock."""
         clock = self.ctx.RawArray("d", 3) if timed else None
+        board = self.ctx.RawArray("c", SIZE)
         task_r, task_w = self.ctx.Pipe(duplex=False)
         result_r, result_w = self.ctx.Pipe(duplex=False)
         # Under fork the child inherits the parent's ends of every pipe, its own
@@ -94,7 +97,7 @@ class Procs:
         close_fds = (*self.parent_fds, task_w.fileno(), result_r.fileno()) if self.fork else ()
         proc = self.ctx.Process(target=worker_main,
                                 args=(task_r, result_w, blob, close_fds, relay, linked,
-                                      self.parent, clock),
+                                      self.parent, clock, board),
                                 name=f"blpipe {label}", daemon=True)
         try:
             proc.start()
@@ -103,6 +106,7 @@ class Procs:
             result_w.close()
         worker = Worker(proc, task_w if fed else None, result_r, label)
         worker.clock = clock
+        worker.board = Board(board)
         if timed:
             self.timed = True
         if not fed:  # a linked worker's: it stays blocking, for the worker that feeds it
@@ -318,6 +322,25 @@ class Procs:
             else:
                 due = min(due or now + 1.0, started + segment.timeout)
         return due
+
+    def calls(self, now: float) -> list[Call]:
+        """Each busy worker's oldest call: ``(stage, since, input)``, the input as
+        text (``None`` until it is named). A worker whose watchdog has not run
+        lately is in a call that holds the GIL: it is reported from the hub's
+        side, since the watchdog last ran, on the chunk it holds."""
+        calls: list[Call] = []
+        for w in self.workers:
+            seen = w.board.read() if w.board is not None and w.pending else None
+            if seen is None or not seen[0]:
+                continue
+            beat, stage, since, text = seen
+            if now - beat > STALE:
+                segment, rec = w.pending[0]
+                stage, since = (stage, since) if stage >= 0 else (segment.first, beat)
+                text = in_chunk(rec.n_in, rec.first)
+            if stage >= 0:
+                calls.append((stage, since, text))
+        return calls
 
     def busy(self) -> bool:
         """Whether any worker holds a chunk or has one waiting to be written."""

@@ -41,7 +41,11 @@ class _Bar:
             self._bar = self._tqdm(unit="item", desc="blpipe")
         bar = self._bar
         bar.update(st.items_yielded - bar.n)
-        bar.set_postfix_str(" ".join(f"s{i}={s.items_out:,}" for i, s in enumerate(st.stages)),
-                            refresh=False)
+        postfix = " ".join(f"s{i}={s.items_out:,}" for i, s in enumerate(st.stages))
+        stalled = [f"s{i} {s.oldest_call_seconds:.0f}s on {s.oldest_call_input or '?'}"
+                   for i, s in enumerate(st.stages) if s.stalled()]
+        if stalled:
+            postfix += " stalled: " + ", ".join(stalled)
+        bar.set_postfix_str(postfix, refresh=bool(stalled))  # no output moves the bar
         if not st.running:
             bar.close()

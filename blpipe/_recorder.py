@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._spec import Placement, StageSpec
 from .statistics import StageStatistics, Statistics
+
+_RECENT = 101  # chunks whose seconds per input make a stage's usual call
 
 
 class Recorder:
@@ -31,6 +34,8 @@ class Recorder:
         self.retries = [0] * n
         self.timeouts = [0] * n
         self.serialize = [0.0] * n  # per first stage of a segment
+        # per stage, each recent chunk's seconds per input: its usual call
+        self.per_call: list[deque[float]] = [deque(maxlen=_RECENT) for _ in range(n)]
         self.started: float | None = None
         self.ended: float | None = None
         self.yielded = 0
@@ -53,6 +58,8 @@ class Recorder:
         if len(stats) == 1:  # the common case, kept short
             figures = stats[0]
             self.busy[first] += figures[0]
+            if n_in:
+                self.per_call[first].append(figures[0] / n_in)
             self.n_in[first] += n_in
             self.n_out[first] += n_out
             if figures[3] or figures[4]:
@@ -64,6 +71,8 @@ class Recorder:
         for j, figures in enumerate(stats):
             busy[first + j] += figures[0]
             ins[first + j] += n_in if j == 0 else figures[1]
+            if figures[1]:
+                self.per_call[first + j].append(figures[0] / figures[1])
             self.retries[first + j] += figures[3]
             self.timeouts[first + j] += figures[4]
         for j, figures in enumerate(stats):
@@ -71,16 +80,20 @@ class Recorder:
 
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
                  running: bool, errors: Sequence[int],
-                 nbytes: tuple[int, int] = (0, 0), active: int = 0) -> Statistics:
+                 nbytes: tuple[int, int] = (0, 0), active: int = 0,
+                 stalls: dict[int, tuple[float, str | None]] | None = None) -> Statistics:
         """The record now; ``live(segment)`` gives the segment's ``(in flight, peak
-        in flight, starved s, blocked s)``."""
+        in flight, starved s, blocked s)``, ``stalls`` each stage's oldest call
+        in flight: ``{stage: (since, input)}``."""
         n_out = list(self.n_out)  # before the inputs: see the class docstring
         n_in = list(self.n_in)
         busy = list(self.busy)
         retries = list(self.retries)
         timeouts = list(self.timeouts)
         serialize = list(self.serialize)
-        end = self.ended or time.monotonic()
+        now = time.monotonic()
+        end = self.ended or now
+        stalls = stalls or {}
         elapsed = 0.0 if self.started is None else end - self.started
         stages = []
         first_of: dict[int, int] = {}
@@ -94,6 +107,8 @@ class Recorder:
                        Placement.ASYNC: spec.concurrency or 1}[spec.placement]
             # calls in flight at once: a group stage's hold a group each
             can_run = max(1, min(workers, spec.batch_size // (spec.group or 1)))
+            since, on = stalls.get(i, (now, None))
+            recent = sorted(self.per_call[i])
             stages.append(StageStatistics(
                 name=spec.label, placement=spec.placement.value, window=spec.window,
                 batch_size=spec.batch_size, segment=seg, workers=workers,
@@ -104,7 +119,9 @@ class Recorder:
                 throughput=n_out[i] / elapsed if elapsed > 0 else 0.0,
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
                 errors=errors[i], shape=spec.shape, retries=retries[i],
-                timeouts=timeouts[i]))
+                timeouts=timeouts[i],
+                usual_call_seconds=recent[len(recent) // 2] if recent else 0.0,
+                oldest_call_seconds=max(0.0, now - since), oldest_call_input=on))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,

@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import chain as flatten
 from itertools import islice
-from time import perf_counter
+from threading import get_ident
+from time import monotonic, perf_counter
 from typing import Any, NamedTuple, Protocol
 
 from ._failures import Skipped, StageFailure
@@ -44,6 +45,7 @@ class Step(NamedTuple):
     group: int | None = None  # called with lists of this many consecutive values
     formed: bool = False  # its groups arrive formed (a worker's, cut by the hub)
     wait: float | None = None  # a partial group goes on after this many seconds
+    number: int = -1  # the stage's index in its pipeline, for the watchdog
 
 
 
@@ -62,6 +64,7 @@ class ChainState(Protocol):
     groups: list[list[Any]]  # the partial groups
     started: list[float]  # when each began
     seen: list[int]  # values that reached each step, ever
+    hands: dict[int, tuple[Any, ...]]  # what each thread has in hand, for the watchdog
 
     @property
     def tails(self) -> Sequence[ChainState | None]:
@@ -191,6 +194,8 @@ class Run:
         """Call step ``i`` on ``value``; its outputs go on through the next steps."""
         step = self.chain.steps[i]
         stat = self.stats[i]
+        hands, me = self.chain.hands, get_ident()
+        hands[me] = (i, value, monotonic())
         start = perf_counter()
         try:
             out = self.chain.funcs[i](value)
@@ -199,6 +204,8 @@ class Run:
             stat[0] += perf_counter() - start
             self._error(i, value, e, local, size)
             return
+        finally:
+            hands.pop(me, None)
         stat[0] += perf_counter() - start
         if it is None:
             if out is not None:
@@ -211,6 +218,7 @@ class Run:
                 yield from self._blocks(i, it, tail, value, local, size)
                 return
             while True:
+                hands[me] = (i, value, monotonic())
                 start = perf_counter()
                 try:
                     y = next(it, _END)
@@ -218,6 +226,8 @@ class Run:
                     stat[0] += perf_counter() - start
                     self._error(i, value, e, local, size)  # what it gave already went on
                     return
+                finally:
+                    hands.pop(me, None)
                 stat[0] += perf_counter() - start
                 if y is _END:
                     return
@@ -233,16 +243,20 @@ class Run:
                 size: int) -> Iterator[list[Any]]:
         """Step ``i``'s expansion ``it`` in blocks, each through the plain ``tail``."""
         stat = self.stats[i]
+        hands, me = self.chain.hands, get_ident()
         after = i + 1
         n = 1
         while True:
             block: list[Any] = []
             error = None
+            hands[me] = (i, value, monotonic())
             start = perf_counter()
             try:
                 block.extend(islice(it, n))  # keeps what it read before a raise
             except Exception as e:
                 error = e
+            finally:
+                hands.pop(me, None)
             took = perf_counter() - start
             stat[0] += took
             ended = error is not None or len(block) < n

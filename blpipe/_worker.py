@@ -40,6 +40,7 @@ from ._messages import (
 from ._run import Outcome, Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
+from ._stall import watch_worker
 from ._timeout import position, set_clock, start_task
 from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
 from ._transport import write_frame as _write
@@ -63,11 +64,12 @@ Segments = dict[int, Segment]
 
 
 def load_segments(blob: bytes) -> Segments:
-    """The segments a pipeline's blob holds: ``{id: ([(label, stage, catch, expand)],
-    window, group)}``, its first stage's groups formed by the hub."""
+    """The segments a pipeline's blob holds: ``{id: ([(label, stage, catch, expand,
+    index)], window, group)}``, its first stage's groups formed by the hub."""
     return {seg: Segment(Chain([Step(label, loads_stage(data), None, catch, expand,
-                                     group if i == 0 else None, bool(group) and i == 0)
-                                for i, (label, data, catch, expand) in enumerate(steps)],
+                                     group if i == 0 else None, bool(group) and i == 0,
+                                     None, index)
+                                for i, (label, data, catch, expand, index) in enumerate(steps)],
                                ahead=True),
                          window, group, steps[-1][0])
             for seg, (steps, window, group) in loads(0, blob).items()}
@@ -89,7 +91,7 @@ def _packed(skipped: list[Skipped]) -> list[Skipped]:
 
 def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
                 relay_conn: Any = None, linked: bool = False, parent: int = 0,
-                clock: Any = None) -> None:
+                clock: Any = None, board: Any = None) -> None:
     """Run chunks until the task pipe closes.
 
     ``close_fds`` are the parent's ends of other workers' pipes, inherited
@@ -100,7 +102,8 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     ``linked`` worker sends nothing through shared memory, since the parent
     could not hand its slots back. ``parent`` is for :func:`die_with_parent`.
     ``clock``, for a worker of stages with a ``timeout``, is where it shows
-    which call runs since when (:mod:`blpipe._timeout`).
+    which call runs since when (:mod:`blpipe._timeout`); ``board`` is where
+    its watchdog shows its oldest call (:mod:`blpipe._stall`).
     """
     die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -121,6 +124,8 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     except BaseException:
         _write(result_fd, dumps(LoadFailed(traceback.format_exc())))
         return
+    if board is not None:
+        watch_worker(board, [s.chain for s in segments.values()])
     relay_fd = None if relay_conn is None else relay_conn.fileno()
     try:
         _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments, linked)

@@ -30,6 +30,7 @@ from ._executors import check_executor, width
 from ._failures import Failure
 from ._hub import Config, Hub
 from ._plan import plan
+from ._progress import EVERY
 
 __all__ = ["Pipeline"]
 
@@ -137,6 +138,7 @@ class Pipeline(PipelineBase):
         recorder = self._recorder
         clock = time.monotonic
         progress = self._progress is not None
+        hub.every = EVERY if progress else None
         slow = False  # the consumer takes a while per output: watch each one
         ok = False
         try:
@@ -192,6 +194,10 @@ class Pipeline(PipelineBase):
 
     def _live(self, segment: int) -> tuple[int, int, float, float]:
         return self._hub.live(segment) if self._hub is not None else (0, 0, 0.0, 0.0)
+
+    def _stalls(self) -> dict[int, tuple[float, str | None]]:
+        hub = self._hub
+        return hub.stalls() if hub is not None and not hub.closing else {}
 
     def _bytes(self) -> tuple[int, int]:
         if self._hub is None:

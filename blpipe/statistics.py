@@ -81,6 +81,23 @@ class StageStatistics:
     timeouts: int = 0
     """Calls that ran past its ``timeout``: killed with their worker,
     abandoned in their thread, or cancelled."""
+    usual_call_seconds: float = 0.0
+    """Its usual call: the median, over its last 101 chunks, of each chunk's
+    seconds per input; ``0.0`` before a chunk has finished."""
+    oldest_call_seconds: float = 0.0
+    """How long its oldest call in flight has run, to within 0.2 s; ``0.0``
+    when none is. On a user's ``executor``: its oldest task, since it was
+    sent."""
+    oldest_call_input: str | None = None
+    """What that call was given, as a short ``repr``. In a worker process it
+    is named once the call has run 0.5 s; a call that holds the GIL (C code)
+    is known only by its chunk: ``'one of 8 inputs from 42'``."""
+
+    def stalled(self) -> bool:
+        """Whether its oldest call has run far longer than its usual one: 10
+        times as long and at least 1 s, or 10 s while no call has finished."""
+        age, usual = self.oldest_call_seconds, self.usual_call_seconds
+        return age >= (max(1.0, 10 * usual) if usual else 10.0)
 
 
 @dataclass(frozen=True)
@@ -265,6 +282,13 @@ def _report(st: Statistics) -> str:
     retried = [f"{s.name} {s.retries:,}" for s in st.stages if s.retries]
     if retried:
         lines.append("calls retried (retries): " + ", ".join(retried))
+    for s in st.stages:
+        if s.stalled():
+            usual = (f"{s.usual_call_seconds:.3g} s" if s.usual_call_seconds else
+                     "none has finished yet")
+            lines.append(f"stalled? {s.name} has run a call on "
+                         f"{s.oldest_call_input or 'an input not yet named'} for "
+                         f"{s.oldest_call_seconds:.1f} s (its usual call: {usual})")
     neck = st.bottleneck()
     lines.append(f"bottleneck: {neck}" if neck else
                  "bottleneck: none clear (nothing was busy half the run)")

@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"_failures"},  # how an exception crosses a boundary
     {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
     {"_chain", "_messages", "_flow"},  # a chunk: how it runs, what carries it
+    {"_stall"},  # what each chain has in hand, and since when: the watchdog
     {"_worker"},  # the child side
     {"_plan"},  # stages to segments
     {"_segments", "_master"},  # bounded, ordered release; stages in the caller
