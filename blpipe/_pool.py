@@ -96,9 +96,13 @@ class Pool(_Group):
             if not procs.closing:
                 self._add()
                 procs.flow.recorder.restarts += 1
-        # what it held paused goes with it: those chunks fail, as the one it ran
-        pending = [*worker.paused, *worker.pending]
-        first = len(worker.paused)
+        # What it held paused goes with it: those chunks fail, as the one it ran,
+        # and so do paused ones whose Resume was queued: they began on it.
+        queued = list(worker.pending)[1:]
+        began = [*worker.paused, *(p for p in queued if p[1].expanding is not None)]
+        pending = [*began, *list(worker.pending)[:1],
+                   *(p for p in queued if p[1].expanding is None)]
+        first = len(began)
         worker.pending.clear()
         worker.paused.clear()
         for i, (segment, rec) in enumerate(pending):
