@@ -122,9 +122,9 @@ def test_the_child_side_never_imports_the_hub_side() -> None:
 # The checks must be able to fail: each rule broken on purpose, on a copy.
 
 @pytest.mark.parametrize(("module", "line", "expected"), [
-    ("_segments", "from ._hub import Hub", "_segments (layer 7) imports _hub (layer 12)"),
+    ("_segments", "from ._hub import Hub", "_segments (layer 8) imports _hub (layer 13)"),
     ("_chain", "from blpipe import _flow", "_chain (layer 4) imports _flow (layer 4)"),
-    ("errors", "import blpipe.pipeline", "errors (layer 0) imports pipeline (layer 14)"),
+    ("errors", "import blpipe.pipeline", "errors (layer 0) imports pipeline (layer 15)"),
 ])
 def test_an_upward_import_is_caught(tmp_path: Path, module: str, line: str,
                                     expected: str) -> None:
