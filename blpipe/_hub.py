@@ -27,7 +27,8 @@ outputs downstream, pull input into the first segment, dispatch chunks), then
 it yields what reached the :class:`~blpipe._segments.Sink`, or waits for
 events (:meth:`Hub.wait`) when nothing can move.
 
-The messages on the arrows are in :mod:`blpipe._messages`.
+The messages on the arrows are in :mod:`blpipe._messages`. ``statistics()``
+asks :meth:`Hub.stalls` for each stage's oldest call in flight (:mod:`blpipe._stall`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ._pool import Link, Pool
 from ._procs import GRACE, KILL_AFTER, WATCH, Procs
 from ._segments import Segment
 from ._spec import Placement, short_repr
-from ._stall import Call, Looker, Watcher, oldest
+from ._stall import Call, hands, oldest, since
 from ._transport import Poller
 from .errors import BrokenPipeline
 
@@ -104,7 +105,7 @@ class Hub:
         self.every: float | None = None  # the longest a wait blocks: progress's period
         self.watching: list[Any] = []  # what runs timed calls: Procs, Futures
         self.loops: list[Loop] = []  # the async stages' segments
-        self.looker: Looker | None = None  # the watchdog of stages run in this process
+        self.here: list[Chain] = []  # the chains run in this process: master, thread stages
         try:
             self._build(plan, config)
         except BaseException:
@@ -157,11 +158,9 @@ class Hub:
         # once every process has started: no fork copies their threads
         if self.aio is not None:
             self.aio.start()
-        here = [s.chain for s in segments if isinstance(s, MasterSegment)]
-        here += [s.backend.chain for s in segments if isinstance(getattr(s, "backend", None),
-                                                                  Local)]
-        if here:
-            self.looker = Looker(Watcher(here))
+        self.here = [s.chain for s in segments if isinstance(s, MasterSegment)]
+        self.here += [s.backend.chain for s in segments if isinstance(getattr(s, "backend", None),
+                                                                       Local)]
 
     def _segment(self, index: int, plan: Plan, config: Config, lanes: list[Lane],
                  nxt: Any) -> Segment | MasterSegment:
@@ -382,13 +381,14 @@ class Hub:
     def stalls(self) -> dict[int, tuple[float, str | None]]:
         """Per stage, its oldest call in flight: since when, and on what."""
         now = time.monotonic()
-        here = oldest(self.looker.watcher.calls if self.looker is not None else ())
-        calls: list[Call] = [(i, since, short_repr(x)) for i, (since, x) in here.items()]
+        usual = self.flow.recorder.usual()
+        here = oldest((h[0], since(h, usual, now), h[3]) for h in hands(self.here))
+        calls: list[Call] = [(i, t, short_repr(x)) for i, (t, x) in here.items()]
         for loop in self.loops:
-            calls += [(loop.spec.index, since, short_repr(x))
-                      for since, x in list(loop.running.values())]
+            calls += [(loop.spec.index, t, short_repr(x))
+                      for t, x in list(loop.running.values())]
         if self.procs is not None:
-            calls += self.procs.calls(now)
+            calls += self.procs.calls(now, usual)
         if self.futures is not None:
             calls += self.futures.calls()
         return oldest(calls)
@@ -411,8 +411,6 @@ class Hub:
             self.aio.close(GRACE if graceful else KILL_AFTER)
         if self.feeder is not None:
             self.feeder.close(GRACE if graceful else KILL_AFTER)
-        if self.looker is not None:
-            self.looker.close()
         self.poller.close()
 
 

@@ -14,6 +14,7 @@ import fcntl
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from ._failures import Failure, broken, cannot_load, cannot_unpickle
 from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, Unloadable, new
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
-from ._stall import SIZE, STALE, Board, Call, in_chunk
+from ._stall import NAMED_AFTER, PROBE, SIZE, Board, Call, ask, in_chunk, since
 from ._transport import Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
@@ -42,7 +43,8 @@ class Worker:
     """A worker process as the hub sees it: its pipes and the chunks it holds."""
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
-                 "label", "group", "freed", "left", "clock", "tasks", "late", "board")
+                 "label", "group", "freed", "left", "clock", "tasks", "late", "board", "since",
+                 "asked")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
         self.proc = proc
@@ -59,7 +61,9 @@ class Worker:
         self.freed: list[tuple[int, int]] = []  # its result slots read since its last task
         self.left: int | None = None  # calls it may still take (max_tasks_per_child)
         self.clock: Any = None  # its [task, call, started] in shared memory, if timed
-        self.board: Board | None = None  # its oldest call, shown by its watchdog thread
+        self.board: Board | None = None  # the call it had in hand when last asked
+        self.since = 0.0  # when its first chunk in hand began, as far as the hub knows
+        self.asked: tuple[Record, float] | None = None  # what it was last asked about, when
         self.tasks = 0  # tasks sent to it: the number of the next one
         self.late: tuple[Record, int] | None = None  # killed: this chunk's call ran late
 
@@ -143,6 +147,8 @@ class Procs:
         outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
         queued = bool(outbox)
         rec.place = worker
+        if not worker.pending:
+            worker.since = time.monotonic()
         if task:  # not a paused expansion going on: the worker counts tasks as it reads them
             rec.seq = worker.tasks
             worker.tasks += 1
@@ -185,6 +191,7 @@ class Procs:
         inbox = worker.inbox
         if inbox.eof:
             return
+        worker.since = time.monotonic()  # for the chunk after the one it answers
         for word, payload in inbox.read():
             self._on_frame(worker, word, payload)
         if inbox.eof:  # its sentinel will say why; stop selecting a closed pipe
@@ -323,23 +330,39 @@ class Procs:
                 due = min(due or now + 1.0, started + segment.timeout)
         return due
 
-    def calls(self, now: float) -> list[Call]:
-        """Each busy worker's oldest call: ``(stage, since, input)``, the input as
-        text (``None`` until it is named). A worker whose watchdog has not run
-        lately is in a call that holds the GIL: it is reported from the hub's
-        side, since the watchdog last ran, on the chunk it holds."""
+    def calls(self, now: float, usual: Sequence[float]) -> list[Call]:
+        """Each busy worker's call in hand: ``(stage, since, input)``, the input as
+        text. A chunk runs since its worker's last message, or since it was sent
+        to an idle one. Once it has run long enough to be unusual, its workers
+        are asked which call is in hand (at most once a second); until they
+        answer (a call that holds the GIL never lets them), the call is told
+        by its chunk."""
+        heads = [(w, *w.pending[0]) for w in self.workers if w.task is not None and w.pending]
+        asked = []
+        for w, segment, rec in heads:
+            if (now - w.since >= max(NAMED_AFTER, 5 * usual[segment.first])
+                    and (w.asked is None or w.asked[0] is not rec or now - w.asked[1] >= 1.0)):
+                w.asked = rec, now
+                for x in self.workers:  # a link's workers share their chunks
+                    if x.pending is w.pending and x.board is not None and x.board.version():
+                        with contextlib.suppress(OSError):
+                            os.kill(x.proc.pid, PROBE)
+                            asked.append(x.board)
+        if asked:
+            ask(asked)
         calls: list[Call] = []
-        for w in self.workers:
-            seen = w.board.read() if w.board is not None and w.pending else None
-            if seen is None or not seen[0]:
-                continue
-            beat, stage, since, text = seen
-            if now - beat > STALE:
-                segment, rec = w.pending[0]
-                stage, since = (stage, since) if stage >= 0 else (segment.first, beat)
-                text = in_chunk(rec.n_in, rec.first)
-            if stage >= 0:
-                calls.append((stage, since, text))
+        for w, segment, rec in heads:
+            told = False
+            for x in self.workers:
+                seen = x.board.read() if x.board is not None and x.pending is w.pending and \
+                    w.asked is not None else None
+                if seen is not None and seen[1] is not None and \
+                        any(r.seq == seen[0] for _, r in w.pending):
+                    hand = seen[1]
+                    calls.append((hand[0], since(hand, usual, now), hand[3]))
+                    told = True
+            if not told:
+                calls.append((segment.first, w.since, in_chunk(rec.n_in, rec.first)))
         return calls
 
     def busy(self) -> bool:

@@ -78,6 +78,14 @@ class Recorder:
         for j, figures in enumerate(stats):
             outs[first + j] += n_out if j == last else figures[2]
 
+    def usual(self) -> list[float]:
+        """Each stage's usual call: the median of its recent chunks' seconds per input."""
+        out = []
+        for recent in self.per_call:
+            ordered = sorted(recent)  # one step in C: the hub's appends wait for it
+            out.append(ordered[len(ordered) // 2] if ordered else 0.0)
+        return out
+
     def snapshot(self, live: Callable[[int], tuple[int, int, float, float]],
                  running: bool, errors: Sequence[int],
                  nbytes: tuple[int, int] = (0, 0), active: int = 0,
@@ -93,6 +101,7 @@ class Recorder:
         serialize = list(self.serialize)
         now = time.monotonic()
         end = self.ended or now
+        usual = self.usual()
         stalls = stalls or {}
         elapsed = 0.0 if self.started is None else end - self.started
         stages = []
@@ -108,7 +117,6 @@ class Recorder:
             # calls in flight at once: a group stage's hold a group each
             can_run = max(1, min(workers, spec.batch_size // (spec.group or 1)))
             since, on = stalls.get(i, (now, None))
-            recent = sorted(self.per_call[i])
             stages.append(StageStatistics(
                 name=spec.label, placement=spec.placement.value, window=spec.window,
                 batch_size=spec.batch_size, segment=seg, workers=workers,
@@ -120,7 +128,7 @@ class Recorder:
                 utilization=busy[i] / (elapsed * can_run) if elapsed > 0 else 0.0,
                 errors=errors[i], shape=spec.shape, retries=retries[i],
                 timeouts=timeouts[i],
-                usual_call_seconds=recent[len(recent) // 2] if recent else 0.0,
+                usual_call_seconds=usual[i],
                 oldest_call_seconds=max(0.0, now - since), oldest_call_input=on))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,

@@ -40,7 +40,7 @@ from ._messages import (
 from ._run import Outcome, Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
-from ._stall import watch_worker
+from ._stall import answer_probes
 from ._timeout import position, set_clock, start_task
 from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
 from ._transport import write_frame as _write
@@ -103,7 +103,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
     could not hand its slots back. ``parent`` is for :func:`die_with_parent`.
     ``clock``, for a worker of stages with a ``timeout``, is where it shows
     which call runs since when (:mod:`blpipe._timeout`); ``board`` is where
-    its watchdog shows its oldest call (:mod:`blpipe._stall`).
+    it shows the call in hand when the hub asks (:mod:`blpipe._stall`).
     """
     die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -125,7 +125,7 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         _write(result_fd, dumps(LoadFailed(traceback.format_exc())))
         return
     if board is not None:
-        watch_worker(board, [s.chain for s in segments.values()])
+        answer_probes(board, [s.chain for s in segments.values()], lambda: position()[0])
     relay_fd = None if relay_conn is None else relay_conn.fileno()
     try:
         _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments, linked)

@@ -85,13 +85,13 @@ class StageStatistics:
     """Its usual call: the median, over its last 101 chunks, of each chunk's
     seconds per input; ``0.0`` before a chunk has finished."""
     oldest_call_seconds: float = 0.0
-    """How long its oldest call in flight has run, to within 0.2 s; ``0.0``
-    when none is. On a user's ``executor``: its oldest task, since it was
-    sent."""
+    """How long its oldest call in flight has run; ``0.0`` when none is. A
+    call's start is its chunk's, plus the usual call for each call before it
+    in the chunk; on a user's ``executor``, its task's, since it was sent."""
     oldest_call_input: str | None = None
-    """What that call was given, as a short ``repr``. In a worker process it
-    is named once the call has run 0.5 s; a call that holds the GIL (C code)
-    is known only by its chunk: ``'one of 8 inputs from 42'``."""
+    """What that call was given, as a short ``repr``; a call in a worker
+    process that could not be asked is named by its chunk: ``'one of 8
+    inputs from 42'``."""
 
     def stalled(self) -> bool:
         """Whether its oldest call has run far longer than its usual one: 10

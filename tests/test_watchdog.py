@@ -102,7 +102,7 @@ class _Same(Attrs):
 
 def test_fused_and_expanding_stages(start_method: str, release: str) -> None:
     """A pool segment of two fused stages, then an expansion feeding a held stage."""
-    expand = stage(lambda x: [x, x], stateful=False, expand=True)
+    expand = stage(lambda x: [x, x], stateful=False, expand=True, batch_size=8)
     hang = Hang({7}, release=release, stateful=False, batch_size=8)
     with Pipeline([_Same(stateful=False, batch_size=8), expand, hang], n_cpu=2,
                   start_method=start_method) as p:
@@ -116,23 +116,47 @@ def test_fused_and_expanding_stages(start_method: str, release: str) -> None:
 
 
 class HoldsTheGIL(Attrs):
-    """On 7, sleeps 2.5 s in C without releasing the GIL: no thread of its process runs."""
+    """On 7, sleeps 2.5 s in C calls that hold the GIL (``deaf``: with the
+    watchdog's signal blocked, as C code that never lets a handler run)."""
+
+    def __init__(self, deaf: bool = False, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.deaf = deaf
 
     def __call__(self, x: int) -> int:
         if x == 7:
             import ctypes
+            import signal
 
-            ctypes.PyDLL(None).usleep(2_500_000)
+            if self.deaf:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held in the call
+            end = time.monotonic() + 2.5
+            while (left := end - time.monotonic()) > 0:
+                libc.usleep(int(min(left, 0.5) * 1e6))  # cut short by a signal: go on
+            if self.deaf:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         return x
 
 
-def test_a_call_that_holds_the_gil_is_told_by_its_chunk(start_method: str) -> None:
-    with Pipeline([HoldsTheGIL(stateful=False, batch_size=4)], n_cpu=2,
+def test_a_call_in_c_that_holds_the_gil_is_named(start_method: str) -> None:
+    with Pipeline([HoldsTheGIL(stateful=False, batch_size=16)], n_cpu=2,
+                  start_method=start_method) as p:
+        t, out = _consume(p, range(N))
+        s = _held(p, 0, age=1.0).stages[0]
+        assert s.oldest_call_input == "7"
+        assert s.stalled()
+        t.join(30)
+        assert out == list(range(N))
+
+
+def test_a_worker_that_cannot_answer_is_told_by_its_chunk(start_method: str) -> None:
+    with Pipeline([HoldsTheGIL(deaf=True, stateful=False, batch_size=16)], n_cpu=2,
                   start_method=start_method) as p:
         t, out = _consume(p, range(N))
         s = _held(p, 0, age=1.0).stages[0]
         text = s.oldest_call_input or ""
-        assert text == "7" or text.startswith("one of "), text
+        assert text == "7" or re.fullmatch(r"one of \d+ inputs from \d+", text), text
         assert s.stalled()
         t.join(30)
         assert out == list(range(N))
