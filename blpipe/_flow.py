@@ -40,7 +40,7 @@ class Meter:
 class Flow:
     """What segments share with the hub: where the stream is cut, the figures, the errors."""
 
-    __slots__ = ("stop_upto", "recorder", "log", "meter", "budget")
+    __slots__ = ("stop_upto", "recorder", "log", "meter", "budget", "cut")
 
     def __init__(self, recorder: Recorder, log: ErrorLog, budget: int | None) -> None:
         self.stop_upto = -1  # segments up to this one take no more input
@@ -48,6 +48,7 @@ class Flow:
         self.log = log
         self.meter = Meter()
         self.budget = budget
+        self.cut: Any = None  # the checkpoint under way (blpipe._checkpoint.Cut)
 
     def stop(self, index: int) -> None:
         """A failure at segment ``index``: what is upstream of it is later in the
@@ -70,7 +71,7 @@ class Record:
 
     __slots__ = ("n_in", "first", "frame", "slot", "outs", "pos", "failure", "start", "offset",
                  "skipped", "nbytes", "done", "place", "paused", "trimmed", "expanding", "calls",
-                 "tries", "seq")
+                 "tries", "seq", "cuts")
 
     def __init__(self, n_in: int, first: Any, frame: Any = None, slot: int | None = None,
                  outs: list[Any] | None = None, failure: Failure | None = None) -> None:
@@ -93,6 +94,7 @@ class Record:
         self.calls = 0  # 1 for a chunk of one call: one run again after its worker died
         self.tries = 0  # times it ran before, each ended by its worker's death
         self.seq = 0  # its number among the tasks sent to its worker
+        self.cuts: list[Any] = []  # checkpoints that follow it downstream, once released
 
     def where(self) -> str:
         """The input a failure of the whole chunk is placed at, as messages show it."""
@@ -141,7 +143,7 @@ class Sink:
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.chunks: deque[list[Any]] = deque()
+        self.chunks: deque[Any] = deque()  # lists of outputs, and checkpoints' cuts
         self.held = 0  # items in chunks, not yet handed to the consumer
         self.failure: Failure | None = None
         self.ended = False  # every output is in
@@ -156,6 +158,11 @@ class Sink:
     def put_failure(self, failure: Failure) -> None:
         if self.failure is None:  # the first is the earliest in the stream
             self.failure = failure
+
+    def mark(self, cut: Any) -> None:
+        """A checkpoint's cut, behind the outputs before it: the consumer's loop
+        completes it when the consumer asks for the output after them."""
+        self.chunks.append(cut)
 
     def end(self) -> None:
         self.ended = True

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ._adaptive import Governor
 from ._aio import Loop, LoopThread
 from ._chain import Chain, step_of
+from ._checkpoint import Cuts, restore
 from ._executors import Futures, Lane, Local, Remote
 from ._failures import Failure
 from ._feeder import Feeder, take_within
@@ -78,6 +79,8 @@ class Config:
     log: ErrorLog
     pool_key: bytes  # names this pipeline's stages in an executor's workers
     max_tasks: int | None = None  # calls a pool worker takes before it is replaced
+    checkpoint_every: float | None = None  # seconds between cuts; None: no checkpoints
+    resume: dict[str, Any] | None = None  # the checkpoint resumed from
 
 
 class Hub:
@@ -103,6 +106,8 @@ class Hub:
         self.waited = 0.0  # seconds a blocking wait took, smoothed
         self.next_watch = 0.0  # when to look at the timed calls again
         self.every: float | None = None  # the longest a wait blocks: progress's period
+        self.cuts = None if config.checkpoint_every is None else Cuts(
+            config.checkpoint_every, config.resume["inputs"] if config.resume else 0)
         self.watching: list[Any] = []  # what runs timed calls: Procs, Futures
         self.loops: list[Loop] = []  # the async stages' segments
         self.here: list[Chain] = []  # the chains run in this process: master, thread stages
@@ -141,6 +146,7 @@ class Hub:
         segments: list[Any] = []
         for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
             nxt = self._segment(index, plan, config, lanes, nxt)
+            nxt.last = plan.segments[index].stages[-1].index  # for a checkpoint's error counts
             segments.append(nxt)
         segments.reverse()
         self.segments = segments
@@ -158,6 +164,8 @@ class Hub:
         # once every process has started: no fork copies their threads
         if self.aio is not None:
             self.aio.start()
+        if config.resume is not None:
+            restore(segments, config.resume)
         self.here = [s.chain for s in segments if isinstance(s, MasterSegment)]
         self.here += [s.backend.chain for s in segments if isinstance(getattr(s, "backend", None),
                                                                        Local)]
@@ -215,8 +223,7 @@ class Hub:
         chunks = (max(1, cap // (2 * n)), max(1, cap // 2))
         if s.timeout is not None and isinstance(backend, Remote):
             chunks = (1, 1)
-        return Segment(index, s, seg.label, cap, chunks,
-                       self.flow, nxt, backend,
+        return Segment(index, s, seg.label, cap, chunks, self.flow, nxt, backend,
                        backend is self.pool and any(x.expand for x in specs), runs)
 
     # -- the stream ------------------------------------------------------------
@@ -282,7 +289,10 @@ class Hub:
             self.head.put(batch)
         if failure is not None:
             self.head.put_failure(failure)
-        elif self.src_done:
+            return False
+        if self.cuts is not None:
+            self.cuts.pulled(len(raw), self.src_done, self.flow, self.head)
+        if self.src_done:
             self.head.end()
         return not self.src_done and len(raw) == room
 

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._chain import Chain
+from ._checkpoint import Cut, chain_state, forward, has_state, innermost
 from ._failures import Failure, settle, settled
 from ._flow import Flow
 from ._run import Run
+from ._transport import dumps_stage
 
 _END = object()
 
@@ -37,6 +39,8 @@ class MasterSegment:
         self.ending = False  # the stream has ended upstream
         self.flushed = False  # and its partial groups have been started
         self.failing: Failure | None = None  # failed upstream, once the groups are out
+        self.last = first  # its last stage's index, set by the hub
+        self.marks: list[Cut] = []  # checkpoints' cuts waiting for the run in hand
 
     def room(self) -> int:
         if self.dead or self.run is not None or self.failing is not None:
@@ -64,6 +68,27 @@ class MasterSegment:
             self.next.put(outs)
         if exc is not None:
             self._fail(exc)
+
+    def mark(self, cut: Cut) -> None:
+        """A checkpoint's cut: its stages and chain are copied once every input
+        before it has gone through (the run in hand is done), then it goes on."""
+        self.marks.append(cut)
+        if self.run is None:
+            self._pass_marks()
+
+    def _pass_marks(self) -> None:
+        chain = self.chain
+        for cut in self.marks:
+            for step, func in zip(chain.steps, chain.funcs, strict=True):
+                obj = innermost(func)
+                if has_state(obj):
+                    try:
+                        cut.states[step.number] = dumps_stage(obj)
+                    except Exception as e:
+                        cut.failed = f"{step.label}: {type(e).__name__}: {e}"
+            cut.chains[self.index] = chain_state(chain.windows, chain.groups)
+            forward(self, cut)
+        self.marks.clear()
 
     def put_failure(self, failure: Failure) -> None:
         if self.dead or self.failing is not None:  # a later failure changes nothing
@@ -138,6 +163,8 @@ class MasterSegment:
                 moved = True
                 if exc is not None:
                     self._fail(exc)
+                elif self.marks:
+                    self._pass_marks()
         return moved
 
     def _start(self, run: Run, n_in: int) -> None:

@@ -11,6 +11,8 @@ worker -> hub          ``Loaded``                   slot: a huge input is read, 
 worker -> hub          ``LoadFailed``               traceback: the stages could not load
 worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
 worker -> hub          ``Broken``                   traceback: blpipe's own code failed
+hub -> dedicated       ``Snapshot`` (relayed)       segment: a checkpoint's cut is here
+dedicated -> hub       ``State``                    stage, its pickled state (or the error)
 a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
 hub -> worker          end of file on its task pipe stop
 =====================  ===========================  ===========================================
@@ -80,6 +82,21 @@ class Resume(NamedTuple):
 
     ident: int
     credit: int
+
+
+class Snapshot(NamedTuple):
+    """hub -> a dedicated worker, relayed along a link: a checkpoint's cut comes
+    after the chunks before it; answer with the stage's ``State``."""
+
+    segment: int
+
+
+class State(NamedTuple):
+    """worker -> hub: its stage pickled at a cut, or why it would not pickle."""
+
+    stage: int
+    blob: bytes | None
+    error: str | None = None
 
 
 class Loaded(NamedTuple):

@@ -16,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._messages import Snapshot
 from ._procs import KILL_AFTER, Procs, Worker
 from ._rerun import late_call, rerun
 from ._spec import short_repr
-from ._transport import Frame
+from ._transport import Frame, dumps
 from .errors import WorkerDied
 
 if TYPE_CHECKING:
+    from ._checkpoint import Cut
     from ._flow import Record
     from ._segments import Segment
 
@@ -160,6 +162,14 @@ class Link(_Group):
         # a chunk midway, and the next must not run before it ends: its state
         # sees its inputs in order
         self.depth = 1 if expands else len(blobs) + 1
+
+    def snapshot(self, segment: Segment, cut: Cut) -> None:
+        """A checkpoint's cut comes after the chunks sent so far: each worker
+        sends its stage's ``State`` once it has run them, in order."""
+        if not self.feeding:
+            return  # it died: the chunk after fails, and the cut never completes
+        cut.waiting.update(range(segment.first, segment.last + 1))
+        self.procs.send(self.feeding[0], dumps(Snapshot(segment.index)))
 
     def pick(self, limit: int) -> Worker | None:
         for w in self.feeding:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from multiprocess.connection import wait as wait_sentinels
 
 from ._failures import Failure, broken, cannot_load, cannot_unpickle
-from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, Unloadable, new
+from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, State, Unloadable, new
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
 from ._stall import NAMED_AFTER, PROBE, SIZE, Board, Call, ask, in_chunk, since
@@ -153,18 +153,23 @@ class Procs:
             rec.seq = worker.tasks
             worker.tasks += 1
         worker.pending.append((segment, rec))
-        try:
-            if outbox.put(rec.frame) or outbox.waiting:
-                return
-        except BrokenPipeError:
+        if not self.send(worker, rec.frame) and not queued:
             # The worker is gone, and its sentinel will say so. With nothing queued
             # before it, none of this chunk reached the worker: it never started,
             # so its group may send it elsewhere.
-            if not queued:
-                worker.unsent.append(worker.pending.pop())
-            return
+            worker.unsent.append(worker.pending.pop())
+
+    def send(self, worker: Worker, frame: Frame) -> bool:
+        """Queue ``frame`` for the worker; ``False`` when it is gone."""
+        outbox: Outbox = worker.outbox  # type: ignore[assignment]  # a worker the hub feeds
+        try:
+            if outbox.put(frame) or outbox.waiting:
+                return True
+        except BrokenPipeError:
+            return False
         outbox.waiting = True  # until the pipe takes the rest
         self.poller.register(outbox.fd, self.poller.WRITE, partial(self.on_writable, worker))
+        return True
 
     def resume(self, segment: Segment, rec: Record, credit: int) -> None:
         """Let the worker go on with ``rec``'s paused expansion."""
@@ -248,6 +253,14 @@ class Procs:
                 if rec.slot == msg.slot:
                     self.release_slot(rec)
                     break
+        elif type(msg) is State:  # a dedicated stage at a checkpoint's cut
+            cut = self.flow.cut
+            if cut is not None:
+                cut.waiting.discard(msg.stage)
+                if msg.error is not None:
+                    cut.failed = msg.error
+                elif msg.blob is not None:
+                    cut.states[msg.stage] = msg.blob
         elif type(msg) is LoadFailed:
             self.flow.stop(1 << 30)
             self.sink.put_failure(Failure(cannot_load(worker.label, msg.traceback)))

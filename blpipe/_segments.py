@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._checkpoint import forward, pass_marks
 from ._failures import Failure, settle
 from ._flow import Arrivals, Backend, Flow, Record, Shown, Wait
 from ._shm import BIG, tune_malloc
@@ -27,6 +28,7 @@ from ._transport import first_unpicklable
 from .errors import SerializationError, WorkerDied
 
 if TYPE_CHECKING:
+    from ._checkpoint import Cut
     from ._messages import Result
 
 
@@ -65,6 +67,8 @@ class Segment:
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
         self.records: deque[Record] = deque()  # chunks in flight, in input order
+        self.marks: deque[tuple[int, Cut]] = deque()  # checkpoints' cuts: (before input, cut)
+        self.last = self.first  # its last stage's index, set by the hub
         self.inflight = 0
         self.history: deque[Any] | None = (deque(maxlen=self.window - 1) if self.window
                                            else None)
@@ -87,6 +91,11 @@ class Segment:
         if self.arrivals is not None:
             self.arrivals.came(self.sent + len(self.in_buf))
         self.in_buf.extend(items)
+
+    def mark(self, cut: Cut) -> None:
+        """A checkpoint's cut, after the inputs put so far."""
+        self.marks.append((self.sent + len(self.in_buf), cut))
+        pass_marks(self)
 
     def end(self) -> None:
         """Nothing more comes from upstream: its last group may go unfilled."""
@@ -115,6 +124,8 @@ class Segment:
         del self.records[i]
         for j, new in enumerate(news):
             self.records.insert(i + j, new)
+        if news:
+            news[-1].cuts = rec.cuts  # a checkpoint's cut still follows the same inputs
         self.flow.meter.now -= rec.nbytes
 
     def put_failure(self, failure: Failure) -> None:
@@ -255,6 +266,8 @@ class Segment:
                 nxt.put_failure(rec.failure)
                 self._close_failed()
                 break
+            for cut in rec.cuts:
+                forward(self, cut)
         if self.ended:
             self._check_end()
         return moved
@@ -303,10 +316,15 @@ class Segment:
         again = False
         g = self.group
         while in_buf and (self.most is None or len(self.records) < self.most):
-            full = len(in_buf) >= self.chunk
+            # a chunk ends at a cut; all before it goes at once
+            cut = 1 << 62
+            if self.marks:
+                pass_marks(self)  # those the last chunk reached
+                cut = self.marks[0][0] - self.sent if self.marks else cut
+            full = len(in_buf) >= min(self.chunk, cut)
             if not (full or (final and (self.closed or self.ended or self.room() > 0))):
                 break
-            n = min(len(in_buf), self.chunk)
+            n = min(len(in_buf), self.chunk, cut)
             if g is not None and n % g:
                 n -= n % g  # whole groups only, but for the last, which goes when no
                 if not n and not (self.closed or self.ended or self._due()):  # more comes
@@ -326,6 +344,8 @@ class Segment:
                 again = True
                 if self.index <= self.flow.stop_upto:  # it failed: the rest is later
                     break
+        if self.marks:
+            pass_marks(self)
         if not in_buf and self.upstream_failure is not None:
             self._track(Record(0, None, outs=[], failure=self.upstream_failure))
             self.upstream_failure = None

@@ -23,6 +23,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from ._chain import Chain, formed
+from ._checkpoint import has_state, innermost
 from ._deathsig import die_with_parent
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import (
@@ -33,6 +34,8 @@ from ._messages import (
     Part,
     Result,
     Resume,
+    Snapshot,
+    State,
     Task,
     Unloadable,
     new,
@@ -42,7 +45,16 @@ from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
 from ._stall import answer_probes
 from ._timeout import position, set_clock, start_task
-from ._transport import Frame, Inbox, dumps, dumps_chunk, first_unpicklable, loads, loads_stage
+from ._transport import (
+    Frame,
+    Inbox,
+    dumps,
+    dumps_chunk,
+    dumps_stage,
+    first_unpicklable,
+    loads,
+    loads_stage,
+)
 from ._transport import write_frame as _write
 from .errors import BrokenPipeline, SerializationError
 
@@ -158,6 +170,11 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         del frame
         if views.last is not None and views.nbytes > BIG:
             _write(result_fd, dumps(Loaded(views.last[1])))  # the hub frees the slot now
+        if type(msg) is Snapshot:  # a checkpoint's cut: after the chunks before it
+            _snapshot(segments.get(msg.segment, only).chain, result_fd)
+            if relay_fd is not None:
+                _write(relay_fd, dumps(msg))
+            continue
         if type(msg) is Resume:  # an expansion the hub has room for again
             run = paused.pop(msg.ident)
             start_task(*run.position)
@@ -198,6 +215,19 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             pickling = clock() - done
             _write(result_fd, result)
         del task, items, outputs, carry  # not kept alive while idle
+
+
+def _snapshot(chain: Chain, result_fd: int) -> None:
+    """Send the hub each stage's state: its object pickled, or why it won't pickle."""
+    for step, func in zip(chain.steps, chain.funcs, strict=True):
+        obj = innermost(func)
+        state = State(step.number, None)
+        if has_state(obj):
+            try:
+                state = State(step.number, dumps_stage(obj))
+            except Exception as e:
+                state = State(step.number, None, f"{step.label}: {type(e).__name__}: {e}")
+        _write(result_fd, dumps(state))
 
 
 _PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it

@@ -19,18 +19,21 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from itertools import islice
 from typing import Any
 
 import multiprocess
 
 from ._base import PipelineBase
+from ._checkpoint import Checkpoint, Cut, Keeper
 from ._executors import check_executor, width
 from ._failures import Failure
 from ._hub import Config, Hub
 from ._plan import plan
 from ._progress import EVERY
+from .errors import BrokenPipeline
 
 __all__ = ["Pipeline"]
 
@@ -69,13 +72,25 @@ class Pipeline(PipelineBase):
     (``on_error = "collect"``) ``errors`` keeps. ``max_tasks_per_child``
     replaces a pool worker once it has made that many calls, for stages
     that leak memory.
+
+    ``checkpoint``, a file path, makes the run resumable after a crash of
+    the whole program: every ``checkpoint_every`` seconds (and at
+    :meth:`checkpoint`, and at the end) the file gets the number N of inputs
+    whose outputs the consumer has all taken, and the stateful stages as
+    they were after exactly those; ``on_checkpoint(N)`` runs first, in the
+    consumer's thread, to commit the consumer's own output, and what it
+    returns is kept as ``checkpointed.token``. A pipeline built over an
+    existing file resumes from it: ``apply`` skips the first N inputs.
     """
 
     def __init__(self, operations: Iterable[Any], n_cpu: int | str | None = None, *,
                  start_method: str | None = None, progress: Any = None,
                  executor: Executor | None = None, keep_errors: int = 1000,
                  max_bytes_in_flight: int | None = None,
-                 max_tasks_per_child: int | None = None) -> None:
+                 max_tasks_per_child: int | None = None,
+                 checkpoint: str | os.PathLike[str] | None = None,
+                 checkpoint_every: float | None = 60.0,
+                 on_checkpoint: Callable[[int], Any] | None = None) -> None:
         if executor is not None:
             check_executor(executor)
             if n_cpu == "auto":
@@ -100,6 +115,18 @@ class Pipeline(PipelineBase):
                              f">= 1 (bytes), or None for no byte budget")
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
+        self._keeper = None if checkpoint is None else Keeper(checkpoint, checkpoint_every,
+                                                               on_checkpoint, self.stages)
+        self.checkpointed: Checkpoint | None = None
+        """The last checkpoint written, or else the one this pipeline resumed from."""
+        self._skip = 0  # inputs apply() skips: those of the checkpoint resumed from
+        resume = None
+        if self._keeper is not None and self._keeper.resume is not None:
+            resume = self._keeper.resume
+            self.checkpointed = self._keeper.last
+            self._skip = resume["inputs"]
+            self.stages = self._keeper.restored(self.stages)
+            self.errors.counts[:] = resume["errors"]
         self._plan = plan(self.stages, "the pool" if executor is None else "the executor")
         if executor is not None:
             self._pool_size = self._recorder.pool_size = width(executor)
@@ -108,8 +135,11 @@ class Pipeline(PipelineBase):
             auto=self._auto, executor=executor, budget=max_bytes_in_flight,
             recorder=self._recorder, log=self.errors, max_tasks=max_tasks_per_child,
             # names this pipeline's stages in an executor's workers, which outlive it
-            pool_key=hashlib.sha1(self._plan.pool_blob or b"").digest() + os.urandom(4))
+            pool_key=hashlib.sha1(self._plan.pool_blob or b"").digest() + os.urandom(4),
+            checkpoint_every=None if self._keeper is None else self._keeper.every,
+            resume=resume)
         self._hub: Hub | None = None
+        self._cut_asked = False
         self._built = True  # only a fully built pipeline can be left unclosed
 
     def __enter__(self) -> Pipeline:
@@ -122,7 +152,46 @@ class Pipeline(PipelineBase):
         if self._hub is None:
             self._recorder.start()
             self._hub = Hub(self._plan, self._config)
+            if self._hub.cuts is not None:
+                self._hub.cuts.asked = self._cut_asked
         return self._hub
+
+    def apply(self, inputs: Iterable[Any], *, skip: bool = True) -> Iterator[Any]:
+        """Run the stages over ``inputs``; outputs come lazily, in input order.
+
+        ``None`` inputs and outputs are dropped. It can be called once. After a
+        resume from a checkpoint of N inputs, the first N of ``inputs`` are
+        skipped; pass ``skip=False`` for inputs that already start at input N.
+        """
+        if self._skip and skip:
+            inputs = islice(iter(inputs), self._skip, None)
+        return super().apply(inputs)
+
+    def checkpoint(self) -> None:
+        """Take a checkpoint after the inputs read so far, without stopping the
+        stream; it is written once the consumer has taken their outputs."""
+        if self._keeper is None:
+            raise RuntimeError("this Pipeline has no checkpoint file: pass checkpoint=path "
+                               "to make it resumable")
+        self._cut_asked = True
+        if self._hub is not None and self._hub.cuts is not None:
+            self._hub.cuts.asked = True
+
+    def _complete(self, hub: Hub, cut: Cut) -> None:
+        """The consumer asks for the output after a cut: once every dedicated
+        stage's state is in, commit the checkpoint."""
+        assert self._keeper is not None
+        deadline = time.monotonic() + 60.0
+        while cut.waiting and cut.failed is None and time.monotonic() < deadline:
+            if hub.flow.stop_upto >= 0:
+                return  # a failure (a dedicated worker died?) ends the stream: no checkpoint
+            hub.wait(0.01)
+        if cut.waiting and cut.failed is None:
+            raise BrokenPipeline(f"the dedicated stages {sorted(cut.waiting)} did not send "
+                                 f"their state for a checkpoint within 60 s")
+        self.checkpointed = self._keeper.complete(cut, self.stages)
+        assert hub.cuts is not None
+        hub.cuts.done(hub.flow)
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         """The outputs of ``apply``: the hub's event loop, run by the consumer's ``next``.
@@ -147,6 +216,9 @@ class Pipeline(PipelineBase):
                 if chunks:
                     while chunks:
                         chunk = chunks.popleft()
+                        if type(chunk) is Cut:
+                            self._complete(hub, chunk)
+                            continue
                         started = polled = clock()
                         spent = 0.0  # time spent on the hub between outputs
                         if not slow:

@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
     {"stages", "errorlog", "_recorder", "_transport", "_progress"},
     {"_failures"},  # how an exception crosses a boundary
     {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
-    {"_chain", "_messages", "_flow"},  # a chunk: how it runs, what carries it
+    {"_chain", "_messages", "_flow", "_checkpoint"},  # a chunk: how it runs, what carries
+    # it, and how a checkpoint cuts the stream
     {"_stall"},  # what each chain has in hand, and since when: the watchdog
     {"_worker"},  # the child side
     {"_plan"},  # stages to segments

@@ -1,0 +1,67 @@
+"""The proof of checkpoints: a real script, SIGKILLed with its whole process group
+at random moments and run again each time, commits exactly the output of an
+uninterrupted run, with no gap and no duplicate."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.scripts.checkpointed import expected
+
+SCRIPT = Path(__file__).parent / "scripts" / "checkpointed.py"
+N = 8_000
+
+
+def killed_and_resumed(tmp_path: Path, start_method: str, kills: int, seed: int,
+                       within: tuple[float, float]) -> int:
+    """Run the script over and over, each run SIGKILLed at a random moment
+    until ``kills`` kills have hit a running program; each time a run ends by
+    itself, its output must be exact, and a fresh round starts while kills
+    are left. Returns the rounds."""
+    rng = random.Random(seed)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    hit = rounds = 0
+    while hit < kills:
+        rounds += 1
+        out, ckpt = tmp_path / f"out{rounds}.txt", tmp_path / f"run{rounds}.ckpt"
+        while True:
+            proc = subprocess.Popen([sys.executable, str(SCRIPT), start_method, str(out),
+                                     str(ckpt), str(N)], start_new_session=True, env=env)
+            try:
+                proc.wait(timeout=rng.uniform(*within) if hit < kills else 120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                hit += 1
+                continue
+            assert proc.returncode == 0, f"a run of round {rounds} failed: {proc.returncode}"
+            break
+        assert out.read_text().split() == expected(N), f"round {rounds}"
+    return rounds
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("start_method", "kills", "within"), [
+    ("fork", 20, (0.05, 0.6)),
+    ("spawn", 10, (0.3, 1.6)),
+])
+def test_a_killed_program_resumes_exactly(tmp_path: Path, start_method: str, kills: int,
+                                          within: tuple[float, float]) -> None:
+    killed_and_resumed(tmp_path, start_method, kills, seed=kills, within=within)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_a_killed_program_resumes_exactly_stress(tmp_path: Path, start_method: str) -> None:
+    for seed in range(5):
+        run = tmp_path / str(seed)
+        run.mkdir()
+        killed_and_resumed(run, start_method, 40, seed=seed, within=(0.05, 1.5))
