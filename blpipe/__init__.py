@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "BrokenPipeline",
+    "Checkpoint",
     "ErrorLog",
     "ErrorRecord",
     "Pipeline",
@@ -47,7 +48,7 @@ _MODULE = {
     "ErrorRecord": "errorlog",
     "Pipeline": "pipeline", "SequentialPipeline": "sequential", "Stage": "stages",
     "stage": "stages", "StageStatistics": "statistics", "Statistics": "statistics",
-    "usable_cpu_count": "_cpu",
+    "usable_cpu_count": "_cpu", "Checkpoint": "_checkpoint",
 }
 
 
@@ -65,6 +66,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._checkpoint import Checkpoint
     from ._cpu import usable_cpu_count
     from .errorlog import ErrorLog, ErrorRecord
     from .errors import (
