@@ -161,7 +161,9 @@ def test_advice_idle_pool() -> None:
 def test_advice_oversubscribed() -> None:
     """The default pool takes every CPU; a busy stateful stage then competes with it."""
     p = Pipeline([Spin(0.002, stateful=False, batch_size=64), Spin(0.002)])
-    run(p, range(max(200, 100 * p.n_cpu)))
+    # long enough that the start-up's share of the run leaves the CPUs over the
+    # rule's 75 % busy: with 200 inputs it came to 1.5 of 2, on the line
+    run(p, range(max(600, 300 * p.n_cpu)))
     st = p.statistics()
     assert f"compete for {st.usable_cpus} usable CPUs" in advice(p)
 
