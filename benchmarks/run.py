@@ -585,6 +585,20 @@ def auto_lines(summaries: list[Summary]) -> list[str]:
             f"{auto.median_seconds / (best.median_seconds or 1):.3f}x{shown}"]
 
 
+def checkpoint_lines(summaries: list[Summary]) -> list[str]:
+    """W3: a checkpoint every second against none, the file's size, the time to resume."""
+    rows = {s.row: s for s in summaries if s.system == "blpipe" and s.status == "ok"}
+    with_ = next((s for s in rows.values() if "ckpt_s" in s.row), None)
+    without = next((s for s in rows.values() if "ckpt_s" not in s.row and "@" not in s.row),
+                   None)
+    if not (with_ and without and with_.median_seconds and without.median_seconds):
+        return []
+    return [f"checkpoints ({with_.row}) ÷ none ({without.row}), wall time: "
+            f"{with_.median_seconds / without.median_seconds:.3f}x; a checkpoint: "
+            f"{with_.extra.get('checkpoint_bytes', 0):,.0f} bytes; resuming from it (read, "
+            f"restore, start the workers, end): {with_.extra.get('resume_s', 0) * 1e3:.0f} ms"]
+
+
 def group_lines(summaries: list[Summary]) -> list[str]:
     """W8: each system's best grouped row against the same system called per item."""
     lines = []
@@ -619,6 +633,8 @@ def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cf
         comparisons += auto_lines(summaries)
     if workload.name == "W8":
         comparisons += group_lines(summaries)
+    if workload.name == "W3":
+        comparisons += checkpoint_lines(summaries)
     lines: list[str] = []
     if markdown:
         lines.append(f"### {workload.name} — {workload.title}")

@@ -36,7 +36,9 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -107,7 +109,7 @@ def rows_for(workload: Workload) -> list[Row]:
     if name == "W3":
         return [
             _row("serial"),
-            _row("blpipe", bs=64),
+            _row("blpipe", bs=64), _row("blpipe", bs=64, ckpt_s=1),
             _row("pool", cs=64),
             _row("blllib", bs=64),
             _row("pypeln", maxsize=64),
@@ -349,6 +351,19 @@ def run_serial(workload: Workload, row: Row, n: int, iterations: int,
     return _finish(collector, t0)
 
 
+def _resumed(stages: list[Any], path: str, row: Row) -> dict[str, float]:
+    """The checkpoint's size, and the time to resume from it: read it, restore
+    the stages, start the workers and take the first output (none is left:
+    the last checkpoint covers the whole input)."""
+    from blpipe import Pipeline
+
+    size = os.path.getsize(path)
+    t0 = time.perf_counter()
+    with Pipeline(stages, start_method=row.params.get("start"), checkpoint=path) as pipeline:
+        list(pipeline.apply(iter(())))
+    return {"checkpoint_bytes": float(size), "resume_s": time.perf_counter() - t0}
+
+
 def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
                collector: wl.Collector) -> Measurement:
     from blpipe import Pipeline, stage  # imports stay out of the timed region
@@ -364,11 +379,19 @@ def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
     options = {"max_bytes_in_flight": budget << 20} if budget else {}
     if "n_cpu" in row.params:
         options["n_cpu"] = row.params["n_cpu"]
+    scratch = None
+    if "ckpt_s" in row.params:  # a checkpoint every ckpt_s seconds, to a fresh file
+        scratch = tempfile.mkdtemp()
+        options.update(checkpoint=os.path.join(scratch, "run.ckpt"),
+                       checkpoint_every=row.params["ckpt_s"])
     t0 = time.perf_counter()
     with Pipeline(stages, start_method=row.params.get("start"), **options) as pipeline:
         collector.consume(pipeline.apply(source))
     m = _finish(collector, t0)
-    if options:
+    if scratch is not None:
+        m.extra = _resumed(stages, options["checkpoint"], row)
+        shutil.rmtree(scratch)
+    elif options:
         st = pipeline.statistics()
         m.extra = {"peak_bytes_mib": st.peak_bytes_in_flight / 2**20,
                    "pool_active": float(st.pool_active)}
