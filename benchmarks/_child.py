@@ -22,7 +22,10 @@ import json
 import os
 import sys
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # blpipe checkout
+# The blpipe measured: the reference checkout for an @ref row, else this one, ahead of any
+# installed blpipe (an editable install of another checkout would shadow it otherwise).
+sys.path.insert(0, os.environ.get("BLPIPE_BENCH_REF") or
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import systems
 from workloads import WORKLOADS, Collector

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # a blpipe checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's blpipe
 
 import psutil
 import systems
@@ -260,7 +260,7 @@ def measure_once(workload: Workload, row: Row, repeat: int, cfg: Config,
     env = None
     label = row.label
     if row.system == REF:  # the same row, with the reference checkout's blpipe imported
-        env = {**os.environ, "PYTHONPATH": str(args.ref)}
+        env = {**os.environ, "PYTHONPATH": str(args.ref), "BLPIPE_BENCH_REF": str(args.ref)}
         label = label.replace(REF, "blpipe", 1)
     cmd = [sys.executable, str(CHILD), label, workload.name, "--n", str(n),
            "--iterations", str(cfg.iterations.get(workload.name, 0)),
