@@ -7,6 +7,7 @@ Run from the repository root::
     python benchmarks/run.py --workloads W1,W3 --systems blpipe,pool --markdown
     python benchmarks/run.py --workloads dask     # blpipe on a Dask executor (opt-in)
     python benchmarks/run.py --workloads shapes   # groups and expansions (opt-in)
+    python benchmarks/run.py --floor              # blpipe next to its floor and Pool
 
 Every measurement runs in a fresh interpreter (``_child.py``) under a
 timeout; a run that does not finish in time is reported as ``hang`` and its
@@ -57,6 +58,8 @@ HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_child.py"
 PEERS = ("pool", "blllib", "pypeln", "mpire")
 REF = "blpipe@ref"  # blpipe rows run again on the checkout given by --ref
+FLOOR_WORKLOADS, FLOOR_SYSTEMS = ("W1", "W3", "W5"), ("blpipe", "pool", "floor")  # --floor
+FLOOR_TARGET = 1.25  # what blpipe ÷ floor on W1 should not exceed
 SAMPLE_INTERVAL = 0.01
 RESCAN_EVERY = 5  # look for new descendants every 5th sample (50 ms)
 STRAGGLER_GRACE = 2.0  # seconds a child's helpers get to exit after it
@@ -613,8 +616,54 @@ def group_lines(summaries: list[Summary]) -> list[str]:
     return lines
 
 
+def _ratio(key: str, b: Summary | None, other: Summary | None,
+           ratios: dict[str, dict[str, Any]]) -> str | None:
+    """``b``'s median wall time ÷ ``other``'s, recorded in ``ratios`` under ``key``, and
+    shown as ``1.23x (b-seconds, other-seconds)``; ``None`` when either has no correct run."""
+    if not (b and other and b.median_seconds and other.median_seconds):
+        return None
+    ratio = b.median_seconds / other.median_seconds
+    ratios[key] = {"ratio": ratio, "blpipe_row": b.row, "blpipe_s": b.median_seconds,
+                   "other_row": other.row, "other_s": other.median_seconds}
+    return f"{ratio:.2f}x ({{}} {b.median_seconds:.3f} s, {{}} {other.median_seconds:.3f} s)"
+
+
+def floor_lines(summaries: list[Summary], ratios: dict[str, dict[str, Any]]) -> list[str]:
+    """W1: each blpipe row ÷ the floor row of the same batch_size, wall time (medians)."""
+    lines = []
+    ok = {s.row: s for s in summaries if s.status == "ok"}
+    for f in (s for s in summaries if s.system == "floor"):
+        bs = f.row.removeprefix("floor[bs=").removesuffix("]")
+        key = f"{f.workload} blpipe/floor bs={bs}"
+        shown = _ratio(key, ok.get(f"blpipe[bs={bs}]"), ok.get(f.row), ratios)
+        if shown is None:
+            lines.append(f"blpipe ÷ floor at bs={bs}: — (a row has no correct run)")
+            continue
+        ratios[key]["target"] = FLOOR_TARGET
+        lines.append(f"blpipe ÷ floor at bs={bs}: " + shown.format("blpipe", "floor"))
+    return lines
+
+
+def pool_lines(name: str, summaries: list[Summary],
+               ratios: dict[str, dict[str, Any]]) -> list[str]:
+    """``--floor``, W3 and W5: the fastest blpipe row (without checkpoints) ÷ the fastest
+    Pool row, wall time (medians); on W5 per start method."""
+    lines = []
+    for match in (None, *systems.START_METHODS):
+        b = _fastest([s for s in summaries if s.system == "blpipe" and s.match == match
+                      and "ckpt_s" not in s.row])
+        p = _fastest([s for s in summaries if s.system == "pool" and s.match == match])
+        what = name + (f" {match}" if match else "")
+        shown = _ratio(f"{what} blpipe/pool", b, p, ratios)
+        if b and p and shown:
+            kind = "start-stop" if name == "W5" else "wall"
+            lines.append(f"{what}: blpipe ÷ Pool {kind} " + shown.format(b.row, p.row))
+    return lines
+
+
 def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cfg: Config,
-           n: int, markdown: bool) -> str:
+           n: int, markdown: bool, floor_mode: bool = False,
+           ratios: dict[str, dict[str, Any]] | None = None) -> str:
     what = f"{workload.name} {workload.title}: {workload.summary}; n = {n:,}"
     if workload.name in cfg.iterations:
         what += (f"; CPU stage ≈ {workload.spin_seconds * 1e3:g} ms "
@@ -635,6 +684,10 @@ def render(workload: Workload, summaries: list[Summary], env: dict[str, str], cf
         comparisons += group_lines(summaries)
     if workload.name == "W3":
         comparisons += checkpoint_lines(summaries)
+    ratios = {} if ratios is None else ratios
+    comparisons += floor_lines(summaries, ratios)
+    if floor_mode and workload.name in ("W3", "W5"):
+        comparisons += pool_lines(workload.name, summaries, ratios)
     lines: list[str] = []
     if markdown:
         lines.append(f"### {workload.name} — {workload.title}")
@@ -671,13 +724,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark blpipe against serial code, multiprocessing.Pool, "
                     "blllib, pypeln and mpire.")
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (default 5)")
-    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+    parser.add_argument("--workloads", default=None,
                         help="comma-separated, e.g. W1,W3 (default: all but the opt-in "
                              "W2dask, W1dask, W6, W7, W7chain, W8, W9, W10, W10big; 'dask' "
                              "names W2dask and W1dask, 'auto' W7 and W7chain, 'shapes' "
                              "W8 to W10big)")
-    parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
-                        help="comma-separated, e.g. blpipe,pool (serial is always run)")
+    parser.add_argument("--systems", default=None,
+                        help="comma-separated, e.g. blpipe,pool (serial is always run; "
+                             f"default: all but floor; choose from {', '.join(systems.SYSTEMS)})")
+    parser.add_argument("--floor", action="store_true",
+                        help=f"blpipe next to its floor: workloads {','.join(FLOOR_WORKLOADS)} "
+                             f"(unless --workloads), systems {','.join(FLOOR_SYSTEMS)} (unless "
+                             f"--systems), and under the tables blpipe ÷ floor on W1 per "
+                             f"batch_size, blpipe ÷ Pool on W3 and W5")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before a run counts as a hang "
                              "(default 120, 30 with --quick; W5 and blllib on W3 less)")
@@ -696,6 +755,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.timeout is None:
         args.timeout = 30.0 if args.quick else 120.0
+    if args.workloads is None:
+        args.workloads = ",".join(FLOOR_WORKLOADS if args.floor else DEFAULT_WORKLOADS)
+    if args.systems is None:
+        args.systems = ",".join(FLOOR_SYSTEMS if args.floor else systems.DEFAULT_SYSTEMS)
     names: list[str] = []
     for w in (w.strip() for w in args.workloads.split(",")):
         if w and w not in WORKLOADS and w not in WORKLOAD_GROUPS:
@@ -723,7 +786,7 @@ def _findable(module: str) -> bool:
 
 def unavailable(system: str) -> str | None:
     """Why ``system`` cannot run here, or ``None`` when it can (serial and pool always can)."""
-    if system in ("serial", "pool"):
+    if system in ("serial", "pool", "floor"):
         return None
     if system != "blpipe-dask":
         return None if _findable(system) else f"{system} is not installed"
@@ -815,12 +878,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"total {time.perf_counter() - started:.0f} s")
 
     all_summaries: list[Summary] = []
+    ratios: dict[str, dict[str, Any]] = {}
     for name in args.workloads:
         workload = WORKLOADS[name]
         n = workload.n(args.quick)
         summaries = summarize(workload, plan[name], [r for r in runs if r.workload == name], n)
         all_summaries += summaries
-        print(render(workload, summaries, env, cfg, n, args.markdown))
+        print(render(workload, summaries, env, cfg, n, args.markdown, args.floor, ratios))
     if args.json:
         args.json.write_text(json.dumps({
             "environment": env,
@@ -830,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
             "references": cfg.references,
             "runs": [asdict(r) for r in runs],
             "summary": [asdict(s) for s in all_summaries],
+            "ratios": ratios,  # blpipe ÷ floor (W1) and ÷ Pool (W3, W5 with --floor), wall
         }, indent=2))
         log(f"wrote {args.json}")
     return 0

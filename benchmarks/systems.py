@@ -22,7 +22,11 @@ Systems:
   on a Dask ``LocalCluster`` of one single-threaded worker process per usable
   core (the opt-in workloads W2dask and W1dask only). The cluster is started
   before the timed region and closed after it; both times are reported
-  separately.
+  separately;
+* ``floor`` (W1 only, not run unless asked for): ``floor.py``'s bare loop of
+  fork, pipes, pickle and epoll, holding as many items in flight on as many
+  workers as blpipe's pool at the row's ``batch_size``: what blpipe's round
+  trips cannot beat.
 
 Worker counts follow blpipe's default: every usable core
 (``os.sched_getaffinity``) goes to the shared pool, and each stateful stage
@@ -47,7 +51,9 @@ from typing import Any
 import workloads as wl
 from workloads import Workload
 
-SYSTEMS = ("serial", "blpipe", "pool", "blllib", "pypeln", "mpire", "blpipe-dask")
+SYSTEMS = ("serial", "blpipe", "pool", "blllib", "pypeln", "mpire", "blpipe-dask", "floor")
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "floor")
+"""What ``run.py`` runs without ``--systems`` (``floor`` is asked for, or ``--floor``)."""
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -91,6 +97,7 @@ def rows_for(workload: Workload) -> list[Row]:
         return [
             _row("serial"),
             _row("blpipe", bs=64), _row("blpipe", bs=1024),
+            _row("floor", bs=64), _row("floor", bs=1024),
             _row("pool", cs=64), _row("pool", cs=1024), _row("pool", cs=16384),
             _row("blllib", bs=64), _row("blllib", bs=1024),
             _row("pypeln", maxsize=1024),
@@ -398,6 +405,55 @@ def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
     return m
 
 
+def blpipe_pool_size() -> int:
+    """The size of blpipe's default shared pool (every usable CPU), as blpipe computes it."""
+    try:
+        from blpipe._cpu import pool_size
+
+        return pool_size(None, 0)
+    except Exception:  # a blpipe without _cpu.pool_size
+        return usable_cores()
+
+
+FLOOR_DEPTH = 1
+"""Chunks the floor keeps in flight per worker: for a stage as cheap as W1's, blpipe's
+chunks grow to ``batch_size // 2``, one per worker on 2 cores (``floor.py``'s default
+shapes, 2 x 32 and 2 x 512)."""
+
+
+def floor_shape(bs: int) -> tuple[int, int, int]:
+    """``(workers, chunk, depth)`` of the floor for ``batch_size`` ``bs``: blpipe's pool
+    size and :data:`FLOOR_DEPTH` chunks per worker, so ``workers * chunk * depth == bs``
+    (more when ``bs < depth * workers``: a chunk holds at least one item)."""
+    workers = blpipe_pool_size()
+    return workers, max(1, bs // (FLOOR_DEPTH * workers)), FLOOR_DEPTH
+
+
+def run_floor(workload: Workload, row: Row, n: int, iterations: int,
+              collector: wl.Collector) -> Measurement:
+    """W1 on ``floor.py``'s bare round trips, the outputs released in input order.
+
+    The timed region holds the forks, the run and the joins, as blpipe's
+    holds its workers' start and stop.
+    """
+    import floor
+
+    if workload.name != "W1":
+        raise ValueError(f"the floor runs W1 only, not {workload.name}")
+    workers, chunk, depth = floor_shape(row.params["bs"])
+    source = _source(workload, n, bounded=True)
+    t0 = time.perf_counter()
+    kids = floor.start(workers)
+    try:
+        collector.consume(itertools.chain.from_iterable(
+            floor.round_trips(kids, source, chunk, depth, ordered=True)))
+    finally:
+        floor.stop(kids)
+    m = _finish(collector, t0)
+    m.extra = {"workers": float(workers), "chunk": float(chunk), "depth": float(depth)}
+    return m
+
+
 def run_blpipe_dask(workload: Workload, row: Row, n: int, iterations: int,
                     collector: wl.Collector) -> Measurement:
     """blpipe with its pool stage on a Dask ``LocalCluster``'s executor.
@@ -546,6 +602,7 @@ RUNNERS: dict[str, Runner] = {
     "pypeln": run_pypeln,
     "mpire": run_mpire,
     "blpipe-dask": run_blpipe_dask,
+    "floor": run_floor,
 }
 
 
