@@ -48,7 +48,7 @@ from ._failures import StageFailure, add_note
 from ._messages import Broken, Result
 from ._retry import delay
 from ._spec import ASYNC_GENERATOR, StageSpec, async_kind, short_repr
-from ._worker import EXPANSION_CAP, local_result, too_many
+from ._tasks import EXPANSION_CAP, local_result, too_many
 from .errors import StageTimeout
 from .stages import Stage
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import queue
 import threading
 import time
 from collections import deque
@@ -25,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 from ._chain import Chain
 from ._cpu import usable_cpu_count
 from ._failures import StageFailure, broken, cannot_load
-from ._messages import Broken, LoadFailed, Result
+from ._messages import Broken, Credit, LoadFailed, Part, Result
 from ._spec import short_repr
 from ._stall import in_chunk
+from ._tasks import run_chunk, run_local, stream_local
 from ._transport import Poller
-from ._worker import run_chunk, run_local
 from .errors import BrokenPipeline, SerializationError, StageTimeout, WorkerDied
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class Waker:
         self.fd, self._w = os.pipe()
         for fd in (self.fd, self._w):
             os.set_blocking(fd, False)
-        self._done: deque[tuple[Any, Future[Any]]] = deque()
+        self._done: deque[tuple[Any, Any]] = deque()  # (tag, a future or a Part)
         # Both threads test and change _done under it, so that a future queued
         # behind others is never left without a byte; and no write lands on a
         # closed, reused fd.
@@ -79,7 +80,7 @@ class Waker:
     def watch(self, future: Future[Any], tag: Any) -> None:
         future.add_done_callback(lambda f: self._ready(tag, f))
 
-    def _ready(self, tag: Any, future: Future[Any]) -> None:
+    def _ready(self, tag: Any, future: Future[Any] | Part) -> None:
         with self._lock:
             first = not self._done
             self._done.append((tag, future))
@@ -87,7 +88,11 @@ class Waker:
                 with contextlib.suppress(BlockingIOError):  # a byte is already waiting
                     os.write(self._w, b"\0")
 
-    def drain(self) -> list[tuple[Any, Future[Any]]]:
+    def part(self, tag: Any, part: Part) -> None:
+        """A thread stage's part of an expansion, queued like a finished future."""
+        self._ready(tag, part)
+
+    def drain(self) -> list[tuple[Any, Any]]:
         # The pipe is read before the batch is taken: a future queued in between
         # is taken now, and its byte only wakes the hub once more for nothing.
         # Read after, that byte could go while the future stayed queued.
@@ -149,6 +154,25 @@ def lost(exc: BaseException, label: str, where: str) -> BaseException:
     return err
 
 
+class Tap:
+    """A thread stage's expanding chunk: its parts go to the hub through the
+    waker, and its thread waits here for the credit to go on."""
+
+    def __init__(self, waker: Waker, tag: Any) -> None:
+        self.waker = waker
+        self.tag = tag
+        self._credit: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+    def send(self, part: Part) -> None:
+        self.waker.part(self.tag, part)
+
+    def wait(self) -> tuple[int, int] | None:
+        return self._credit.get()
+
+    def resume(self, credit: tuple[int, int] | None) -> None:
+        self._credit.put(credit)
+
+
 class Futures:
     """The futures of one run, whatever executor runs them; their completions
     reach the hub's ``select`` through a :class:`Waker`."""
@@ -166,6 +190,7 @@ class Futures:
         self.gave_up = False  # since the hub last looked: what was in flight has moved
         # the tasks on a user's executor: when each was sent, its stage, its chunk
         self.sent: dict[Future[Any], tuple[float, int, Record]] = {}
+        self.taps: dict[int, Tap] = {}  # thread stages' expanding chunks, by id(record)
 
     def submit(self, submit: Callable[[list[Any]], Future[Any]], lane: Lane, segment: Segment,
                rec: Record, remote: bool = False) -> None:
@@ -223,6 +248,14 @@ class Futures:
 
     def on_wake(self) -> None:
         for (lane, segment, rec), future in self.waker.drain():
+            if type(future) is Part:  # a thread stage's part
+                part: Part = future
+                if part.paused is not None:
+                    rec.paused = part.paused
+                rec.expanding = part.expanding
+                segment.extend(rec, part.outputs, part.skipped, 0)
+                continue
+            self.taps.pop(id(rec), None)
             if future in self.given_up:
                 self.given_up.discard(future)
                 continue
@@ -257,6 +290,8 @@ class Futures:
     def close(self, grace: float) -> None:
         for future in self.pending:
             future.cancel()  # a running one goes on: an executor cannot stop it
+        for tap in list(self.taps.values()):
+            tap.resume(None)  # a paused expansion's thread ends its run now
         deadline = time.monotonic() + grace
         for ex in self.owned:
             ex.shutdown(wait=False, cancel_futures=True)
@@ -290,10 +325,10 @@ class _Lanes:
         return best
 
     def pack(self, segment: int, payload: list[Any], place: Lane,
-             credit: int = 0) -> tuple[Any, None, int]:
+             credit: Credit | None = None) -> tuple[Any, None, int]:
         return payload, None, 0  # the executor pickles, if it needs to
 
-    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
+    def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Never needed: a task returns all its outputs at once."""
 
     def post(self, place: Lane, segment: Segment, rec: Record) -> None:
@@ -337,3 +372,25 @@ class Local(_Lanes):
 
     def _submit(self, payload: list[Any]) -> Future[Any]:
         return self.executor.submit(run_local, self.chain, self.window, self.group, payload)
+
+    def post(self, place: Lane, segment: Segment, rec: Record) -> None:
+        credit = segment.credit
+        if credit is None or not self.chain.expands:
+            super().post(place, segment, rec)
+            return
+        futures = self.futures
+        tap = Tap(futures.waker, (place, segment, rec))
+        futures.taps[id(rec)] = tap
+
+        def submit(payload: list[Any]) -> Future[Any]:
+            return self.executor.submit(stream_local, self.chain, self.window, self.group,
+                                        payload, (credit.outputs, credit.nbytes), tap)
+
+        futures.submit(submit, place, segment, rec)
+
+    def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
+        """Wake the thread of ``rec``'s paused expansion."""
+        rec.paused = None
+        tap = self.futures.taps.get(id(rec))
+        if tap is not None:
+            tap.resume(tuple(credit))  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from ._failures import Failure, Skipped
 from ._spec import short_repr
 
 if TYPE_CHECKING:
+    from ._messages import Credit
     from ._recorder import Recorder
     from .errorlog import ErrorLog
 
@@ -148,8 +149,10 @@ class Sink:
         self.failure: Failure | None = None
         self.ended = False  # every output is in
 
-    def room(self) -> int:
-        return self.cap - self.held
+    def room(self, spare: int = 0) -> int:
+        """How many more outputs it takes: ``spare`` is an expansion's room
+        for small outputs, which it holds either way (see ``Segment._room``)."""
+        return max(self.cap, spare) - self.held
 
     def put(self, items: list[Any]) -> None:
         self.chunks.append(items)
@@ -179,15 +182,15 @@ class Backend(Protocol):
         """The least loaded place with fewer than ``limit`` chunks, or ``None``."""
 
     def pack(self, segment: int, payload: list[Any], place: Any,
-             credit: int = 0) -> tuple[Any, int | None, int]:
+             credit: Credit | None = None) -> tuple[Any, int | None, int]:
         """What to send, its shared memory slot and its bytes; raises when it won't
-        pickle. An expansion may send ``credit`` outputs ahead of the grants."""
+        pickle. An expansion may send what ``credit`` allows, then pauses."""
 
     def post(self, place: Any, segment: Any, rec: Record) -> None:
         """Send ``rec`` to ``place``; the result comes back through ``complete``."""
 
-    def resume(self, segment: Any, rec: Record, credit: int) -> None:
-        """Let ``rec``'s paused expansion send ``credit`` more outputs."""
+    def resume(self, segment: Any, rec: Record, credit: Credit) -> None:
+        """Let ``rec``'s paused expansion send what ``credit`` allows."""
 
 
 class Wait(enum.Enum):

@@ -147,6 +147,7 @@ class Hub:
         for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
             nxt = self._segment(index, plan, config, lanes, nxt)
             nxt.last = plan.segments[index].stages[-1].index  # for a checkpoint's error counts
+            nxt.to_sink = not segments
             segments.append(nxt)
         segments.reverse()
         self.segments = segments
@@ -189,9 +190,10 @@ class Hub:
             size = max(1, cap // (len(specs) + 1))
             if s.timeout is not None and self.procs not in self.watching:
                 self.watching.append(self.procs)
+            expands = any(x.expand for x in specs)
             return Segment(index, s, seg.label, cap, (size, size), self.flow, nxt,
-                           Link(self.procs, seg.blobs, [x.label for x in specs],
-                                any(x.expand for x in specs), s.timeout is not None))
+                           Link(self.procs, seg.blobs, [x.label for x in specs], expands,
+                                s.timeout is not None), expands)
         backend: Any
         if seg.kind is Placement.THREAD:
             assert self.futures is not None
@@ -224,7 +226,8 @@ class Hub:
         if s.timeout is not None and isinstance(backend, Remote):
             chunks = (1, 1)
         return Segment(index, s, seg.label, cap, chunks, self.flow, nxt, backend,
-                       backend is self.pool and any(x.expand for x in specs), runs)
+                       (backend is self.pool or isinstance(backend, Local))
+                       and any(x.expand for x in specs), runs)
 
     # -- the stream ------------------------------------------------------------
 

@@ -3,10 +3,14 @@
 =====================  ===========================  ===========================================
 from -> to             message                      fields
 =====================  ===========================  ===========================================
-hub -> worker          ``Task``                     segment, items, freed slots, ``None``
+hub -> worker          ``Task``                     segment, items, freed slots, ``None``,
+                                                    an expansion's ``Credit``
 worker -> next linked  ``Task`` (relayed)           ``None``, outputs, ``[]``, ``Carry`` (error,
                                                     stats, seconds so far)
 worker -> hub          ``Result``                   outputs, error, stats, seconds, skipped
+worker -> hub          ``Part``                     an expanding chunk's outputs so far
+hub -> worker          ``Resume``                   a paused expansion's new ``Credit``, freed
+                                                    slots
 worker -> hub          ``Loaded``                   slot: a huge input is read, free it now
 worker -> hub          ``LoadFailed``               traceback: the stages could not load
 worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
@@ -40,6 +44,15 @@ class Carry(NamedTuple):
     seconds: float
 
 
+class Credit(NamedTuple):
+    """How much of an expansion a worker may send before it pauses: the hub
+    holds up to this many outputs, and about this many bytes of them (a part
+    holds at least one output, however large)."""
+
+    outputs: int
+    nbytes: int
+
+
 class Task(NamedTuple):
     """hub -> worker (or worker -> the next linked worker): a chunk to run."""
 
@@ -47,7 +60,7 @@ class Task(NamedTuple):
     items: list[Any]  # the inputs (a window segment's: the k-1 before them too)
     freed: list[tuple[int, int]]  # (pid, slot) of this worker's results the hub has read
     carry: Carry | None = None  # in a relayed task
-    credit: int = 0  # an expansion's outputs it may send before it pauses
+    credit: Credit | None = None  # for an expansion: what it may send before it pauses
 
 
 class Result(NamedTuple):
@@ -78,10 +91,14 @@ class Part(NamedTuple):
 
 
 class Resume(NamedTuple):
-    """hub -> worker: go on with a paused expansion, ``credit`` more outputs at most."""
+    """hub -> worker: go on with a paused expansion, within ``credit``. The
+    slots of the parts read since carry on their way back with it (``freed``),
+    as with a task: a long expansion from one input sends no other message
+    that could free them, and would hold a slot per part until it ends."""
 
     ident: int
-    credit: int
+    credit: Credit
+    freed: list[tuple[int, int]]
 
 
 class Snapshot(NamedTuple):

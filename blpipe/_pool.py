@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._messages import Snapshot
+from ._messages import Credit, Snapshot
 from ._procs import KILL_AFTER, Procs, Worker
 from ._rerun import late_call, rerun
 from ._spec import short_repr
@@ -40,7 +40,7 @@ class _Group:
         # straight to Procs: a call less per chunk
         self.pack: Callable[..., tuple[Frame, int | None, int]] = procs.pack
         self.post: Callable[[Worker, Segment, Record], None] = procs.post
-        self.resume: Callable[[Segment, Record, int], None] = procs.resume
+        self.resume: Callable[[Segment, Record, Credit], None] = procs.resume
 
 
 class Pool(_Group):

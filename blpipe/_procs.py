@@ -21,7 +21,18 @@ from typing import TYPE_CHECKING, Any
 from multiprocess.connection import wait as wait_sentinels
 
 from ._failures import Failure, broken, cannot_load, cannot_unpickle
-from ._messages import Broken, Loaded, LoadFailed, Part, Result, Resume, State, Unloadable, new
+from ._messages import (
+    Broken,
+    Credit,
+    Loaded,
+    LoadFailed,
+    Part,
+    Result,
+    Resume,
+    State,
+    Unloadable,
+    new,
+)
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
 from ._stall import NAMED_AFTER, PROBE, SIZE, Board, Call, ask, in_chunk, since
@@ -132,7 +143,7 @@ class Procs:
     # -- chunks out ----------------------------------------------------------------
 
     def pack(self, segment: int, payload: list[Any], worker: Worker,
-             credit: int = 0) -> tuple[Frame, int | None, int]:
+             credit: Credit | None = None) -> tuple[Frame, int | None, int]:
         """A task frame, its slot and its bytes; raises when it won't pickle."""
         freed = worker.freed
         try:
@@ -171,13 +182,14 @@ class Procs:
         self.poller.register(outbox.fd, self.poller.WRITE, partial(self.on_writable, worker))
         return True
 
-    def resume(self, segment: Segment, rec: Record, credit: int) -> None:
+    def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Let the worker go on with ``rec``'s paused expansion."""
         worker: Worker = rec.place
         worker.paused.remove((segment, rec))
         ident, rec.paused = rec.paused, None
         assert ident is not None
-        rec.frame = dumps(Resume(ident, credit))
+        rec.frame = dumps(Resume(ident, credit, worker.freed))
+        worker.freed = []
         self.post(worker, segment, rec, task=False)
 
     def on_writable(self, worker: Worker) -> None:

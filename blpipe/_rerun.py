@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._failures import StageFailure
 from ._flow import Record, Shown
-from ._messages import Result
+from ._messages import Credit, Result
 from ._shm import Views
 from ._spec import short_repr
 from ._transport import HEADER, loads
@@ -42,7 +42,7 @@ class Pool(Protocol):
     def pick(self, limit: int) -> Any: ...
 
     def pack(self, segment: int, payload: list[Any], place: Any,
-             credit: int = 0) -> tuple[Any, int | None, int]: ...
+             credit: Credit | None = None) -> tuple[Any, int | None, int]: ...
 
     def post(self, place: Any, segment: Any, rec: Record) -> None: ...
 

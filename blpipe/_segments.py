@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._checkpoint import forward, pass_marks
 from ._failures import Failure, settle
 from ._flow import Arrivals, Backend, Flow, Record, Shown, Wait
+from ._messages import Credit
 from ._shm import BIG, tune_malloc
 from ._spec import StageSpec, short_repr
 from ._transport import first_unpicklable
@@ -30,6 +31,10 @@ from .errors import SerializationError, WorkerDied
 if TYPE_CHECKING:
     from ._checkpoint import Cut
     from ._messages import Result
+
+
+AHEAD = 1024  # outputs of expansions a segment may hold in the caller, at least
+AHEAD_BYTES = 8 << 20  # and bytes of them, at most (but one output per chunk)
 
 
 class Segment:
@@ -45,11 +50,12 @@ class Segment:
         self.window = head.window
         self.group = head.group  # it sends whole groups of this many inputs, but the last
         self.arrivals = Arrivals(head.group_wait) if head.group_wait is not None else None
-        # outputs an expanding chunk may hold before they are passed on
-        self.credit = max(1, chunks[0])
         # An expansion's chunks start at one input, as each may make many outputs,
-        # and at most ``most`` are in flight, so that the outputs held stay within cap.
-        self.most = max(1, cap // self.credit) if expands else None
+        # and at most ``most`` are in flight, one running and one queued per worker.
+        # They share what the caller may hold of their outputs, whatever the bound
+        # on inputs: each round trip passes that many on, so a small one is slow.
+        self.most = max(1, cap // max(1, chunks[0])) if expands else None
+        self.credit = self._credit(chunks[0], flow.budget) if expands else None
         self.min_chunk, self.max_chunk = (self._whole(n) for n in (1 if expands else chunks[0],
                                                                    chunks[1]))
         self.chunk = self.min_chunk
@@ -69,6 +75,7 @@ class Segment:
         self.records: deque[Record] = deque()  # chunks in flight, in input order
         self.marks: deque[tuple[int, Cut]] = deque()  # checkpoints' cuts: (before input, cut)
         self.last = self.first  # its last stage's index, set by the hub
+        self.to_sink = False  # it is the last: its outputs go to the consumer, set by the hub
         self.inflight = 0
         self.history: deque[Any] | None = (deque(maxlen=self.window - 1) if self.window
                                            else None)
@@ -81,6 +88,13 @@ class Segment:
         self.starved = 0.0
         self.blocked = 0.0
         self.state = Wait.BUSY
+
+    def _credit(self, chunk: int, budget: int | None) -> Credit:
+        """What each expanding chunk may send before it pauses: its share of
+        ``AHEAD`` outputs and ``AHEAD_BYTES`` (or of half the byte budget)."""
+        most = self.most or 1
+        nbytes = AHEAD_BYTES if budget is None else min(AHEAD_BYTES, budget // 2)
+        return Credit(max(1, chunk, AHEAD // most), max(1, nbytes // most))
 
     def room(self) -> int:
         if self.closed:
@@ -229,9 +243,10 @@ class Segment:
             left = len(outs) - rec.pos
             if left:
                 before = left
+                spare = self._spare(rec, left)
                 # room is asked again after each put: a master segment downstream
                 # may pass on fewer items than it takes
-                while left and (room := nxt.room()) > 0:
+                while left and (room := nxt.room(spare) if spare else nxt.room()) > 0:
                     take = min(left, room)
                     nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
                     rec.pos += take
@@ -243,18 +258,14 @@ class Segment:
                     share = rec.nbytes * (before - left) // before
                     rec.nbytes -= share
                     self.flow.meter.now -= share
-                if left:
-                    break
             if not rec.done:  # an expansion: more to come
-                rec.trimmed += rec.pos  # what is passed on need not be kept
-                rec.outs = []
-                rec.pos = 0
-                if rec.paused is not None:  # all it gave is passed on: room for as much
-                    self.backend.resume(self, rec, self.credit)
-                if ordered:
+                self._drained(rec)
+                if ordered or left:
                     break
                 i += 1
                 continue
+            if left:
+                break
             if rec.failure is not None and i:
                 i += 1  # raised once every chunk before it is out
                 continue
@@ -271,6 +282,39 @@ class Segment:
         if self.ended:
             self._check_end()
         return moved
+
+    def _spare(self, rec: Record, left: int) -> int:
+        """The room the output buffer has for an expansion's small outputs.
+
+        The last segment passes its outputs to the consumer's buffer, which
+        holds ``batch_size`` of them: a round trip per output at the default
+        of 1. An expansion's outputs are in the caller already, counted
+        against its credit until the consumer takes them, so where they are
+        small the buffer takes as many as the credit allows, and they go out
+        at C speed.
+        """
+        credit = self.credit
+        if not self.to_sink or credit is None or \
+                rec.nbytes * credit.outputs > credit.nbytes * left:
+            return 0
+        return credit.outputs
+
+    def _drained(self, rec: Record) -> None:
+        """Drop what an expansion passed on, and let it go on once half its
+        credit is free: it makes the next outputs while downstream takes these."""
+        outs: list[Any] = rec.outs  # type: ignore[assignment]
+        held = len(outs) - rec.pos
+        if self.to_sink:  # what the consumer has not taken yet is still held
+            held += self.next.held
+        if rec.pos * 2 >= len(outs):  # copied, not cut in place: downstream may hold outs
+            rec.trimmed += rec.pos
+            rec.outs = outs[rec.pos:]
+            rec.pos = 0
+        credit = self.credit
+        if rec.paused is not None and credit is not None and \
+                held <= credit.outputs // 2 and rec.nbytes <= credit.nbytes // 2:
+            self.backend.resume(self, rec, Credit(credit.outputs - held,
+                                                  credit.nbytes - rec.nbytes))
 
     def _close_failed(self) -> None:
         """It passed a failure on: what it still holds is later in the stream."""

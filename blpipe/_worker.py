@@ -19,7 +19,7 @@ import os
 import signal
 import time
 import traceback
-from itertools import islice
+from sys import getsizeof
 from typing import Any, NamedTuple
 
 from ._chain import Chain, formed
@@ -40,7 +40,7 @@ from ._messages import (
     Unloadable,
     new,
 )
-from ._run import Outcome, Run, Step
+from ._run import Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._spec import short_repr
 from ._stall import answer_probes
@@ -56,7 +56,7 @@ from ._transport import (
     loads_stage,
 )
 from ._transport import write_frame as _write
-from .errors import BrokenPipeline, SerializationError
+from .errors import SerializationError
 
 
 class Segment(NamedTuple):
@@ -87,14 +87,14 @@ def load_segments(blob: bytes) -> Segments:
             for seg, (steps, window, group) in loads(0, blob).items()}
 
 
-def _sent(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
+def carried(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
     """What a result carries of a chunk's outputs (aligned with its inputs):
     ``None`` dropped here rather than in the hub, unless errors were gone
     past, which the hub may have to cut the outputs at."""
     return outputs if skipped else [y for y in outputs if y is not None]
 
 
-def _packed(skipped: list[Skipped]) -> list[Skipped]:
+def packed(skipped: list[Skipped]) -> list[Skipped]:
     return [(at, step, local, RemoteError.pack(err) if isinstance(err, StageFailure) else err,
              size) for at, step, local, err, size in skipped]
 
@@ -176,6 +176,7 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
                 _write(relay_fd, dumps(msg))
             continue
         if type(msg) is Resume:  # an expansion the hub has room for again
+            _release(slots, msg.freed, pid)
             run = paused.pop(msg.ident)
             start_task(*run.position)
             pickling = _stream(run, msg.credit, slots, result_fd, paused)
@@ -184,9 +185,7 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         del msg
         start_task(tasks)
         tasks += 1
-        for owner, ident in task.freed:
-            if owner == pid and slots is not None:  # a resent chunk may carry another's
-                slots.release(ident)
+        _release(slots, task.freed, pid)
         carry = None if task.carry is None else new(Carry, task.carry)
         segment = only if task.segment is None else segments[task.segment]
         chain, label = segment.chain, segment.label
@@ -210,11 +209,19 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
                 return  # the next worker is gone: the parent reports its death
         else:
             error, stats, seconds = _merge(failure, stats, seconds, carry)
-            result = _encode(outputs, Result([], error, stats, seconds, _packed(skipped)),
+            result = _encode(outputs, Result([], error, stats, seconds, packed(skipped)),
                              items, label, slots)
             pickling = clock() - done
             _write(result_fd, result)
         del task, items, outputs, carry  # not kept alive while idle
+
+
+def _release(slots: Slots | None, freed: list[tuple[int, int]], pid: int) -> None:
+    """Reuse the slots the hub has read."""
+    if slots is not None:
+        for owner, ident in freed:
+            if owner == pid:  # a resent chunk may carry another worker's
+                slots.release(ident)
 
 
 def _snapshot(chain: Chain, result_fd: int) -> None:
@@ -233,21 +240,27 @@ def _snapshot(chain: Chain, result_fd: int) -> None:
 _PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it
 
 
-def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
+def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: int,
             paused: dict[int, Run]) -> float:
-    """Send ``run``'s outputs in parts, at most ``credit`` of them; then pause
-    it, to go on when the hub says (:class:`~blpipe._messages.Resume`), once
-    it has passed them on. A part goes when it is full, or once its first
-    output has waited ``_PART_DELAY`` for more. While a run is paused the
-    worker runs other chunks: waiting in it would starve the segments that
-    share the pool, and those downstream may be what it waits for. Returns
-    the seconds spent pickling the last message."""
+    """Send ``run``'s outputs in parts, within ``credit`` (outputs, bytes);
+    then pause it, to go on when the hub says (:class:`~blpipe._messages.Resume`),
+    once it has passed them on. A part goes when it holds the credit's share,
+    or once its first output has waited ``_PART_DELAY`` for more. Its bytes
+    are guessed, before it is pickled, from its last output's size, and
+    counted once it is. While a run is paused the worker runs other chunks:
+    waiting in it would starve the segments that share the pool, and those
+    downstream may be what it waits for. Returns the seconds spent pickling
+    the last message."""
     clock = time.perf_counter
+    outputs, nbytes = credit
     buf, run.ahead = run.ahead, []
     first = clock()
     pieces = run.pieces
+    k = 0
     while True:
-        if len(buf) < credit and (not buf or clock() - first < _PART_DELAY):
+        if buf:  # the first outputs past the bytes' share end the part
+            k = max(1, min(len(buf), outputs, nbytes // (getsizeof(buf[-1]) or 1)))
+        if not buf or (k == len(buf) < outputs and clock() - first < _PART_DELAY):
             piece = next(pieces, None)
             if piece is None:
                 break
@@ -256,17 +269,18 @@ def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
             buf += piece
             continue
         ident = None
-        if len(buf) >= credit:  # all the hub can hold: pause here
+        if k < len(buf) or k == outputs:  # all the hub may hold: pause here
             ident = id(run)
             paused[ident] = run
             run.position = position()
-            buf, run.ahead = buf[:credit], buf[credit:]
+            buf, run.ahead = buf[:k], buf[k:]
         done = clock()
         # The errors gone past so far all come before the outputs kept ahead: the
         # run is only read on while fewer than credit outputs wait.
         try:
-            frame = dumps_chunk(Part(mark_large(buf, True), _packed(run.skipped[run.told:]),
-                                     ident, short_repr(run.item)), slots)[0]
+            frame, _, size = dumps_chunk(Part(mark_large(buf, True),
+                                              packed(run.skipped[run.told:]), ident,
+                                              short_repr(run.item)), slots)
         except Exception:  # an output that won't pickle: the ones before it, then an error
             paused.pop(id(run), None)
             run.close()
@@ -279,14 +293,20 @@ def _stream(run: Run, credit: int, slots: Slots | None, result_fd: int,
             break
         _write(result_fd, frame)
         run.told = len(run.skipped)
+        outputs -= len(buf)
+        nbytes -= size
+        if ident is None and (outputs <= 0 or nbytes <= 0):  # the hub holds all it may
+            ident = id(run)
+            paused[ident] = run
+            run.position = position()
+            _write(result_fd, dumps(Part([], [], ident, short_repr(run.item))))
         if ident is not None:
             return clock() - done
-        credit -= len(buf)
         buf = []
     error, stats, seconds = _merge(run.failure, run.stats, run.seconds, None)
     done = clock()
     _write(result_fd, dumps_chunk((mark_large(buf, True), error, stats, seconds,
-                                   _packed(run.skipped[run.told:])), slots)[0])
+                                   packed(run.skipped[run.told:])), slots)[0])
     return clock() - done
 
 
@@ -310,14 +330,14 @@ def _encode(outputs: list[Any], result: Result, items: list[Any], label: str,
     """``result`` with ``outputs`` (aligned with ``items``) as a frame, large
     buffers through ``slots``. When an output cannot be pickled: the outputs
     before it, and a ``SerializationError`` in its place."""
-    sent = _sent(outputs, result.skipped)
+    sent = carried(outputs, result.skipped)
     for every in (False, True):  # then also memoryviews, and buffers mid-chunk
         try:
             return dumps_chunk((mark_large(sent, every), *result[1:]), slots)[0]
         except Exception:
             pass
     kept, error = _until_unpicklable(outputs, items, label, "leave its worker process")
-    return dumps((_sent(kept, result.skipped), error or result.error, *result[2:]))
+    return dumps((carried(kept, result.skipped), error or result.error, *result[2:]))
 
 
 def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], label: str,
@@ -326,14 +346,14 @@ def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], l
     and figures so far. It goes through the pipe, not shared memory: the slot
     could not be handed back to this process."""
     error, stats, seconds = _merge(failure, stats, seconds, carry)
-    sent = _sent(outputs, [])
+    sent = carried(outputs, [])
     stats[-1][2] = len(sent)  # the next stage takes them: this one's outputs are counted
     try:
         return dumps((None, sent, [], (error, stats, seconds), 0))
     except Exception:
         pass
     kept, cut = _until_unpicklable(outputs, items, label, "reach the next stage's process")
-    sent = _sent(kept, [])
+    sent = carried(kept, [])
     stats[-1][2] = len(sent)
     return dumps((None, sent, [], (cut, stats, seconds), 0))
 
@@ -350,82 +370,3 @@ def _until_unpicklable(outputs: list[Any], items: list[Any], label: str,
         exc = SerializationError(f"{label} returned {short_repr(outputs[j])}, which cannot "
                                  f"{where}: {type(why).__name__}: {why}")
     return outputs[:j], RemoteError.pack(StageFailure(label, items[j], exc))
-
-
-# -- an executor's or a thread's task --------------------------------------------
-
-_LOADED: dict[bytes, Segments] = {}
-
-
-def run_chunk(key: bytes, blob: bytes, seg: int,
-              payload: list[Any]) -> Result | Broken | LoadFailed:
-    """An executor's task: run segment ``seg`` over one chunk.
-
-    The executor does the pickling. The stages are unpickled once per process
-    and pipeline (``key``), not per chunk.
-    """
-    start = time.perf_counter()
-    segments = _LOADED.get(key)
-    if segments is None:
-        if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
-            _LOADED.clear()
-        try:
-            segments = _LOADED[key] = load_segments(blob)
-        except Exception:
-            return LoadFailed(traceback.format_exc())
-    try:
-        segment = segments[seg]
-        chain = segment.chain
-        items = segment.items(payload)
-        loaded = time.perf_counter()
-        outputs, failure, stats, skipped = _capped(chain, items, "an executor")
-        return Result(_sent(outputs, skipped),
-                      None if failure is None else RemoteError.pack(failure), stats,
-                      loaded - start, _packed(skipped))
-    except Exception:  # a stage's are caught in Chain.run: this is blpipe's own
-        return Broken(traceback.format_exc())
-
-
-EXPANSION_CAP = 100_000  # outputs of one chunk an executor's or a thread's task may hold
-STREAM_ELSEWHERE = ("run it in blpipe's own pool or in a process of its own, where an "
-                    "expansion streams in bounded memory")
-
-
-def too_many(label: str, where: str, advice: str = STREAM_ELSEWHERE) -> BrokenPipeline:
-    """Why a chunk's expansion was stopped at ``EXPANSION_CAP`` outputs."""
-    return BrokenPipeline(f"{label} expanded a chunk into more than {EXPANSION_CAP:,} outputs "
-                          f"on {where}, whose tasks return their outputs at once: blpipe stops "
-                          f"it rather than hold more; {advice}")
-
-
-def _capped(chain: Chain, items: list[Any], where: str,
-            advice: str = STREAM_ELSEWHERE) -> Outcome:
-    """``chain.run(items)``, but an expansion that passes ``EXPANSION_CAP``
-    outputs fails: a task returns its outputs all at once, so they must fit."""
-    if not chain.expands:
-        return chain.run(items)
-    run = chain.stream(items)
-    outputs = list(islice(run, EXPANSION_CAP + 1))
-    if len(outputs) > EXPANSION_CAP:
-        run.close()
-        label = next(s.label for s in chain.steps if s.expand)
-        run.failure = StageFailure(label, run.item, too_many(label, where, advice))
-        outputs = outputs[:EXPANSION_CAP]
-    return outputs, run.failure, run.stats, run.skipped
-
-
-def run_local(chain: Chain, window: int | None, group: int | None,
-              payload: list[Any]) -> Result | Broken:
-    """A thread stage's task: like :func:`run_chunk`, with nothing to unpickle."""
-    try:
-        return local_result(chain, formed(payload, window, group), "a thread stage")
-    except Exception:
-        return Broken(traceback.format_exc())
-
-
-def local_result(chain: Chain, items: list[Any], where: str,
-                 advice: str = STREAM_ELSEWHERE) -> Result:
-    """``chain`` over ``items`` in the calling process, as a task's ``Result``:
-    its outputs all at once, and so capped."""
-    outputs, failure, stats, skipped = _capped(chain, items, where, advice)
-    return Result(_sent(outputs, skipped), failure, stats, 0.0, skipped)

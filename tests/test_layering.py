@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"_chain", "_messages", "_flow", "_checkpoint"},  # a chunk: how it runs, what carries
     # it, and how a checkpoint cuts the stream
     {"_stall"},  # what each chain has in hand, and since when: the watchdog
-    {"_worker"},  # the child side
+    {"_worker"},  # the child side: a worker process
+    {"_tasks"},  # the child side: an executor's or a thread stage's task
     {"_plan"},  # stages to segments
     {"_segments", "_master"},  # bounded, ordered release; stages in the caller
     {"_procs", "_executors", "_rerun"},  # where chunks run; what a dead worker held
