@@ -127,7 +127,7 @@ def test_blpipe_failing_in_a_worker_is_not_a_death(monkeypatch: pytest.MonkeyPat
     import blpipe._worker
     from blpipe import BrokenPipeline, RemoteTraceback, WorkerDied
 
-    monkeypatch.setattr(blpipe._worker, "_sent", _blpipe_bug)  # inherited under fork
+    monkeypatch.setattr(blpipe._worker, "carried", _blpipe_bug)  # inherited under fork
     with (Pipeline([Same(stateful=stateful, batch_size=4)], start_method="fork") as p,
           pytest.raises(BrokenPipeline) as info):
         list(p.apply(range(20)))
@@ -141,10 +141,10 @@ def test_blpipe_failing_in_a_worker_is_not_a_death(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("where", ["executor", "thread"])
 def test_blpipe_failing_in_a_task_is_not_the_executors(monkeypatch: pytest.MonkeyPatch,
                                                        where: str) -> None:
-    import blpipe._worker
+    import blpipe._tasks
     from blpipe import BrokenPipeline, RemoteTraceback
 
-    monkeypatch.setattr(blpipe._worker, "_sent", _blpipe_bug)
+    monkeypatch.setattr(blpipe._tasks, "carried", _blpipe_bug)
     threads = {"threads": 2} if where == "thread" else {}
     with (ThreadPoolExecutor(2) as ex,
           Pipeline([Same(stateful=False, batch_size=4, **threads)],
