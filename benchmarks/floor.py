@@ -106,15 +106,18 @@ def round_trips(kids: list[Kid], items: Iterable[int], chunk: int, depth: int,
         seq += 1
         return 1
 
+    # Each read fills one buffer: os.read(fd, 256 KiB) would allocate that much past
+    # glibc's mmap threshold, an mmap, mremap and munmap a read (blpipe's Inbox does the same).
+    into = memoryview(bytearray(1 << 18))
     try:
         for _ in range(depth):  # round robin, so that input order alternates between workers
             for _, _, result_r in kids:
                 in_flight += send(result_r)
         while in_flight:
             for fd, _ in poller.poll():
-                data = os.read(fd, 1 << 18)
+                data: bytes | memoryview = into[:os.readv(fd, [into])]
                 if fd in rest:
-                    data = rest.pop(fd) + data
+                    data = rest.pop(fd) + bytes(data)
                 pos = 0
                 while pos + HEADER.size <= len(data):
                     end = pos + HEADER.size + HEADER.unpack_from(data, pos)[0]
@@ -130,7 +133,7 @@ def round_trips(kids: list[Kid], items: Iterable[int], chunk: int, depth: int,
                         in_flight += send(kid) - 1
                         yield outs
                 if pos < len(data):
-                    rest[fd] = data[pos:]
+                    rest[fd] = bytes(data[pos:])
     finally:
         poller.close()
 

@@ -182,11 +182,16 @@ class Inbox:
     """Reassembles frames from a pipe: non-blocking (:meth:`read`, the hub's)
     or blocking (:meth:`next`, a worker's)."""
 
-    __slots__ = ("fd", "eof", "_buf", "_body", "_got", "_word", "_ready")
+    __slots__ = ("fd", "eof", "_into", "_view", "_buf", "_body", "_got", "_word", "_ready")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.eof = False
+        # What each read fills. os.read(fd, 256 KiB) would allocate that much
+        # each time, past glibc's mmap threshold: an mmap, an mremap to shrink
+        # it and a munmap a read, as many system calls as the round trip itself.
+        self._into = bytearray(_READ_SIZE)
+        self._view = memoryview(self._into)
         self._buf = bytearray()  # the start of a frame, until the rest comes
         self._body: bytearray | None = None  # a large frame being read in place
         self._got = 0
@@ -232,26 +237,26 @@ class Inbox:
                 self._body = None
                 return True
             return False
-        chunk = os.read(self.fd, _READ_SIZE)
-        if not chunk:
+        n = os.readv(self.fd, [self._view])
+        if not n:
             self.eof = True
             return False
         buf = self._buf
         if buf:
-            buf += chunk
-            del buf[:self._split(buf, frames)]
+            buf += self._view[:n]
+            del buf[:self._split(buf, frames, len(buf))]
         else:  # the common case: whole frames, split straight from what was read
-            pos = self._split(chunk, frames)
-            if pos < len(chunk):
-                buf += chunk[pos:]
-        return len(chunk) == _READ_SIZE or self._body is not None
+            pos = self._split(self._into, frames, n)
+            if pos < n:
+                buf += self._view[pos:n]
+        return n == _READ_SIZE or self._body is not None
 
-    def _split(self, data: bytes | bytearray,
-               frames: list[tuple[int, bytes | bytearray]]) -> int:
-        """Append the whole frames at the start of ``data``; how much they took."""
+    def _split(self, data: bytearray, frames: list[tuple[int, bytes | bytearray]],
+               end: int) -> int:
+        """Append the whole frames in ``data[:end]``, each a copy (``data`` is
+        filled again by the next read); how much they took."""
         pos = 0
         size = HEADER.size
-        end = len(data)
         unpack = HEADER.unpack_from
         while end - pos >= size:
             word = unpack(data, pos)[0]
@@ -262,7 +267,7 @@ class Inbox:
                 pos = stop
             elif stop - start > _READ_SIZE:  # read the rest straight into its own buffer
                 body = bytearray(stop - start)
-                body[:end - start] = data[start:]
+                body[:end - start] = data[start:end]
                 self._body, self._got, self._word = body, end - start, word
                 return end
             else:
