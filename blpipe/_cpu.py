@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 
@@ -39,6 +40,20 @@ def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return min(quotas) if quotas else None
 
 
+_QUOTA_TTL = 1.0  # seconds a cgroup quota read is reused: constructing pipelines in a loop
+_quota: tuple[int, float, float | None] | None = None  # (pid, when read, quota)
+
+
+def _recent_quota() -> float | None:
+    """:func:`_cgroup_quota`, read again after ``_QUOTA_TTL`` seconds or in a child."""
+    global _quota
+    now = time.monotonic()
+    pid = os.getpid()
+    if _quota is None or _quota[0] != pid or now - _quota[1] > _QUOTA_TTL:
+        _quota = pid, now, _cgroup_quota()
+    return _quota[2]
+
+
 def usable_cpu_count() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup quota.
 
@@ -49,7 +64,7 @@ def usable_cpu_count() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    quota = _cgroup_quota()
+    quota = _recent_quota()  # a few files to read: a millisecond
     if quota is not None:
         n = min(n, math.ceil(quota))
     return max(1, n)
