@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import time
 from collections import deque
@@ -36,7 +37,7 @@ from ._messages import (
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
 from ._spec import short_repr
 from ._stall import NAMED_AFTER, PROBE, SIZE, Board, Call, ask, in_chunk, since
-from ._transport import Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
+from ._transport import READ_SIZE, Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied
 
@@ -57,12 +58,12 @@ class Worker:
                  "label", "group", "freed", "left", "clock", "tasks", "late", "board", "since",
                  "asked")
 
-    def __init__(self, proc: Any, task: Any, result: Any, label: str) -> None:
+    def __init__(self, proc: Any, task: Any, result: Any, label: str, into: bytearray) -> None:
         self.proc = proc
         self.task = task  # None for a linked worker, which the one before it feeds
         self.result = result
         self.outbox = Outbox(task.fileno()) if task is not None else None
-        self.inbox = Inbox(result.fileno())
+        self.inbox = Inbox(result.fileno(), into)  # the hub reads one inbox at a time
         # (segment, chunk) sent and not yet back; the workers of a link share one
         self.pending: deque[tuple[Segment, Record]] = deque()
         self.unsent: list[tuple[Segment, Record]] = []  # posted after it died
@@ -96,6 +97,7 @@ class Procs:
         self.slots = Slots() if AVAILABLE else None  # for large inputs
         self.timed = False  # some worker has a clock: watch() it
         self.views = Views()  # the workers' slots, for large results
+        self.into = bytearray(READ_SIZE)  # what every worker's inbox reads into
         self.closing = False
 
     def spawn(self, blob: bytes, label: str, relay: Any = None, linked: bool = False,
@@ -104,7 +106,9 @@ class Procs:
         the hub does not feed it (``fed``): the caller passes that on. A
         ``timed`` worker runs stages with a ``timeout``: it gets a clock."""
         clock = self.ctx.RawArray("d", 3) if timed else None
-        board = self.ctx.RawArray("c", SIZE)
+        # Under fork the child shares an anonymous mapping as it is; a RawArray's
+        # first costs 2 ms, for the arena multiprocess keeps them in.
+        board = mmap.mmap(-1, SIZE) if self.fork else self.ctx.RawArray("c", SIZE)
         task_r, task_w = self.ctx.Pipe(duplex=False)
         result_r, result_w = self.ctx.Pipe(duplex=False)
         # Under fork the child inherits the parent's ends of every pipe, its own
@@ -119,7 +123,7 @@ class Procs:
         finally:
             task_r.close()
             result_w.close()
-        worker = Worker(proc, task_w if fed else None, result_r, label)
+        worker = Worker(proc, task_w if fed else None, result_r, label, self.into)
         worker.clock = clock
         worker.board = Board(board)
         if timed:

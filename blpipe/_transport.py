@@ -36,7 +36,7 @@ PROTOCOL = 5
 _DILL = 1
 _OUT_OF_BAND = 2
 HEADER = struct.Struct("<Q")
-_READ_SIZE = 1 << 18
+READ_SIZE = 1 << 18
 _IOV_MAX = 512
 
 Frame = tuple[bytes, bytes]  # (header, payload)
@@ -184,13 +184,14 @@ class Inbox:
 
     __slots__ = ("fd", "eof", "_into", "_view", "_buf", "_body", "_got", "_word", "_ready")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, into: bytearray | None = None) -> None:
         self.fd = fd
         self.eof = False
         # What each read fills. os.read(fd, 256 KiB) would allocate that much
         # each time, past glibc's mmap threshold: an mmap, an mremap to shrink
         # it and a munmap a read, as many system calls as the round trip itself.
-        self._into = bytearray(_READ_SIZE)
+        # The inboxes one thread reads share ``into``: each frame is copied out.
+        self._into = bytearray(READ_SIZE) if into is None else into
         self._view = memoryview(self._into)
         self._buf = bytearray()  # the start of a frame, until the rest comes
         self._body: bytearray | None = None  # a large frame being read in place
@@ -249,7 +250,7 @@ class Inbox:
             pos = self._split(self._into, frames, n)
             if pos < n:
                 buf += self._view[pos:n]
-        return n == _READ_SIZE or self._body is not None
+        return n == READ_SIZE or self._body is not None
 
     def _split(self, data: bytearray, frames: list[tuple[int, bytes | bytearray]],
                end: int) -> int:
@@ -265,7 +266,7 @@ class Inbox:
             if stop <= end:
                 frames.append((word, data[start:stop]))
                 pos = stop
-            elif stop - start > _READ_SIZE:  # read the rest straight into its own buffer
+            elif stop - start > READ_SIZE:  # read the rest straight into its own buffer
                 body = bytearray(stop - start)
                 body[:end - start] = data[start:end]
                 self._body, self._got, self._word = body, end - start, word
