@@ -304,8 +304,8 @@ class Segment:
         credit is free: it makes the next outputs while downstream takes these."""
         outs: list[Any] = rec.outs  # type: ignore[assignment]
         held = len(outs) - rec.pos
-        if self.to_sink:  # what the consumer has not taken yet is still held
-            held += self.next.held
+        if self.to_sink:  # what the consumer's buffer holds past its own bound, on credit
+            held += max(0, self.next.held - self.next.cap)
         if rec.pos * 2 >= len(outs):  # copied, not cut in place: downstream may hold outs
             rec.trimmed += rec.pos
             rec.outs = outs[rec.pos:]
