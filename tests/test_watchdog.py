@@ -52,18 +52,26 @@ def _consume(p: Pipeline, inputs: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def _held(p: Pipeline, index: int, age: float = 1.2, within: float = 20.0,
-          want: str | None = None) -> Statistics:
+          want: str | None = None, release: str | None = None) -> Statistics:
     """The statistics once stage ``index``'s oldest call has run ``age`` seconds
-    (and is named ``want``: a worker asked may take a while to answer)."""
+    (and is named ``want``: a worker asked may take a while to answer). When
+    none is seen, the held call is ``release``d first: a call in the caller's
+    threads would otherwise hold the pipeline's close until the test times out,
+    and hide this failure behind the timeout."""
     deadline = time.monotonic() + within
+    seen = None
     while time.monotonic() < deadline:
         st = p.statistics()
         s = st.stages[index]
+        seen = s.oldest_call_seconds, s.oldest_call_input
         if s.oldest_call_seconds >= age and s.oldest_call_input and \
                 want in (None, s.oldest_call_input):
             return st
         time.sleep(0.05)
-    raise AssertionError(f"no call of stage {index} was seen running {age} s:\n{p.report()}")
+    if release is not None:
+        Path(release).touch()
+    raise AssertionError(f"no call of stage {index} was seen running {age} s on {want}; last "
+                         f"seen (seconds, input): {seen}:\n{p.report()}")
 
 
 def _expected(attrs: dict[str, Any]) -> list[Any]:
@@ -80,7 +88,8 @@ def test_a_held_call_is_seen_with_its_input(place: str, how: str, start_method: 
     with Pipeline([Hang({7}, how=how, release=release, **attrs)], n_cpu=2,
                   start_method=start_method) as p:
         t, out = _consume(p, range(N))
-        st = _held(p, 0, want="(6, 7)" if attrs.get("stateful") == 2 else "7")
+        st = _held(p, 0, want="(6, 7)" if attrs.get("stateful") == 2 else "7",
+                   release=release)
         s = st.stages[0]
         assert 1.2 <= s.oldest_call_seconds < 20
         assert s.stalled(), s
@@ -110,7 +119,7 @@ def test_fused_and_expanding_stages(start_method: str, release: str) -> None:
     with Pipeline([_Same(stateful=False, batch_size=8), expand, hang], n_cpu=2,
                   start_method=start_method) as p:
         t, out = _consume(p, range(N))
-        st = _held(p, 2, want="7")
+        st = _held(p, 2, want="7", release=release)
         assert st.stages[0].oldest_call_seconds < 1.0
         Path(release).touch()
         t.join(30)
@@ -174,7 +183,7 @@ def test_an_async_call(release: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLPIPE_TEST_RELEASE", release)
     with Pipeline([stage(_held_async, concurrency=4, batch_size=8)]) as p:
         t, out = _consume(p, range(N))
-        s = _held(p, 0).stages[0]
+        s = _held(p, 0, release=release).stages[0]
         assert s.oldest_call_input == "7"
         Path(release).touch()
         t.join(30)
@@ -186,7 +195,7 @@ def test_a_task_on_an_executor(release: str) -> None:
     with ThreadPoolExecutor(2) as ex, Pipeline([Hang({7}, release=release, batch_size=2)],
                                                executor=ex) as p:
         t, out = _consume(p, range(N))
-        s = _held(p, 0).stages[0]
+        s = _held(p, 0, release=release).stages[0]
         assert s.oldest_call_input == "7" or "inputs from" in (s.oldest_call_input or "")
         Path(release).touch()
         t.join(30)
@@ -204,7 +213,7 @@ def test_the_progress_bar_shows_a_stall(release: str) -> None:
     with Pipeline([Hang({7}, release=release, stateful=False)], n_cpu=1,
                   progress=Bar()) as p:
         t, out = _consume(p, range(N))
-        _held(p, 0)
+        _held(p, 0, release=release)
         time.sleep(0.3)  # progress is fed while the hub waits on nothing
         Path(release).touch()
         t.join(30)
@@ -218,7 +227,7 @@ def test_the_tqdm_bar_names_the_stall(release: str, capfd: pytest.CaptureFixture
     monkeypatch.setattr(auto.tqdm, "monitor_interval", 0)  # tqdm's own thread, not ours
     with Pipeline([Hang({7}, release=release, stateful=False)], n_cpu=1, progress=True) as p:
         t, out = _consume(p, range(N))
-        _held(p, 0)
+        _held(p, 0, release=release)
         time.sleep(0.3)
         Path(release).touch()
         t.join(30)
