@@ -384,7 +384,7 @@ class Local(_Lanes):
 
         def submit(payload: list[Any]) -> Future[Any]:
             return self.executor.submit(stream_local, self.chain, self.window, self.group,
-                                        payload, (credit.outputs, credit.nbytes), tap)
+                                        payload, credit, tap)
 
         futures.submit(submit, place, segment, rec)
 
@@ -393,4 +393,4 @@ class Local(_Lanes):
         rec.paused = None
         tap = self.futures.taps.get(id(rec))
         if tap is not None:
-            tap.resume(tuple(credit))  # type: ignore[arg-type]
+            tap.resume(credit)

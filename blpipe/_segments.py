@@ -302,7 +302,7 @@ class Segment:
     def _drained(self, rec: Record) -> None:
         """Drop what an expansion passed on, and let it go on once half its
         credit is free: it makes the next outputs while downstream takes these."""
-        outs: list[Any] = rec.outs  # type: ignore[assignment]
+        outs = rec.outs or []  # set: its first part is in
         held = len(outs) - rec.pos
         if self.to_sink:  # what the consumer's buffer holds past its own bound, on credit
             held += max(0, self.next.held - self.next.cap)

@@ -27,7 +27,7 @@ from ._failures import RemoteError, StageFailure
 from ._messages import Broken, LoadFailed, Part, Result
 from ._run import Outcome
 from ._spec import short_repr
-from ._worker import _PART_DELAY, Segments, carried, load_segments, packed
+from ._worker import PART_DELAY, Segments, carried, load_segments, packed, part_size
 from .errors import BrokenPipeline
 
 _LOADED: dict[bytes, Segments] = {}
@@ -134,9 +134,9 @@ def stream_local(chain: Chain, window: int | None, group: int | None, payload: l
                 first = clock()
             buf += piece
             while buf:
-                k = max(1, min(len(buf), outputs, nbytes // (getsizeof(buf[-1]) or 1)))
+                k = part_size(buf, outputs, nbytes)
                 full = k < len(buf) or k == outputs
-                if not full and clock() - first < _PART_DELAY:
+                if not full and clock() - first < PART_DELAY:
                     break
                 part, buf = buf[:k], buf[k:]
                 outputs -= k

@@ -237,7 +237,13 @@ def _snapshot(chain: Chain, result_fd: int) -> None:
         _write(result_fd, dumps(state))
 
 
-_PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it
+PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it
+
+
+def part_size(buf: list[Any], outputs: int, nbytes: int) -> int:
+    """How many of ``buf`` a part may hold within a credit of ``outputs`` and
+    ``nbytes``, their bytes guessed from the last one's size; at least one."""
+    return max(1, min(len(buf), outputs, nbytes // (getsizeof(buf[-1]) or 1)))
 
 
 def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: int,
@@ -245,7 +251,7 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
     """Send ``run``'s outputs in parts, within ``credit`` (outputs, bytes);
     then pause it, to go on when the hub says (:class:`~blpipe._messages.Resume`),
     once it has passed them on. A part goes when it holds the credit's share,
-    or once its first output has waited ``_PART_DELAY`` for more. Its bytes
+    or once its first output has waited ``PART_DELAY`` for more. Its bytes
     are guessed, before it is pickled, from its last output's size, and
     counted once it is. While a run is paused the worker runs other chunks:
     waiting in it would starve the segments that share the pool, and those
@@ -259,8 +265,8 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
     k = 0
     while True:
         if buf:  # the first outputs past the bytes' share end the part
-            k = max(1, min(len(buf), outputs, nbytes // (getsizeof(buf[-1]) or 1)))
-        if not buf or (k == len(buf) < outputs and clock() - first < _PART_DELAY):
+            k = part_size(buf, outputs, nbytes)
+        if not buf or (k == len(buf) < outputs and clock() - first < PART_DELAY):
             piece = next(pieces, None)
             if piece is None:
                 break
