@@ -47,8 +47,9 @@ from ._executors import Futures, Lane, _Lanes
 from ._failures import StageFailure, add_note
 from ._messages import Broken, Result
 from ._retry import delay
-from ._spec import ASYNC_GENERATOR, StageSpec, async_kind, short_repr
+from ._spec import ASYNC_GENERATOR, StageSpec, async_kind
 from ._tasks import EXPANSION_CAP, local_result, too_many
+from ._text import short_repr
 from .errors import StageTimeout
 from .stages import Stage
 

@@ -27,9 +27,9 @@ from ._chain import Chain
 from ._cpu import usable_cpu_count
 from ._failures import StageFailure, broken, cannot_load
 from ._messages import Broken, Credit, LoadFailed, Part, Result
-from ._spec import short_repr
 from ._stall import in_chunk
 from ._tasks import run_chunk, run_local, stream_local
+from ._text import short_repr
 from ._transport import Poller
 from .errors import BrokenPipeline, SerializationError, StageTimeout, WorkerDied
 

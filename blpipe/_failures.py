@@ -21,7 +21,7 @@ import traceback as _traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._spec import short_repr
+from ._text import short_repr
 from ._transport import HEADER, Frame, dumps, loads
 from .errors import BrokenPipeline, RemoteTraceback, SerializationError
 

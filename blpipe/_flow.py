@@ -15,7 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._failures import Failure, Skipped
-from ._spec import short_repr
+from ._text import short_repr
 
 if TYPE_CHECKING:
     from ._messages import Credit

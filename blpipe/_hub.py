@@ -54,8 +54,9 @@ from ._plan import Plan
 from ._pool import Link, Pool
 from ._procs import GRACE, KILL_AFTER, WATCH, Procs
 from ._segments import Segment
-from ._spec import Placement, short_repr
+from ._spec import Placement
 from ._stall import Call, hands, oldest, since
+from ._text import short_repr
 from ._transport import Poller
 from .errors import BrokenPipeline
 

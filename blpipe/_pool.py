@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ._messages import Credit, Snapshot
 from ._procs import KILL_AFTER, Procs, Worker
 from ._rerun import late_call, rerun
-from ._spec import short_repr
+from ._text import short_repr
 from ._transport import Frame, dumps
 from .errors import WorkerDied
 

@@ -35,8 +35,8 @@ from ._messages import (
     new,
 )
 from ._shm import AVAILABLE, SlotGone, Slots, Views, mark_large
-from ._spec import short_repr
 from ._stall import NAMED_AFTER, PROBE, SIZE, Board, Call, ask, in_chunk, since
+from ._text import short_repr
 from ._transport import READ_SIZE, Frame, Inbox, Outbox, Poller, dumps, dumps_chunk, loads
 from ._worker import worker_main
 from .errors import SerializationError, WorkerDied

@@ -24,7 +24,7 @@ from ._failures import StageFailure
 from ._flow import Record, Shown
 from ._messages import Credit, Result
 from ._shm import Views
-from ._spec import short_repr
+from ._text import short_repr
 from ._transport import HEADER, loads
 from .errors import StageTimeout, WorkerDied
 

@@ -24,7 +24,8 @@ from ._failures import Failure, settle
 from ._flow import Arrivals, Backend, Flow, Record, Shown, Wait
 from ._messages import Credit
 from ._shm import BIG, tune_malloc
-from ._spec import StageSpec, short_repr
+from ._spec import StageSpec
+from ._text import short_repr
 from ._transport import first_unpicklable
 from .errors import SerializationError, WorkerDied
 

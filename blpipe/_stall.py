@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._chain import Chain
-from ._spec import short_repr
+from ._text import short_repr
 
 NAMED_AFTER = 0.5  # seconds a worker's chunk runs before the hub asks which call is in hand
 PROBE = signal.SIGUSR1

@@ -26,7 +26,7 @@ from ._chain import Chain, formed
 from ._failures import RemoteError, StageFailure
 from ._messages import Broken, LoadFailed, Part, Result
 from ._run import Outcome
-from ._spec import short_repr
+from ._text import short_repr
 from ._worker import PART_DELAY, Segments, carried, load_segments, packed, part_size
 from .errors import BrokenPipeline
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._spec import short_repr
+from ._text import short_repr
 from .errors import StageTimeout
 
 # -- in a worker process ------------------------------------------------------

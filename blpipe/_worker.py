@@ -42,8 +42,8 @@ from ._messages import (
 )
 from ._run import Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
-from ._spec import short_repr
 from ._stall import answer_probes
+from ._text import short_repr
 from ._timeout import position, set_clock, start_task
 from ._transport import (
     Frame,

@@ -14,7 +14,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, overload
 
-from ._spec import describe, read_stage
+from ._spec import read_stage
+from ._text import describe
 
 __all__ = ["Stage", "stage"]
 

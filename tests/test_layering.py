@@ -19,7 +19,7 @@ PACKAGE = Path(blpipe.__file__).parent
 
 LAYERS: list[set[str]] = [
     # no blpipe imports
-    {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
+    {"errors", "statistics", "_text", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
     {"stages", "errorlog", "_recorder", "_transport", "_progress"},
     {"_failures"},  # how an exception crosses a boundary
     {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
