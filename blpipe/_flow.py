@@ -171,6 +171,25 @@ class Sink:
         self.ended = True
 
 
+class Downstream(Protocol):
+    """What a segment hands its outputs to: the next segment, or the sink."""
+
+    def room(self) -> int:
+        """How many more items it takes now."""
+
+    def put(self, items: list[Any]) -> None:
+        """Items, in stream order, after all put before."""
+
+    def put_failure(self, failure: Failure) -> None:
+        """The stream fails here, after all put before."""
+
+    def mark(self, cut: Any) -> None:
+        """A checkpoint's cut, after all put before."""
+
+    def end(self) -> None:
+        """Nothing more comes."""
+
+
 class Backend(Protocol):
     """Where a segment's chunks run: pool workers, a link, an executor, threads."""
 

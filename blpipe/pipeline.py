@@ -26,11 +26,12 @@ from typing import Any
 
 import multiprocess
 
+from ._assembly import Config
 from ._base import PipelineBase
 from ._checkpoint import Checkpoint, Cut, Keeper
 from ._executors import check_executor, width
 from ._failures import Failure
-from ._hub import Config, Hub
+from ._hub import Hub
 from ._plan import plan
 from ._progress import EVERY
 from .errors import BrokenPipeline
@@ -201,7 +202,7 @@ class Pipeline(PipelineBase):
         """
         self._check_open()
         hub = self._start()
-        hub.inputs = it if type(it) in _CANNOT_RAISE else _guarded(it)
+        hub.intake.inputs = it if type(it) in _CANNOT_RAISE else _guarded(it)
         sink = hub.sink
         chunks = sink.chunks
         recorder = self._recorder
