@@ -102,7 +102,6 @@ class Board:
 
     def __init__(self, raw: Any) -> None:
         self.buf = memoryview(raw).cast("B")
-        self.asked: Any = None  # the hub's: the chunk it last asked about
 
     def write(self, task: int, hand: Hand | None) -> None:
         buf = self.buf

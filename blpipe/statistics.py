@@ -128,11 +128,11 @@ class Statistics:
     peak_bytes_in_flight: int = 0
     """The most ``bytes_in_flight`` seen so far."""
     pool_active: int = 0
+    """Pool workers that get work now: ``pool_size``, or fewer under
+    ``n_cpu="auto"`` while dedicated stages are busy."""
     restarts: int = 0
     """Pool workers started in place of others: after ``max_tasks_per_child``
     calls, or a worker's death."""
-    """Pool workers that get work now: ``pool_size``, or fewer under
-    ``n_cpu="auto"`` while dedicated stages are busy."""
 
     def bottleneck(self) -> str | None:
         """The name of what limits the run: a stage, ``'the consumer'`` or
