@@ -44,14 +44,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from ._chain import Chain, formed, step_of
 from ._executors import Futures, Lane, _Lanes
-from ._failures import StageFailure, add_note
+from ._failures import StageFailure
 from ._messages import Broken, Result
-from ._retry import delay
+from ._retry import after
 from ._spec import ASYNC_GENERATOR, StageSpec, async_kind
 from ._tasks import EXPANSION_CAP, local_result, too_many
 from ._text import short_repr
 from .errors import StageTimeout
-from .stages import Stage
+from .stages import unwrapped
 
 T = TypeVar("T")
 
@@ -254,7 +254,7 @@ class Loop(_Lanes):
         self.most = spec.concurrency or 1
         self.thread = thread
         self.spec = spec
-        self.func = spec.func.__wrapped__ if isinstance(spec.func, Stage) else spec.func
+        self.func = unwrapped(spec.func)
         self.replay = _Replay()
         self.chain = Chain([step_of(spec, formed=True)._replace(func=self.replay)], ahead=True)
         self.calls: asyncio.Semaphore | None = None  # made on the loop, by the first chunk
@@ -263,7 +263,7 @@ class Loop(_Lanes):
         self.ids = itertools.count()
 
     def pick(self, limit: int) -> Lane | None:
-        lane = self.lanes[0]
+        lane = self.places[0]
         return lane if len(lane.pending) < self.most * limit else None
 
     def _submit(self, payload: list[Any]) -> Future[Any]:
@@ -302,8 +302,9 @@ class Loop(_Lanes):
         error in ``retry_on`` while ``retries`` last, as in any placement."""
         spec = self.spec
         retry, limit = spec.retry, spec.timeout
-        last = 1 + (retry.retries if retry else 0)
-        for attempt in range(1, last + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             if limit is None:
                 end = await call_one(self.func, item, room)
             else:
@@ -314,16 +315,14 @@ class Loop(_Lanes):
                     end = Called(None, StageTimeout(spec.label, short_repr(item), limit,
                                                     "its task was cancelled"), limit)
             error = end.error
-            if error is None or retry is None or end.value or not isinstance(error, retry.on):
+            if error is None or retry is None or end.value:  # it yielded: too late to retry
                 return end
-            if attempt == last:
-                add_note(error, f"blpipe: the call failed {attempt} times (retries="
-                                f"{retry.retries}); this is the last error")
+            pause = after(retry, error, attempt)
+            if pause is None:
                 return end
             self.tally[0] += 1
-            if retry.backoff:
-                await asyncio.sleep(delay(retry.backoff, attempt))
-        raise AssertionError("unreachable")
+            if pause:
+                await asyncio.sleep(pause)
 
     def _ended(self, chunk: _Chunk, i: int, task: asyncio.Task[Called]) -> None:
         """A call ended. A cancelled one raised ``CancelledError`` itself, or the
@@ -381,7 +380,7 @@ class Awaited:
 
     def __init__(self, func: Callable[[Any], Any], thread: LoopThread) -> None:
         self.generator = async_kind(func) == ASYNC_GENERATOR
-        self.func = func.__wrapped__ if isinstance(func, Stage) else func
+        self.func = unwrapped(func)
         self.thread = thread
 
     def __call__(self, item: Any) -> Any:

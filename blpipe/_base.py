@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 import multiprocess
 
 from ._cpu import pool_size, usable_cpu_count
+from ._options import choice, count, cpus, wrong_type
 from ._progress import EVERY, make_progress
 from ._recorder import Recorder
 from ._spec import Placement, StageSpec, read_stages
@@ -24,21 +25,24 @@ class PipelineBase:
                  keep_errors: int = 1000) -> None:
         self._closed = False
         self._applied = False
+        where = type(self).__name__
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
         dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
+        n_cpu = cpus(where, n_cpu)
         self._pool_size = pool_size(n_cpu, dedicated)
         self._auto = n_cpu == "auto"
-        methods = multiprocess.get_all_start_methods()
-        if start_method is not None and start_method not in methods:
-            raise ValueError(f"start_method={start_method!r} is not available here; "
-                             f"choose one of {methods}")
+        if start_method is not None:
+            choice(where, "start_method", start_method, multiprocess.get_all_start_methods(),
+                   " (the start methods available here), or None for the platform's default")
         self._start_method = start_method
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise wrong_type(where, "progress", progress, "True for a tqdm bar, a callable "
+                             "that takes a blpipe.statistics.Statistics record, or None")
         self._progress = make_progress(progress)
         self._next_progress = 0.0
         self._recorder = Recorder(self.stages, self._pool_size, usable_cpu_count())
-        if isinstance(keep_errors, bool) or not isinstance(keep_errors, int) or keep_errors < 0:
-            raise ValueError(f"keep_errors={keep_errors!r}: it must be an int >= 0, the number "
-                             f"of error records kept in memory")
+        keep_errors = count(where, "keep_errors", keep_errors, 0,
+                            ", the number of error records kept in memory")
         self.errors = ErrorLog(self.stages, keep_errors)
         """Errors the stages went on past (``on_error``): counts and records."""
 

@@ -25,7 +25,7 @@ from ._retry import Retrying
 from ._run import Outcome, Run, Step
 from ._spec import Placement, StageSpec
 from ._timeout import Abandoning, Clocked
-from .stages import Stage
+from .stages import unwrapped
 
 _WRAPPERS = (Retrying, Abandoning, Clocked)
 
@@ -33,7 +33,7 @@ _WRAPPERS = (Retrying, Abandoning, Clocked)
 def callable_of(spec: StageSpec) -> Callable[[Any], Any]:
     """What runs ``spec`` where it runs: its callable, wrapped to keep its
     ``retries`` and its ``timeout``, which count in a shared ``tally``."""
-    func = spec.func.__wrapped__ if isinstance(spec.func, Stage) else spec.func
+    func = unwrapped(spec.func)
     tally = [0, 0]  # retries, calls timed out here
     limit = spec.timeout
     if limit is not None and spec.placement is Placement.THREAD:
@@ -87,9 +87,7 @@ class Chain:
 
     def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
         self.steps = list(steps)
-        # A Stage only delegates: calling what it wraps saves a Python call per item.
-        self.funcs = [s.func.__wrapped__ if isinstance(s.func, Stage) else s.func
-                       for s in steps]
+        self.funcs = [unwrapped(s.func) for s in steps]
         # the wrapped steps: their retries and timeouts are counted for the figures
         self.tallies = [(i, f.tally) for i, f in enumerate(self.funcs)
                         if isinstance(f, _WRAPPERS)]

@@ -19,14 +19,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._chain import Chain
 from ._cpu import usable_cpu_count
-from ._failures import StageFailure, broken, cannot_load
-from ._messages import Broken, Credit, LoadFailed, Part, Result
+from ._failures import broken, cannot_load
+from ._messages import Broken, Credit, LoadFailed, Part, call_failed
+from ._options import wrong_type
 from ._stall import in_chunk
 from ._tasks import run_chunk, run_local, stream_local
 from ._text import short_repr
@@ -41,6 +42,40 @@ _CHUNK_WORK_REMOTE = 0.02  # seconds of work a chunk aims at on a user's executo
 _PER_LANE_REMOTE = 3  # ...with more queued per lane: a round trip costs milliseconds there
 _CHUNK_WORK_LOCAL = 0.0002
 _PER_LANE_LOCAL = 2
+
+
+class _Place(Protocol):
+    """Where a segment may send a chunk: a pool worker, or a lane."""
+
+    @property
+    def pending(self) -> Sized: ...  # the chunks queued there
+    @property
+    def left(self) -> int | None: ...  # the calls it may still take; None: no limit
+
+
+P = TypeVar("P", bound=_Place)
+
+
+class Spread(Generic[P]):
+    """A segment's backend that spreads chunks over ``places``: the pool's
+    workers, or lanes on an executor."""
+
+    places: list[P]
+
+    def pick(self, limit: int) -> P | None:
+        """The first of ``places`` with the fewest chunks queued, if fewer than
+        ``limit``, among those that may take calls; an empty one at once.
+
+        It runs per chunk sent: one pass, no allocation, and no further call
+        (a helper function called from here added up to a tenth)."""
+        best = None
+        for p in self.places:
+            n = len(p.pending)
+            if n < limit and (best is None or n < len(best.pending)) and p.left != 0:
+                best = p
+                if not n:
+                    break
+        return best
 
 
 class Lane:
@@ -126,10 +161,11 @@ def width(executor: Executor) -> int:
     return usable_cpu_count()
 
 
-def check_executor(executor: object) -> None:
+def check_executor(where: str, executor: object) -> None:
+    """``executor=``, as a ``concurrent.futures.Executor`` or what acts like one."""
     if not (callable(getattr(executor, "submit", None)) and hasattr(executor, "shutdown")):
-        raise TypeError(f"executor={executor!r} is not a concurrent.futures.Executor: it needs "
-                        f"submit() and shutdown(); for Dask, pass client.get_executor()")
+        raise wrong_type(where, "executor", executor, "a concurrent.futures.Executor, with "
+                         "submit() and shutdown() (for Dask: client.get_executor()), or None")
 
 
 def lost(exc: BaseException, label: str, where: str) -> BaseException:
@@ -240,8 +276,7 @@ class Futures:
                                "call, and its result is dropped")
             if segment.catch:
                 size = rec.n_in if segment.group else 1
-                segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0, 0]], 0.0, [
-                    (0, 0, 0, StageFailure(segment.label, rec.first, exc), size)]))
+                segment.complete(rec, call_failed(segment.label, rec.first, exc, size))
             else:
                 segment.fail(rec, exc)
         return due
@@ -303,26 +338,16 @@ class Futures:
         self.waker.close()
 
 
-class _Lanes:
+class _Lanes(Spread[Lane]):
     """A segment's places on an executor."""
 
     death = None
 
     def __init__(self, futures: Futures, lanes: list[Lane], depth: int, work: float) -> None:
         self.futures = futures
-        self.lanes = lanes
+        self.places = lanes
         self.depth = depth
         self.work = work
-
-    def pick(self, limit: int) -> Lane | None:
-        best = None
-        for lane in self.lanes:
-            n = len(lane.pending)
-            if n < limit and (best is None or n < len(best.pending)):
-                best = lane
-                if not n:
-                    break
-        return best
 
     def pack(self, segment: int, payload: list[Any], place: Lane,
              credit: Credit | None = None) -> tuple[Any, None, int]:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._failures import StageFailure
 from ._flow import Record, Shown
-from ._messages import Credit, Result
+from ._messages import Credit, Result, call_failed
 from ._shm import Views
 from ._text import short_repr
 from ._transport import HEADER, loads
@@ -164,5 +163,4 @@ def _failed(pool: Pool, segment: Segment, rec: Record, exc: Exception) -> None:
         return
     pool.procs.release_slot(rec)
     size = rec.n_in if segment.group else 1
-    segment.complete(rec, Result([None], None, [[0.0, 0, 0, 0, 0]], 0.0,
-                                 [(0, 0, 0, StageFailure(segment.label, rec.first, exc), size)]))
+    segment.complete(rec, call_failed(segment.label, rec.first, exc, size))

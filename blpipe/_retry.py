@@ -34,6 +34,23 @@ def delay(backoff: float, retry: int) -> float:
     return random.uniform(0.0, min(BACKOFF_CAP, backoff * 2 ** (retry - 1)))
 
 
+def after(retry: Retry, error: BaseException, attempt: int) -> float | None:
+    """After try ``attempt`` raised ``error``: the seconds to sleep before the
+    next try (0.0 for no backoff), or ``None`` when ``error`` is to be raised:
+    it is not in ``retry_on``, or it is the last try's, which is then noted.
+
+    The one decision for every loop that retries, blocking or async: only the
+    call and the sleep differ between them.
+    """
+    if not isinstance(error, retry.on):
+        return None
+    if attempt > retry.retries:
+        add_note(error, f"blpipe: the call failed {attempt} times (retries={retry.retries}); "
+                        f"this is the last error")
+        return None
+    return delay(retry.backoff, attempt) if retry.backoff else 0.0
+
+
 class Retrying:
     """``func``, called up to ``retries + 1`` times per input.
 
@@ -53,25 +70,24 @@ class Retrying:
         self.restart: Callable[[], None] | None = None
 
     def __call__(self, value: Any) -> Any:
-        retries, on, backoff = self.retry
-        for attempt in range(1, retries + 2):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 if not self.expand:
                     return self.func(value)
                 it = iter(self.func(value))
                 first = next(it, _END)  # a generator raises only once it is read
                 return it if first is _END else _resumed(first, it)
-            except on as e:
-                if attempt > retries:
-                    add_note(e, f"blpipe: the call failed {attempt} times (retries="
-                                f"{retries}); this is the last error")
+            except Exception as e:  # retry_on holds only Exception subclasses
+                pause = after(self.retry, e, attempt)
+                if pause is None:
                     raise
                 self.tally[0] += 1
-                if backoff:
-                    time.sleep(delay(backoff, attempt))
+                if pause:
+                    time.sleep(pause)
                 if self.restart is not None:
                     self.restart()
-        raise AssertionError("unreachable")
 
 
 _END = object()

@@ -32,6 +32,7 @@ from ._checkpoint import Checkpoint, Cut, Keeper
 from ._executors import check_executor, width
 from ._failures import Failure
 from ._hub import Hub
+from ._options import callback, count, named, seconds, wrong_type
 from ._plan import plan
 from ._progress import EVERY
 from .errors import BrokenPipeline
@@ -92,28 +93,37 @@ class Pipeline(PipelineBase):
                  checkpoint: str | os.PathLike[str] | None = None,
                  checkpoint_every: float | None = 60.0,
                  on_checkpoint: Callable[[int], Any] | None = None) -> None:
+        # The options only a Pipeline takes; PipelineBase checks those it shares.
+        where = type(self).__name__
         if executor is not None:
-            check_executor(executor)
+            check_executor(where, executor)
             if n_cpu == "auto":
-                raise ValueError("n_cpu='auto' sizes blpipe's own pool; with an executor, the "
-                                 "executor's size is yours to set: leave n_cpu out")
+                raise ValueError(f"{named(where, 'n_cpu', n_cpu)} sizes blpipe's own pool; with "
+                                 f"an executor, the executor's size is yours to set: leave "
+                                 f"n_cpu out")
             if max_tasks_per_child is not None:
-                raise ValueError("max_tasks_per_child replaces blpipe's own pool workers; an "
-                                 "executor's workers are the executor's: set it there (e.g. "
-                                 "ProcessPoolExecutor(max_tasks_per_child=n))")
+                raise ValueError(f"{named(where, 'max_tasks_per_child', max_tasks_per_child)} "
+                                 f"replaces blpipe's own pool workers; an executor's workers "
+                                 f"are the executor's: set it there (e.g. "
+                                 f"ProcessPoolExecutor(max_tasks_per_child=n))")
         if max_tasks_per_child is not None:
-            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
-                raise TypeError(f"max_tasks_per_child={max_tasks_per_child!r} is a "
-                                f"{type(max_tasks_per_child).__name__}; it must be an int >= 1 "
-                                f"(calls), or None to keep pool workers for the whole run")
-            if max_tasks_per_child < 1:
-                raise ValueError(f"max_tasks_per_child={max_tasks_per_child!r}; it must be an "
-                                 f"int >= 1 (calls), or None")
-        if max_bytes_in_flight is not None and (isinstance(max_bytes_in_flight, bool) or not
-                                                isinstance(max_bytes_in_flight, int)
-                                                or max_bytes_in_flight < 1):
-            raise ValueError(f"max_bytes_in_flight={max_bytes_in_flight!r}: it must be an int "
-                             f">= 1 (bytes), or None for no byte budget")
+            max_tasks_per_child = count(where, "max_tasks_per_child", max_tasks_per_child, 1,
+                                        " (calls), or None to keep pool workers for the "
+                                        "whole run")
+        if max_bytes_in_flight is not None:
+            max_bytes_in_flight = count(where, "max_bytes_in_flight", max_bytes_in_flight, 1,
+                                        " (bytes), or None for no byte budget")
+        if checkpoint is not None:
+            if not isinstance(checkpoint, (str, os.PathLike)):
+                raise wrong_type(where, "checkpoint", checkpoint,
+                                 "a file path (a str or an os.PathLike), or None")
+            if checkpoint_every is not None:
+                checkpoint_every = seconds(where, "checkpoint_every", checkpoint_every,
+                                           ", or None to checkpoint only when checkpoint() is "
+                                           "called and at the end", endless=True)
+            if on_checkpoint is not None:
+                callback(where, "on_checkpoint", on_checkpoint, "a callable that takes the "
+                         "number of inputs covered (to commit the consumer's output), or None")
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
         self._keeper = None if checkpoint is None else Keeper(checkpoint, checkpoint_every,

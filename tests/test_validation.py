@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, SerializationError, stage
@@ -118,26 +120,6 @@ def test_unpicklable_stage_is_fine_in_master_and_sequential() -> None:
         assert list(q.apply([1, 2])) == [1, 2]
 
 
-@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
-@pytest.mark.parametrize("n_cpu", [0, -2])
-def test_bad_n_cpu(cls: type, n_cpu: int) -> None:
-    with pytest.raises(ValueError, match=f"n_cpu={n_cpu}"):
-        cls([with_attrs(stateful=False)], n_cpu=n_cpu)
-
-
-@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
-@pytest.mark.parametrize("n_cpu", [2.0, -1.0, "4", True])
-def test_n_cpu_type(cls: type, n_cpu: Any) -> None:
-    with pytest.raises(TypeError, match="n_cpu"):
-        cls([with_attrs(stateful=False)], n_cpu=n_cpu)
-
-
-@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
-def test_bad_start_method(cls: type) -> None:
-    with pytest.raises(ValueError, match="start_method='threads'"):
-        cls([with_attrs(stateful=False)], start_method="threads")
-
-
 def test_sequential_takes_the_same_arguments() -> None:
     ops = [with_attrs(stateful=False), with_attrs()]
     seq = SequentialPipeline(ops, n_cpu=4, start_method="spawn")
@@ -184,13 +166,95 @@ def test_stage_helper_keeps_existing_attributes() -> None:
     assert (s.stateful, s.batch_size) == (2, 7)
 
 
-def test_executor_must_be_an_executor() -> None:
-    with pytest.raises(TypeError, match=r"executor=.* is not a concurrent.futures.Executor"):
-        Pipeline([with_attrs(stateful=False)], executor=object())  # type: ignore[arg-type]
+# A pipeline's own options, refused as a stage's attributes are: the wrong type is a
+# TypeError, the right type out of range a ValueError, and the message names the class,
+# the option and its value, then what is accepted.
+
+CHECKPOINT = object()  # a checkpoint file in the test's tmp_path
+
+# the options both pipelines take
+SHARED_REFUSED = [
+    ({"n_cpu": 0}, ValueError, "n_cpu=0); it must be an int >= 1"),
+    ({"n_cpu": -2}, ValueError, "n_cpu=-2); it must be an int >= 1"),
+    ({"n_cpu": 2.0}, TypeError, "n_cpu=2.0) is a float"),
+    ({"n_cpu": -1.0}, TypeError, "n_cpu=-1.0) is a float"),
+    ({"n_cpu": "4"}, TypeError, "n_cpu='4') is a str"),
+    ({"n_cpu": "all"}, TypeError, "or 'auto'"),
+    ({"n_cpu": True}, TypeError, "n_cpu=True) is a bool"),
+    ({"start_method": "threads"}, ValueError, "start_method='threads'); it must be one of"),
+    ({"start_method": 3}, TypeError, "start_method=3) is an int; it must be one of"),
+    ({"progress": "yes"}, TypeError, "progress='yes') is a str; it must be True for a tqdm"),
+    ({"progress": 1}, TypeError, "progress=1) is an int"),
+    ({"keep_errors": -1}, ValueError, "keep_errors=-1); it must be an int >= 0"),
+    ({"keep_errors": 2.5}, TypeError, "keep_errors=2.5) is a float; it must be an int >= 0"),
+    ({"keep_errors": True}, TypeError, "keep_errors=True) is a bool"),
+    ({"keep_errors": "10"}, TypeError, "keep_errors='10') is a str"),
+]
+
+# the options only Pipeline takes
+PIPELINE_REFUSED = [
+    ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child=0); it must be an int >= 1"),
+    ({"max_tasks_per_child": -1}, ValueError, "max_tasks_per_child=-1); it must be"),
+    ({"max_tasks_per_child": 2.0}, TypeError, "max_tasks_per_child=2.0) is a float"),
+    ({"max_tasks_per_child": True}, TypeError, "max_tasks_per_child=True) is a bool"),
+    ({"max_tasks_per_child": "2"}, TypeError, "max_tasks_per_child='2') is a str"),
+    ({"max_bytes_in_flight": 0}, ValueError, "max_bytes_in_flight=0); it must be an int >= 1"),
+    ({"max_bytes_in_flight": -5}, ValueError, "max_bytes_in_flight=-5); it must be"),
+    ({"max_bytes_in_flight": 1.5}, TypeError, "max_bytes_in_flight=1.5) is a float"),
+    ({"max_bytes_in_flight": True}, TypeError, "max_bytes_in_flight=True) is a bool"),
+    ({"max_bytes_in_flight": "1GB"}, TypeError, "max_bytes_in_flight='1GB') is a str"),
+    ({"executor": object()}, TypeError, "is an object; it must be a concurrent.futures.Executor"),
+    ({"checkpoint": 3}, TypeError, "checkpoint=3) is an int; it must be a file path"),
+    ({"checkpoint": b"c"}, TypeError, "checkpoint=b'c') is a bytes; it must be a file path"),
+    ({"checkpoint": CHECKPOINT, "checkpoint_every": 0}, ValueError,
+     "checkpoint_every=0); it must be a number of seconds > 0"),
+    ({"checkpoint": CHECKPOINT, "checkpoint_every": -1.0}, ValueError, "checkpoint_every=-1.0)"),
+    ({"checkpoint": CHECKPOINT, "checkpoint_every": float("nan")}, ValueError,
+     "checkpoint_every=nan)"),
+    ({"checkpoint": CHECKPOINT, "checkpoint_every": "1"}, TypeError,
+     "checkpoint_every='1') is a str; it must be a number of seconds > 0"),
+    ({"checkpoint": CHECKPOINT, "checkpoint_every": True}, TypeError,
+     "checkpoint_every=True) is a bool"),
+    ({"checkpoint": CHECKPOINT, "on_checkpoint": 3}, TypeError,
+     "on_checkpoint=3) is an int; it must be a callable"),
+]
+
+
+def assert_option_refused(cls: type, options: dict[str, Any], error: type[Exception],
+                          words: str, tmp_path: Path) -> None:
+    """``cls`` built with ``options`` fails with ``error``, naming itself and the option."""
+    options = {k: tmp_path / "c" if v is CHECKPOINT else v for k, v in options.items()}
+    name = list(options)[-1]  # the one refused; a checkpoint file comes before its options
+    with pytest.raises(error) as info:
+        cls([with_attrs(stateful=False)], **options)
+    message = str(info.value)
+    assert message.startswith(f"{cls.__name__}({name}="), message
+    assert words in message, message
+    assert not live_children()
 
 
 @pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
-@pytest.mark.parametrize("keep", [-1, 2.5, True])
-def test_keep_errors(cls: type, keep: Any) -> None:
-    with pytest.raises(ValueError, match="keep_errors="):
-        cls([with_attrs(stateful=False)], keep_errors=keep)
+@pytest.mark.parametrize(("options", "error", "words"), SHARED_REFUSED)
+def test_a_bad_shared_option(cls: type, options: dict[str, Any], error: type[Exception],
+                             words: str, tmp_path: Path) -> None:
+    assert_option_refused(cls, options, error, words, tmp_path)
+
+
+@pytest.mark.parametrize(("options", "error", "words"), PIPELINE_REFUSED)
+def test_a_bad_pipeline_option(options: dict[str, Any], error: type[Exception], words: str,
+                               tmp_path: Path) -> None:
+    assert_option_refused(Pipeline, options, error, words, tmp_path)
+
+
+@pytest.mark.parametrize("cls", [Pipeline, SequentialPipeline])
+def test_the_edges_of_the_shared_options_are_accepted(cls: type) -> None:
+    for options in [{"n_cpu": -1}, {"n_cpu": None}, {"n_cpu": "auto"}, {"n_cpu": np.int64(2)},
+                    {"keep_errors": 0}, {"progress": False}, {"start_method": None}]:
+        cls([with_attrs(stateful=False)], **options).close()
+
+
+def test_the_edges_of_the_pipeline_options_are_accepted(tmp_path: Path) -> None:
+    for options in [{"max_tasks_per_child": 1}, {"max_bytes_in_flight": 1},
+                    {"checkpoint": tmp_path / "c", "checkpoint_every": float("inf")},
+                    {"checkpoint": str(tmp_path / "c"), "checkpoint_every": None}]:
+        Pipeline([with_attrs(stateful=False)], **options).close()
