@@ -25,12 +25,13 @@ from ._adaptive import Governor
 from ._aio import Loop, LoopThread
 from ._chain import Chain, step_of
 from ._executors import Futures, Lane, Local, Remote
-from ._flow import Flow, Sink
+from ._flow import Downstream, Flow, Sink
 from ._master import MasterSegment
 from ._plan import Plan
 from ._pool import Link, Pool
-from ._procs import GRACE, KILL_AFTER, Procs
+from ._procs import Procs
 from ._segments import Segment
+from ._spawn import GRACE, KILL_AFTER
 from ._spec import Placement
 from ._stall import Call
 from ._text import short_repr
@@ -143,12 +144,10 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
                                   time.monotonic())
     if Placement.ASYNC in kinds:
         m.aio = LoopThread()
-    nxt: Any = sink
+    nxt: Downstream = sink
     segments: list[AnySegment] = []
     for index in range(len(plan.segments) - 1, -1, -1):  # back to front: each feeds the next
-        nxt = _segment(index, plan, config, lanes, flow, nxt, m)
-        nxt.last = plan.segments[index].stages[-1].index  # for a checkpoint's error counts
-        nxt.to_sink = not segments
+        nxt = _segment(index, plan, config, lanes, flow, nxt, None if segments else sink, m)
         segments.append(nxt)
     segments.reverse()
     for index, seg in enumerate(plan.segments):
@@ -160,14 +159,16 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
     return segments
 
 
-def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Flow, nxt: Any,
-             m: Machinery) -> AnySegment:
+def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Flow,
+             nxt: Downstream, sink: Sink | None, m: Machinery) -> AnySegment:
     """Segment ``index`` of ``plan``, on the backend of its placement."""
     seg = plan.segments[index]
     specs = seg.stages
     s = specs[0]
+    last = specs[-1].index  # for a checkpoint's error counts
     if seg.kind is Placement.MASTER:
-        return MasterSegment(index, s.index, Chain([step_of(x) for x in specs]), flow, nxt)
+        return MasterSegment(index, s.index, last, Chain([step_of(x) for x in specs]), flow,
+                             nxt)
     if seg.kind is Placement.DEDICATED:
         assert m.procs is not None
         assert seg.blobs is not None
@@ -180,7 +181,7 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         expands = any(x.expand for x in specs)
         return Segment(index, s, seg.label, cap, (size, size), flow, nxt,
                        Link(m.procs, seg.blobs, [x.label for x in specs], expands,
-                            s.timeout is not None), expands)
+                            s.timeout is not None), expands, last=last, sink=sink)
     backend: Any
     if seg.kind is Placement.THREAD:
         assert m.futures is not None
@@ -214,4 +215,4 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         chunks = (1, 1)
     return Segment(index, s, seg.label, cap, chunks, flow, nxt, backend,
                    (backend is m.pool or isinstance(backend, Local))
-                   and any(x.expand for x in specs), runs)
+                   and any(x.expand for x in specs), runs, last=last, sink=sink)

@@ -34,14 +34,14 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ._retry import Retrying
 from ._spec import Placement, StageSpec
 from ._timeout import Abandoning, Clocked
 from ._transport import dumps_stage, loads_stage
 from .errors import SerializationError
-from .stages import Stage
+from .stages import Stage, unwrapped
 
 MAGIC = b"blpipe checkpoint 1\n"
 _HEAD = struct.Struct("<Q32s")  # payload length, its sha256
@@ -72,6 +72,12 @@ class Cut:
     waiting: set[int] = field(default_factory=set)  # stages whose State has not come
     failed: str | None = None  # why a stage's state would not pickle
 
+    def leave(self, first: int, last: int, counts: Sequence[int]) -> None:
+        """It leaves the segment of stages ``first`` to ``last``, behind all that
+        segment released: their error counts are final."""
+        for i in range(first, last + 1):
+            self.errors[i] = counts[i]
+
 
 class Cuts:
     """When the hub places a checkpoint's cut: every ``every`` seconds, when
@@ -101,7 +107,7 @@ def innermost(func: Any) -> Any:
     """The user's callable inside blpipe's wrappers: what holds the state."""
     while isinstance(func, (Retrying, Abandoning, Clocked)):
         func = func.func
-    return func.__wrapped__ if isinstance(func, Stage) else func
+    return unwrapped(func)
 
 
 def with_state(func: Any, state: Any) -> Any:
@@ -164,35 +170,6 @@ def has_state(obj: Any) -> bool:
                                 functools.partial))
 
 
-def pass_marks(seg: Any) -> None:
-    """Let a segment's cuts pass once every input before them is sent (but a
-    partial group, which waits for later inputs: it is copied as it is)."""
-    while seg.marks:
-        pos, cut = seg.marks[0]
-        ahead = pos - seg.sent  # inputs before the cut, not yet sent
-        if ahead > 0 and (seg.group is None or ahead >= seg.group):
-            return
-        seg.marks.popleft()
-        if seg.history is not None:
-            cut.buffers[seg.index] = list(seg.history)
-        elif ahead > 0:
-            cut.buffers[seg.index] = seg.in_buf[:ahead]
-        snapshot = getattr(seg.backend, "snapshot", None)
-        if snapshot is not None:  # a link of dedicated workers: each sends its State
-            snapshot(seg, cut)
-        if seg.records:
-            seg.records[-1].cuts.append(cut)  # it goes on once that chunk is released
-        else:
-            forward(seg, cut)
-
-
-def forward(seg: Any, cut: Cut) -> None:
-    """A cut leaves a segment, behind all it released: its error counts are final."""
-    for i in range(seg.first, seg.last + 1):
-        cut.errors[i] = seg.flow.log.counts[i]
-    seg.next.mark(cut)
-
-
 def chain_state(windows: Sequence[Any], groups: Sequence[list[Any]]) -> bytes:
     """A master chain's open windows and partial groups."""
     return dumps_stage(([None if w is None else list(w) for w in windows],
@@ -238,26 +215,18 @@ def read(path: str) -> dict[str, Any] | None:
     return payload
 
 
-def restore(segments: Sequence[Any], payload: dict[str, Any]) -> None:
+def restore(segments: Sequence[Restorable], payload: dict[str, Any]) -> None:
     """Put a checkpoint's window histories, open groups and master chains back."""
     for index, items in payload["buffers"].items():
-        seg = segments[index]
-        if seg.history is not None:
-            seg.history.extend(items)
-        else:
-            seg.in_buf[:0] = items
-            if seg.arrivals is not None:
-                seg.arrivals.came(0)
-    now = time.monotonic()
+        segments[index].restore(items)
     for index, blob in payload["chains"].items():
-        chain = segments[index].chain
-        windows, groups = loads_stage(blob)
-        for window, saved in zip(chain.windows, windows, strict=True):
-            if window is not None and saved:
-                window.extend(saved)
-        for i, group in enumerate(groups):
-            chain.groups[i] = group
-            chain.started[i] = now
+        segments[index].restore(blob)
+
+
+class Restorable(Protocol):
+    """A segment, as a checkpoint puts back what it held at the cut."""
+
+    def restore(self, saved: Any) -> None: ...
 
 
 class Keeper:
@@ -266,14 +235,7 @@ class Keeper:
     def __init__(self, path: str | os.PathLike[str], every: float | None,
                  on_checkpoint: Callable[[int], Any] | None,
                  stages: Sequence[StageSpec]) -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
-                                  or not every > 0):
-            raise ValueError(f"checkpoint_every={every!r}: it must be a number of seconds > 0, "
-                             f"or None to checkpoint only when checkpoint() is called and at "
-                             f"the end")
-        if on_checkpoint is not None and not callable(on_checkpoint):
-            raise TypeError(f"on_checkpoint={on_checkpoint!r} is not callable: pass a "
-                            f"function that takes the number of inputs covered")
+        """``every`` and ``on_checkpoint`` are the pipeline's options, checked there."""
         refuse(stages)
         self.path = os.fspath(path)
         self.every = math.inf if every is None else float(every)

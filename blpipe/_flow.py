@@ -10,6 +10,7 @@ the stream is cut after a failure, the figures, the error log and the byte
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,11 @@ class Flow:
         stream and no longer needed, so stop feeding it."""
         if index > self.stop_upto:
             self.stop_upto = index
+
+    def stop_all(self) -> None:
+        """A failure of the run itself (a worker could not load its stages): no
+        segment takes more input."""
+        self.stop_upto = sys.maxsize
 
 
 class Record:
@@ -218,3 +224,24 @@ class Wait(enum.Enum):
     BUSY = 0  # working, or idle because the stream is over
     STARVED = 1  # nothing to do while more input may come
     BLOCKED = 2  # a finished chunk held back by a full downstream
+
+
+class Waits:
+    """A segment's waiting figures: its peak in flight, and the seconds it sat
+    starved or blocked, sampled by the hub's ticks."""
+
+    __slots__ = ("peak", "starved", "blocked", "state")
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.starved = 0.0
+        self.blocked = 0.0
+        self.state = Wait.BUSY  # at the last sample
+
+    def sample(self, dt: float, state: Wait) -> None:
+        """The ``dt`` seconds since the last sample go to what it was doing then."""
+        if self.state is Wait.STARVED:
+            self.starved += dt
+        elif self.state is Wait.BLOCKED:
+            self.blocked += dt
+        self.state = state

@@ -43,8 +43,9 @@ from ._flow import Flow, Sink
 from ._intake import Intake
 from ._master import MasterSegment
 from ._plan import Plan
-from ._procs import GRACE, KILL_AFTER, WATCH
+from ._procs import WATCH
 from ._segments import Segment
+from ._spawn import GRACE, KILL_AFTER
 from ._stall import Call, hands, oldest, since
 from ._text import short_repr
 from ._transport import Poller
@@ -204,7 +205,7 @@ class Hub:
         s = self.segments[segment] if segment < len(self.segments) else None
         if not isinstance(s, Segment):
             return 0, 0, 0.0, 0.0
-        return s.inflight, s.peak, s.starved, s.blocked
+        return s.figures()
 
     def stalls(self) -> dict[int, tuple[float, str | None]]:
         """Per stage, its oldest call in flight: since when, and on what."""

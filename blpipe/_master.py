@@ -10,15 +10,16 @@ memory. At the end of the stream its partial groups go on; with
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from ._chain import Chain
-from ._checkpoint import Cut, chain_state, forward, has_state, innermost
+from ._checkpoint import Cut, chain_state, has_state, innermost
 from ._failures import Failure, settle, settled
-from ._flow import Flow
+from ._flow import Downstream, Flow
 from ._run import Run
-from ._transport import dumps_stage
+from ._transport import dumps_stage, loads_stage
 
 _END = object()
 
@@ -26,9 +27,11 @@ _END = object()
 class MasterSegment:
     """Master stages, run synchronously in the caller as items arrive."""
 
-    def __init__(self, index: int, first: int, chain: Chain, flow: Flow, nxt: Any) -> None:
+    def __init__(self, index: int, first: int, last: int, chain: Chain, flow: Flow,
+                 nxt: Downstream) -> None:
         self.index = index
         self.first = first  # its first stage's index
+        self.last = last  # and its last's
         self.chain = chain
         self.flow = flow
         self.next = nxt
@@ -39,7 +42,6 @@ class MasterSegment:
         self.ending = False  # the stream has ended upstream
         self.flushed = False  # and its partial groups have been started
         self.failing: Failure | None = None  # failed upstream, once the groups are out
-        self.last = first  # its last stage's index, set by the hub
         self.marks: list[Cut] = []  # checkpoints' cuts waiting for the run in hand
 
     def room(self) -> int:
@@ -87,8 +89,21 @@ class MasterSegment:
                     except Exception as e:
                         cut.failed = f"{step.label}: {type(e).__name__}: {e}"
             cut.chains[self.index] = chain_state(chain.windows, chain.groups)
-            forward(self, cut)
+            cut.leave(self.first, self.last, self.flow.log.counts)
+            self.next.mark(cut)
         self.marks.clear()
+
+    def restore(self, saved: bytes) -> None:
+        """A checkpoint's open windows and partial groups back in its chain."""
+        chain = self.chain
+        windows, groups = loads_stage(saved)
+        for window, kept in zip(chain.windows, windows, strict=True):
+            if window is not None and kept:
+                window.extend(kept)
+        now = time.monotonic()
+        for i, group in enumerate(groups):
+            chain.groups[i] = group
+            chain.started[i] = now
 
     def put_failure(self, failure: Failure) -> None:
         if self.dead or self.failing is not None:  # a later failure changes nothing

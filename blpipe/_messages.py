@@ -30,10 +30,13 @@ travel as themselves, so their type tells them apart from a result.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ._failures import StageFailure
+
 if TYPE_CHECKING:
-    from ._failures import RemoteError, Skipped, StageFailure
+    from ._failures import RemoteError, Skipped
 
 
 class Carry(NamedTuple):
@@ -76,6 +79,15 @@ class Result(NamedTuple):
     stats: list[list[Any]]  # per stage: [busy seconds, inputs, outputs (-1: the caller counts)]
     seconds: float  # spent unpickling this chunk and pickling the last result
     skipped: list[Skipped]
+
+
+def call_failed(label: str, item: Any, exc: Exception, size: int) -> Result:
+    """The ``Result`` of a chunk of one call that failed with ``exc`` out of the
+    stage's sight (its worker died, the hub gave up on it), for a stage with
+    ``on_error``: no output, and the error gone past in place of the ``size``
+    inputs the call took (a group's, else one)."""
+    return Result([None], None, [[0.0, 0, 0, 0, 0]], 0.0,
+                  [(0, 0, 0, StageFailure(label, item, exc), size)])
 
 
 class Part(NamedTuple):
@@ -141,3 +153,31 @@ class Broken(NamedTuple):
 
 
 new = tuple.__new__  # Task or Result from the plain tuple that carried it
+
+
+class Role(enum.Enum):
+    """A worker's place: alone (the pool's, or one dedicated stage's), or in a
+    link of dedicated workers, each feeding the next through a pipe."""
+
+    ALONE = "alone"  # the hub sends its tasks and reads its results
+    FIRST = "first"  # the hub sends its tasks; it relays its outputs to the next
+    MIDDLE = "middle"  # fed by the one before it; relays to the next
+    LAST = "last"  # fed by the one before it; the hub reads its results
+
+    @staticmethod
+    def of(i: int, n: int) -> Role:
+        """The role of worker ``i`` of a link of ``n``."""
+        if n == 1:
+            return Role.ALONE
+        return Role.FIRST if i == 0 else Role.LAST if i == n - 1 else Role.MIDDLE
+
+
+class Setup(NamedTuple):
+    """What a worker process is started with, besides its pipes."""
+
+    blob: bytes  # its stages, pickled
+    role: Role
+    close_fds: tuple[int, ...]  # the parent's ends of other workers' pipes, under fork
+    parent: int  # the pid to die with (0: the fork server's child, see die_with_parent)
+    clock: Any  # shared [task, call, started], for stages with a timeout; else None
+    board: Any  # shared memory where it shows the call in hand when asked

@@ -13,12 +13,13 @@ holds, and its next input as well.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._messages import Credit, Snapshot
-from ._procs import KILL_AFTER, Procs, Worker
+from ._executors import Spread
+from ._messages import Credit, Role, Snapshot
+from ._procs import Procs
 from ._rerun import late_call, rerun
+from ._spawn import KILL_AFTER, Worker
 from ._text import short_repr
 from ._transport import Frame, dumps
 from .errors import WorkerDied
@@ -37,14 +38,20 @@ class _Group:
 
     def __init__(self, procs: Procs) -> None:
         self.procs = procs
-        # straight to Procs: a call less per chunk
-        self.pack: Callable[..., tuple[Frame, int | None, int]] = procs.pack
-        self.post: Callable[[Worker, Segment, Record], None] = procs.post
-        self.resume: Callable[[Segment, Record, Credit], None] = procs.resume
+
+    def pack(self, segment: int, payload: list[Any], worker: Worker,
+             credit: Credit | None = None) -> tuple[Frame, int | None, int]:
+        return self.procs.pack(segment, payload, worker, credit)
+
+    def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
+        self.procs.post(worker, segment, rec)
+
+    def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
+        self.procs.resume(segment, rec, credit)
 
 
-class Pool(_Group):
-    """The shared pool's workers; pool segments send to the first ``active`` of them."""
+class Pool(_Group, Spread[Worker]):
+    """The shared pool's workers; pool segments send to the first ``n_active`` of them."""
 
     depth = _PER_WORKER
     work = _CHUNK_WORK
@@ -56,12 +63,10 @@ class Pool(_Group):
         self.blob = blob
         self.label = label
         self.workers: list[Worker] = []
-        self.active: list[Worker] = []  # the first n_active workers
+        self.places: list[Worker] = []  # the first n_active workers: they get chunks
         self.n_active = size
         self.max_tasks = max_tasks
         self.timed = timed  # a pool stage has a timeout: its workers get clocks
-        if max_tasks is not None:
-            self.post = self._post_counted
         for _ in range(size):
             self._add()
 
@@ -72,10 +77,12 @@ class Pool(_Group):
         self.workers.append(worker)
         self.resize(self.n_active)
 
-    def _post_counted(self, worker: Worker, segment: Segment, rec: Record) -> None:
-        """Post, counting the calls: a worker that has taken its
-        ``max_tasks_per_child`` is replaced, and exits once it has finished them."""
+    def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
+        """Post; with ``max_tasks_per_child``, count the calls: a worker that
+        has taken its share is replaced, and exits once it has finished them."""
         self.procs.post(worker, segment, rec)
+        if self.max_tasks is None:
+            return
         g = segment.group or 1
         worker.left = max(0, worker.left - -(-rec.n_in // g))  # type: ignore[operator]
         if worker.left == 0 and worker in self.workers:
@@ -86,7 +93,7 @@ class Pool(_Group):
     def resize(self, n: int) -> None:
         """Send to the first ``n`` workers only; the others finish what they hold."""
         self.n_active = n
-        self.active[:] = self.workers[:n]
+        self.places[:] = self.workers[:n]
 
     def died(self, worker: Worker, exitcode: int | None) -> None:
         """Replace it, to keep the pool's size: earlier items may still need it
@@ -121,16 +128,6 @@ class Pool(_Group):
             self.post(self.pick(self.depth + 1) or self.workers[0], segment, rec)
         worker.unsent.clear()
 
-    def pick(self, limit: int) -> Worker | None:
-        best = None
-        for w in self.active:
-            n = len(w.pending)
-            if n < limit and (best is None or n < len(best.pending)) and w.left != 0:
-                best = w
-                if not n:
-                    break
-        return best
-
 
 class Link(_Group):
     """The dedicated workers of one segment, each feeding the next; the hub feeds the first."""
@@ -147,8 +144,8 @@ class Link(_Group):
         self.death: tuple[str, int | None] | None = None
         relay = None  # the write end of the next worker's task pipe
         for i in range(len(blobs) - 1, -1, -1):
-            worker, feeder = procs.spawn(blobs[i], labels[i], relay=relay,
-                                         linked=len(blobs) > 1, fed=i == 0, timed=timed)
+            worker, feeder = procs.spawn(blobs[i], labels[i], Role.of(i, len(blobs)), relay,
+                                         timed)
             if relay is not None:
                 relay.close()  # the worker before it holds it now: its exit is an EOF
             relay = feeder

@@ -13,17 +13,16 @@ Segments see the rest of the run only through a :class:`~blpipe._flow.Flow`.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import forward, pass_marks
+from ._credit import Ahead
 from ._failures import Failure, settle
-from ._flow import Arrivals, Backend, Flow, Record, Shown, Wait
-from ._messages import Credit
+from ._flow import Arrivals, Backend, Downstream, Flow, Record, Shown, Sink, Wait, Waits
 from ._shm import BIG, tune_malloc
+from ._sizing import Sizing
 from ._spec import StageSpec
 from ._text import short_repr
 from ._transport import first_unpicklable
@@ -34,32 +33,25 @@ if TYPE_CHECKING:
     from ._messages import Result
 
 
-AHEAD = 1024  # outputs of expansions a segment may hold in the caller, at least
-AHEAD_BYTES = 8 << 20  # and bytes of them, at most (but one output per chunk)
-
-
 class Segment:
     """Stages that run outside the caller's loop, on a :class:`Backend`."""
 
     def __init__(self, index: int, head: StageSpec, label: str, cap: int,
-                 chunks: tuple[int, int], flow: Flow, nxt: Any, backend: Backend,
-                 expands: bool = False, runs: int = 2) -> None:
+                 chunks: tuple[int, int], flow: Flow, nxt: Downstream, backend: Backend,
+                 expands: bool = False, runs: int = 2, last: int | None = None,
+                 sink: Sink | None = None) -> None:
         self.index = index
         self.first = head.index  # its first stage's
+        self.last = head.index if last is None else last  # its last stage's
         self.label = label
         self.cap = cap
         self.window = head.window
         self.group = head.group  # it sends whole groups of this many inputs, but the last
         self.arrivals = Arrivals(head.group_wait) if head.group_wait is not None else None
-        # An expansion's chunks start at one input, as each may make many outputs,
-        # and at most ``most`` are in flight, one running and one queued per worker.
-        # They share what the caller may hold of their outputs, whatever the bound
-        # on inputs: each round trip passes that many on, so a small one is slow.
-        self.most = max(1, cap // max(1, chunks[0])) if expands else None
-        self.credit = self._credit(chunks[0], flow.budget) if expands else None
-        self.min_chunk, self.max_chunk = (self._whole(n) for n in (1 if expands else chunks[0],
-                                                                   chunks[1]))
-        self.chunk = self.min_chunk
+        # An expansion's chunks start at one input, as each may make many outputs.
+        self.ahead = Ahead(cap, chunks[0], flow.budget, sink) if expands else None
+        self.credit = self.ahead.credit if self.ahead is not None else None
+        self.sizing = Sizing(head.group, 1 if expands else chunks[0], chunks[1])
         self.ordered = head.ordered
         self.catch = head.on_error != "raise"  # then it is alone in its segment
         self.runs = runs  # times a call may run, each ended by its worker's death
@@ -68,15 +60,10 @@ class Segment:
         self.flow = flow
         self.next = nxt
         self.backend = backend
-        self.per_item: float | None = None  # seconds of stage work per input, smoothed
-        self.item_bytes: float | None = None  # serialized bytes per input, smoothed
-        self.huge = False  # items of over BIG bytes: one per chunk, so few copies coexist
         self.in_buf: list[Any] = []  # at most cap items: taking from the front is cheap
         self.sent = 0  # inputs sent so far: where the next chunk starts in the stream
         self.records: deque[Record] = deque()  # chunks in flight, in input order
         self.marks: deque[tuple[int, Cut]] = deque()  # checkpoints' cuts: (before input, cut)
-        self.last = self.first  # its last stage's index, set by the hub
-        self.to_sink = False  # it is the last: its outputs go to the consumer, set by the hub
         self.inflight = 0
         self.history: deque[Any] | None = (deque(maxlen=self.window - 1) if self.window
                                            else None)
@@ -84,18 +71,22 @@ class Segment:
         self.closed = False  # takes no more input
         self.ended = False  # nothing more comes from upstream
         self.told = False  # and downstream has been told, once this one was done
-        # statistics: written here only, read by statistics() from any thread
-        self.peak = 0
-        self.starved = 0.0
-        self.blocked = 0.0
-        self.state = Wait.BUSY
+        self.waits = Waits()  # statistics: written here only, read from any thread
 
-    def _credit(self, chunk: int, budget: int | None) -> Credit:
-        """What each expanding chunk may send before it pauses: its share of
-        ``AHEAD`` outputs and ``AHEAD_BYTES`` (or of half the byte budget)."""
-        most = self.most or 1
-        nbytes = AHEAD_BYTES if budget is None else min(AHEAD_BYTES, budget // 2)
-        return Credit(max(1, chunk, AHEAD // most), max(1, nbytes // most))
+    @property
+    def chunk(self) -> int:
+        """Inputs in a chunk, now."""
+        return self.sizing.chunk
+
+    @property
+    def item_bytes(self) -> float | None:
+        """Serialized bytes per input, smoothed, once seen."""
+        return self.sizing.item_bytes
+
+    def figures(self) -> tuple[int, int, float, float]:
+        """In flight, peak in flight, starved and blocked seconds."""
+        w = self.waits
+        return self.inflight, w.peak, w.starved, w.blocked
 
     def room(self) -> int:
         if self.closed:
@@ -110,7 +101,43 @@ class Segment:
     def mark(self, cut: Cut) -> None:
         """A checkpoint's cut, after the inputs put so far."""
         self.marks.append((self.sent + len(self.in_buf), cut))
-        pass_marks(self)
+        self._pass_marks()
+
+    def _pass_marks(self) -> None:
+        """Let its cuts pass once every input before them is sent (but a
+        partial group, which waits for later inputs: it is copied as it is)."""
+        marks = self.marks
+        while marks:
+            pos, cut = marks[0]
+            ahead = pos - self.sent  # inputs before the cut, not yet sent
+            if ahead > 0 and (self.group is None or ahead >= self.group):
+                return
+            marks.popleft()
+            if self.history is not None:
+                cut.buffers[self.index] = list(self.history)
+            elif ahead > 0:
+                cut.buffers[self.index] = self.in_buf[:ahead]
+            snapshot = getattr(self.backend, "snapshot", None)
+            if snapshot is not None:  # a link of dedicated workers: each sends its State
+                snapshot(self, cut)
+            if self.records:
+                self.records[-1].cuts.append(cut)  # it goes on once that chunk is released
+            else:
+                self._forward(cut)
+
+    def _forward(self, cut: Cut) -> None:
+        """A cut leaves, behind all it released: its error counts are final."""
+        cut.leave(self.first, self.last, self.flow.log.counts)
+        self.next.mark(cut)
+
+    def restore(self, items: list[Any]) -> None:
+        """A checkpoint's window history, or its open group, back in place."""
+        if self.history is not None:
+            self.history.extend(items)
+        else:
+            self.in_buf[:0] = items
+            if self.arrivals is not None:
+                self.arrivals.came(0)
 
     def end(self) -> None:
         """Nothing more comes from upstream: its last group may go unfilled."""
@@ -127,11 +154,6 @@ class Segment:
         if self.arrivals is None or not self.in_buf:
             return None
         return self.arrivals.due(self.sent)
-
-    def _whole(self, n: int) -> int:
-        """``n`` inputs, rounded down to whole groups (at least one)."""
-        g = self.group
-        return n if g is None else max(g, n - n % g)
 
     def replace(self, rec: Record, news: list[Record]) -> None:
         """``rec``, in flight, is now ``news``: the same inputs, in order."""
@@ -160,18 +182,9 @@ class Segment:
         outputs, error, stats, seconds, skipped = result
         rec.frame = None
         self._bytes_in(rec, nbytes)
-        # Size chunks to about backend.work of stage work, within the bounds: the
-        # hub's cost is per chunk, so cheap items want large chunks; costly ones
-        # want small chunks, spread over every worker.
-        n_in = rec.n_in
-        if n_in:
-            per = (stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats)) / n_in
-            per = self.per_item = per if self.per_item is None else \
-                0.7 * self.per_item + 0.3 * per
-            want = self.backend.work / per if per > 1e-9 else 1e9
-            self.chunk = 1 if self.huge else self._whole(max(self.min_chunk,
-                                                             min(self.max_chunk,
-                                                                 math.ceil(want))))
+        if rec.n_in:
+            self.sizing.worked(stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats),
+                               rec.n_in, self.backend.work)
         if rec.outs is None:
             rec.outs = outputs
         else:  # after an expansion's parts: all its outputs are in one list
@@ -244,10 +257,12 @@ class Segment:
             left = len(outs) - rec.pos
             if left:
                 before = left
-                spare = self._spare(rec, left)
+                ahead = self.ahead
+                room_of = ahead.room if ahead is not None and ahead.spares(rec, left) \
+                    else nxt.room
                 # room is asked again after each put: a master segment downstream
                 # may pass on fewer items than it takes
-                while left and (room := nxt.room(spare) if spare else nxt.room()) > 0:
+                while left and (room := room_of()) > 0:
                     take = min(left, room)
                     nxt.put(outs[rec.pos:rec.pos + take] if rec.pos or take < left else outs)
                     rec.pos += take
@@ -279,43 +294,18 @@ class Segment:
                 self._close_failed()
                 break
             for cut in rec.cuts:
-                forward(self, cut)
+                self._forward(cut)
         if self.ended:
             self._check_end()
         return moved
 
-    def _spare(self, rec: Record, left: int) -> int:
-        """The room the output buffer has for an expansion's small outputs.
-
-        The last segment passes its outputs to the consumer's buffer, which
-        holds ``batch_size`` of them: a round trip per output at the default
-        of 1. An expansion's outputs are in the caller already, counted
-        against its credit until the consumer takes them, so where they are
-        small the buffer takes as many as the credit allows, and they go out
-        at C speed.
-        """
-        credit = self.credit
-        if not self.to_sink or credit is None or \
-                rec.nbytes * credit.outputs > credit.nbytes * left:
-            return 0
-        return credit.outputs
-
     def _drained(self, rec: Record) -> None:
         """Drop what an expansion passed on, and let it go on once half its
         credit is free: it makes the next outputs while downstream takes these."""
-        outs = rec.outs or []  # set: its first part is in
-        held = len(outs) - rec.pos
-        if self.to_sink:  # what the consumer's buffer holds past its own bound, on credit
-            held += max(0, self.next.held - self.next.cap)
-        if rec.pos * 2 >= len(outs):  # copied, not cut in place: downstream may hold outs
-            rec.trimmed += rec.pos
-            rec.outs = outs[rec.pos:]
-            rec.pos = 0
-        credit = self.credit
-        if rec.paused is not None and credit is not None and \
-                held <= credit.outputs // 2 and rec.nbytes <= credit.nbytes // 2:
-            self.backend.resume(self, rec, Credit(credit.outputs - held,
-                                                  credit.nbytes - rec.nbytes))
+        assert self.ahead is not None
+        credit = self.ahead.drained(rec)
+        if credit is not None:
+            self.backend.resume(self, rec, credit)
 
     def _close_failed(self) -> None:
         """It passed a failure on: what it still holds is later in the stream."""
@@ -360,16 +350,19 @@ class Segment:
             return True
         again = False
         g = self.group
-        while in_buf and (self.most is None or len(self.records) < self.most):
+        most = self.ahead.most if self.ahead is not None else None
+        sizing = self.sizing
+        while in_buf and (most is None or len(self.records) < most):
             # a chunk ends at a cut; all before it goes at once
-            cut = 1 << 62
+            cut = sys.maxsize
             if self.marks:
-                pass_marks(self)  # those the last chunk reached
+                self._pass_marks()  # those the last chunk reached
                 cut = self.marks[0][0] - self.sent if self.marks else cut
-            full = len(in_buf) >= min(self.chunk, cut)
+            chunk = sizing.chunk
+            full = len(in_buf) >= min(chunk, cut)
             if not (full or (final and (self.closed or self.ended or self.room() > 0))):
                 break
-            n = min(len(in_buf), self.chunk, cut)
+            n = min(len(in_buf), chunk, cut)
             if g is not None and n % g:
                 n -= n % g  # whole groups only, but for the last, which goes when no
                 if not n and not (self.closed or self.ended or self._due()):  # more comes
@@ -380,7 +373,7 @@ class Segment:
                 break
             if place.left is not None and n > place.left * (g or 1):  # max_tasks_per_child
                 n = place.left * (g or 1)
-            if n > 1 and self.item_bytes is None and g is None and \
+            if n > 1 and sizing.item_bytes is None and g is None and \
                     sys.getsizeof(in_buf[0]) > BIG:
                 n = 1  # sizes not yet seen, and a huge first item: it goes alone
             items = in_buf[:n]
@@ -390,7 +383,7 @@ class Segment:
                 if self.index <= self.flow.stop_upto:  # it failed: the rest is later
                     break
         if self.marks:
-            pass_marks(self)
+            self._pass_marks()
         if not in_buf and self.upstream_failure is not None:
             self._track(Record(0, None, outs=[], failure=self.upstream_failure))
             self.upstream_failure = None
@@ -442,13 +435,8 @@ class Segment:
             if slot is not None:  # its first item is large: keep only what messages need
                 rec.first = Shown(short_repr(items[0]))
                 tune_malloc()
-            if slot is not None or flow.budget is not None:  # sizes matter: smooth them
-                per = nbytes / len(items)
-                self.item_bytes = per if self.item_bytes is None else \
-                    0.7 * self.item_bytes + 0.3 * per
-                if (self.item_bytes > BIG) is not self.huge and self.group is None:
-                    self.huge = not self.huge
-                    self.chunk = 1 if self.huge else self.min_chunk
+            if slot is not None or flow.budget is not None:  # sizes matter: follow them
+                self.sizing.sent(nbytes, len(items))
             rec.nbytes = nbytes
             flow.meter.add(nbytes)
         rec.start = start
@@ -462,8 +450,8 @@ class Segment:
         """Count a chunk against the bound, in order."""
         self.records.append(rec)
         self.inflight += rec.n_in
-        if self.inflight > self.peak:
-            self.peak = self.inflight
+        if self.inflight > self.waits.peak:
+            self.waits.peak = self.inflight
 
     def _unpicklable(self, place: Any, items: list[Any], payload: list[Any],
                      start: int) -> None:
@@ -486,16 +474,8 @@ class Segment:
         """Put the ``dt`` seconds since the last sample down to what it was doing
         then, and look again; ``more``: input may still come from upstream.
         Returns whether it holds anything, which upstream of the next means more."""
-        if self.state is Wait.STARVED:
-            self.starved += dt
-        elif self.state is Wait.BLOCKED:
-            self.blocked += dt
         records = self.records
         busy = bool(self.in_buf or records)
-        if records and records[0].outs is not None:
-            self.state = Wait.BLOCKED
-        elif not busy and more and not self.closed:
-            self.state = Wait.STARVED
-        else:
-            self.state = Wait.BUSY
+        self.waits.sample(dt, Wait.BLOCKED if records and records[0].outs is not None else
+                          Wait.STARVED if not busy and more and not self.closed else Wait.BUSY)
         return busy

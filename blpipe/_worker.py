@@ -34,6 +34,8 @@ from ._messages import (
     Part,
     Result,
     Resume,
+    Role,
+    Setup,
     Snapshot,
     State,
     Task,
@@ -101,22 +103,22 @@ def packed(skipped: list[Skipped]) -> list[Skipped]:
 
 # -- a worker process --------------------------------------------------------
 
-def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[int, ...],
-                relay_conn: Any = None, linked: bool = False, parent: int = 0,
-                clock: Any = None, board: Any = None) -> None:
+def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup) -> None:
     """Run chunks until the task pipe closes.
 
-    ``close_fds`` are the parent's ends of other workers' pipes, inherited
-    under fork: holding them would keep those pipes open after the parent
-    dies. In a run of linked stateful stages, each worker but the last writes
-    its outputs to ``relay_conn``, the next worker's task pipe, with the error
-    and figures so far; the last one sends the results to the parent. A
-    ``linked`` worker sends nothing through shared memory, since the parent
-    could not hand its slots back. ``parent`` is for :func:`die_with_parent`.
-    ``clock``, for a worker of stages with a ``timeout``, is where it shows
-    which call runs since when (:mod:`blpipe._timeout`); ``board`` is where
-    it shows the call in hand when the hub asks (:mod:`blpipe._stall`).
+    ``setup.close_fds`` are the parent's ends of other workers' pipes,
+    inherited under fork: holding them would keep those pipes open after the
+    parent dies. In a link of dedicated stages (``setup.role``), each worker
+    but the last writes its outputs to ``relay_conn``, the next worker's task
+    pipe, with the error and figures so far; the last one sends the results
+    to the parent. A linked worker sends nothing through shared memory, since
+    the parent could not hand its slots back. ``setup.parent`` is for
+    :func:`die_with_parent`. ``setup.clock``, for a worker of stages with a
+    ``timeout``, is where it shows which call runs since when
+    (:mod:`blpipe._timeout`); ``setup.board`` is where it shows the call in
+    hand when the hub asks (:mod:`blpipe._stall`).
     """
+    blob, role, close_fds, parent, clock, board = setup
     die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
@@ -140,7 +142,8 @@ def worker_main(task_conn: Any, result_conn: Any, blob: bytes, close_fds: tuple[
         answer_probes(board, [s.chain for s in segments.values()], lambda: position()[0])
     relay_fd = None if relay_conn is None else relay_conn.fileno()
     try:
-        _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments, linked)
+        _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments,
+               role is not Role.ALONE)
     except Exception:
         # A stage's exception is caught in Chain.run, so this one is blpipe's
         # own: say so, rather than exit as if the stage had killed the process.

@@ -18,20 +18,22 @@ import blpipe
 PACKAGE = Path(blpipe.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"_text"},  # how a value or a stage is named in a message
+    {"_text", "_options"},  # how a value or a stage is named in a message; option checks
     # no blpipe imports, or only _text
     {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
-    {"stages", "errorlog", "_recorder", "_transport", "_progress"},
+    {"stages", "errorlog", "_recorder", "_transport", "_progress", "_sizing"},
     {"_failures"},  # how an exception crosses a boundary
     {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
     {"_messages"},  # what travels between the hub and a worker
     {"_chain", "_flow", "_checkpoint"},  # a chunk: how it runs, what carries it, and how a
     # checkpoint cuts the stream
-    {"_stall"},  # what each chain has in hand, and since when: the watchdog
+    {"_stall", "_credit"},  # what each chain has in hand, and since when: the watchdog
     {"_worker"},  # the child side: a worker process
     {"_tasks"},  # the child side: an executor's or a thread stage's task
     {"_plan"},  # stages to segments
     {"_segments", "_master"},  # bounded, ordered release; stages in the caller
+    {"_spawn"},  # starting and stopping worker processes
+    {"_watchdog"},  # asking workers what call they have in hand
     {"_procs", "_executors", "_rerun"},  # where chunks run; what a dead worker held
     {"_aio"},  # where async stages run: an event loop thread, on _executors' lanes
     {"_pool"},  # groups of worker processes
@@ -45,7 +47,8 @@ LAYERS: list[set[str]] = [
 ]
 # What a worker process runs, and all it imports: it never needs the hub.
 CHILD_SIDE = "_worker"
-HUB_SIDE = {"_hub", "_intake", "_assembly", "_feeder", "_segments", "_master", "_flow", "_procs", "_pool", "_rerun",
+HUB_SIDE = {"_hub", "_intake", "_assembly", "_feeder", "_segments", "_master", "_flow",
+            "_procs", "_spawn", "_watchdog", "_pool", "_rerun", "_credit", "_sizing",
             "_executors", "_aio", "_plan", "_base", "_recorder", "_progress", "_adaptive",
             "pipeline", "sequential", "__init__"}
 
@@ -127,9 +130,9 @@ def test_the_child_side_never_imports_the_hub_side() -> None:
 # The checks must be able to fail: each rule broken on purpose, on a copy.
 
 @pytest.mark.parametrize(("module", "line", "expected"), [
-    ("_segments", "from ._hub import Hub", "_segments (layer 11) imports _hub (layer 17)"),
+    ("_segments", "from ._hub import Hub", "_segments (layer 11) imports _hub (layer 19)"),
     ("_chain", "from blpipe import _flow", "_chain (layer 6) imports _flow (layer 6)"),
-    ("errors", "import blpipe.pipeline", "errors (layer 1) imports pipeline (layer 19)"),
+    ("errors", "import blpipe.pipeline", "errors (layer 1) imports pipeline (layer 21)"),
 ])
 def test_an_upward_import_is_caught(tmp_path: Path, module: str, line: str,
                                     expected: str) -> None:
