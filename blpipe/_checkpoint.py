@@ -23,25 +23,21 @@ crash at any moment leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import hashlib
 import math
 import os
 import struct
 import time
-import types
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._retry import Retrying
+from ._flow import Cut, Downstream, Flow
 from ._spec import Placement, StageSpec
-from ._timeout import Abandoning, Clocked
+from ._state import with_state
 from ._transport import dumps_stage, loads_stage
 from .errors import SerializationError
-from .stages import Stage, unwrapped
 
 MAGIC = b"blpipe checkpoint 1\n"
 _HEAD = struct.Struct("<Q32s")  # payload length, its sha256
@@ -60,25 +56,6 @@ class Checkpoint:
     """The file."""
 
 
-@dataclass
-class Cut:
-    """A checkpoint under way, filled in as it passes each segment."""
-
-    inputs: int
-    states: dict[int, bytes] = field(default_factory=dict)  # stage -> pickled callable
-    chains: dict[int, bytes] = field(default_factory=dict)  # master segment -> windows, groups
-    buffers: dict[int, list[Any]] = field(default_factory=dict)  # segment -> history, group
-    errors: dict[int, int] = field(default_factory=dict)  # stage -> errors before the cut
-    waiting: set[int] = field(default_factory=set)  # stages whose State has not come
-    failed: str | None = None  # why a stage's state would not pickle
-
-    def leave(self, first: int, last: int, counts: Sequence[int]) -> None:
-        """It leaves the segment of stages ``first`` to ``last``, behind all that
-        segment released: their error counts are final."""
-        for i in range(first, last + 1):
-            self.errors[i] = counts[i]
-
-
 class Cuts:
     """When the hub places a checkpoint's cut: every ``every`` seconds, when
     asked (``checkpoint()``), and at the end of the input; one at a time."""
@@ -89,7 +66,7 @@ class Cuts:
         self.due = time.monotonic() + every
         self.asked = False
 
-    def pulled(self, n: int, ended: bool, flow: Any, head: Any) -> None:
+    def pulled(self, n: int, ended: bool, flow: Flow, head: Downstream) -> None:
         """``n`` more inputs went into ``head``: cut after them, if one is due."""
         self.inputs += n
         if flow.cut is None and (self.asked or ended or time.monotonic() >= self.due):
@@ -97,26 +74,10 @@ class Cuts:
             flow.cut = Cut(self.inputs)
             head.mark(flow.cut)
 
-    def done(self, flow: Any) -> None:
+    def done(self, flow: Flow) -> None:
         """The cut under way is written: the next is due a period from now."""
         flow.cut = None
         self.due = time.monotonic() + self.every
-
-
-def innermost(func: Any) -> Any:
-    """The user's callable inside blpipe's wrappers: what holds the state."""
-    while isinstance(func, (Retrying, Abandoning, Clocked)):
-        func = func.func
-    return unwrapped(func)
-
-
-def with_state(func: Any, state: Any) -> Any:
-    """``func`` (a spec's) with its user callable replaced by ``state``."""
-    if isinstance(func, Stage):
-        func = copy.copy(func)
-        func.__wrapped__ = state
-        return func
-    return state
 
 
 def fingerprint(stages: Sequence[StageSpec]) -> list[tuple[str, ...]]:
@@ -162,18 +123,6 @@ def refuse(stages: Sequence[StageSpec]) -> None:
                              f"checkpointed: its worker may hold an expansion half done at "
                              f"the cut; run it in the caller (run_in_master = True), or drop "
                              f"checkpoint=")
-
-
-def has_state(obj: Any) -> bool:
-    """Whether a stage's callable may hold state: an object, not a plain function."""
-    return not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType,
-                                functools.partial))
-
-
-def chain_state(windows: Sequence[Any], groups: Sequence[list[Any]]) -> bytes:
-    """A master chain's open windows and partial groups."""
-    return dumps_stage(([None if w is None else list(w) for w in windows],
-                        [list(g) for g in groups]))
 
 
 def write(path: str, payload: dict[str, Any]) -> None:

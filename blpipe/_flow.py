@@ -13,6 +13,8 @@ import enum
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._failures import Failure, Skipped
@@ -22,6 +24,25 @@ if TYPE_CHECKING:
     from ._messages import Credit
     from ._recorder import Recorder
     from .errorlog import ErrorLog
+
+
+@dataclass
+class Cut:
+    """A checkpoint under way, filled in as it passes each segment."""
+
+    inputs: int
+    states: dict[int, bytes] = field(default_factory=dict)  # stage -> pickled callable
+    chains: dict[int, bytes] = field(default_factory=dict)  # master segment -> windows, groups
+    buffers: dict[int, list[Any]] = field(default_factory=dict)  # segment -> history, group
+    errors: dict[int, int] = field(default_factory=dict)  # stage -> errors before the cut
+    waiting: set[int] = field(default_factory=set)  # stages whose State has not come
+    failed: str | None = None  # why a stage's state would not pickle
+
+    def leave(self, first: int, last: int, counts: Sequence[int]) -> None:
+        """It leaves the segment of stages ``first`` to ``last``, behind all that
+        segment released: their error counts are final."""
+        for i in range(first, last + 1):
+            self.errors[i] = counts[i]
 
 
 class Meter:
@@ -50,7 +71,7 @@ class Flow:
         self.log = log
         self.meter = Meter()
         self.budget = budget
-        self.cut: Any = None  # the checkpoint under way (blpipe._checkpoint.Cut)
+        self.cut: Cut | None = None  # the checkpoint under way
 
     def stop(self, index: int) -> None:
         """A failure at segment ``index``: what is upstream of it is later in the
@@ -168,7 +189,7 @@ class Sink:
         if self.failure is None:  # the first is the earliest in the stream
             self.failure = failure
 
-    def mark(self, cut: Any) -> None:
+    def mark(self, cut: Cut) -> None:
         """A checkpoint's cut, behind the outputs before it: the consumer's loop
         completes it when the consumer asks for the output after them."""
         self.chunks.append(cut)
@@ -189,7 +210,7 @@ class Downstream(Protocol):
     def put_failure(self, failure: Failure) -> None:
         """The stream fails here, after all put before."""
 
-    def mark(self, cut: Any) -> None:
+    def mark(self, cut: Cut) -> None:
         """A checkpoint's cut, after all put before."""
 
     def end(self) -> None:

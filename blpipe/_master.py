@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._chain import Chain
-from ._checkpoint import Cut, chain_state, has_state, innermost
 from ._failures import Failure, settle, settled
-from ._flow import Downstream, Flow
+from ._flow import Cut, Downstream, Flow
 from ._run import Run
-from ._transport import dumps_stage, loads_stage
+from ._state import chain_state, states
+from ._transport import loads_stage
 
 _END = object()
 
@@ -81,13 +81,11 @@ class MasterSegment:
     def _pass_marks(self) -> None:
         chain = self.chain
         for cut in self.marks:
-            for step, func in zip(chain.steps, chain.funcs, strict=True):
-                obj = innermost(func)
-                if has_state(obj):
-                    try:
-                        cut.states[step.number] = dumps_stage(obj)
-                    except Exception as e:
-                        cut.failed = f"{step.label}: {type(e).__name__}: {e}"
+            for number, blob, error in states(chain):
+                if blob is not None:
+                    cut.states[number] = blob
+                elif error is not None:
+                    cut.failed = error
             cut.chains[self.index] = chain_state(chain.windows, chain.groups)
             cut.leave(self.first, self.last, self.flow.log.counts)
             self.next.mark(cut)

@@ -25,8 +25,7 @@ from ._transport import Frame, dumps
 from .errors import WorkerDied
 
 if TYPE_CHECKING:
-    from ._checkpoint import Cut
-    from ._flow import Record
+    from ._flow import Cut, Record
     from ._segments import Segment
 
 _PER_WORKER = 2  # chunks queued per pool worker: one running, one ready behind it

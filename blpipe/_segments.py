@@ -29,7 +29,7 @@ from ._transport import first_unpicklable
 from .errors import SerializationError, WorkerDied
 
 if TYPE_CHECKING:
-    from ._checkpoint import Cut
+    from ._flow import Cut
     from ._messages import Result
 
 

@@ -23,7 +23,6 @@ from sys import getsizeof
 from typing import Any, NamedTuple
 
 from ._chain import Chain, formed
-from ._checkpoint import has_state, innermost
 from ._deathsig import die_with_parent
 from ._failures import RemoteError, Skipped, StageFailure
 from ._messages import (
@@ -45,6 +44,7 @@ from ._messages import (
 from ._run import Run, Step
 from ._shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from ._stall import answer_probes
+from ._state import states
 from ._text import short_repr
 from ._timeout import position, set_clock, start_task
 from ._transport import (
@@ -52,7 +52,6 @@ from ._transport import (
     Inbox,
     dumps,
     dumps_chunk,
-    dumps_stage,
     first_unpicklable,
     loads,
     loads_stage,
@@ -229,15 +228,8 @@ def _release(slots: Slots | None, freed: list[tuple[int, int]], pid: int) -> Non
 
 def _snapshot(chain: Chain, result_fd: int) -> None:
     """Send the hub each stage's state: its object pickled, or why it won't pickle."""
-    for step, func in zip(chain.steps, chain.funcs, strict=True):
-        obj = innermost(func)
-        state = State(step.number, None)
-        if has_state(obj):
-            try:
-                state = State(step.number, dumps_stage(obj))
-            except Exception as e:
-                state = State(step.number, None, f"{step.label}: {type(e).__name__}: {e}")
-        _write(result_fd, dumps(state))
+    for number, blob, error in states(chain):
+        _write(result_fd, dumps(State(number, blob, error)))
 
 
 PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it

@@ -28,9 +28,10 @@ import multiprocess
 
 from ._assembly import Config
 from ._base import PipelineBase
-from ._checkpoint import Checkpoint, Cut, Keeper
+from ._checkpoint import Checkpoint, Keeper
 from ._executors import check_executor, width
 from ._failures import Failure
+from ._flow import Cut
 from ._hub import Hub
 from ._options import callback, count, named, seconds, wrong_type
 from ._plan import plan

@@ -25,12 +25,12 @@ LAYERS: list[set[str]] = [
     {"_failures"},  # how an exception crosses a boundary
     {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
     {"_messages"},  # what travels between the hub and a worker
-    {"_chain", "_flow", "_checkpoint"},  # a chunk: how it runs, what carries it, and how a
+    {"_chain", "_flow"},  # a chunk: how it runs, what carries it, and how a
     # checkpoint cuts the stream
-    {"_stall", "_credit"},  # what each chain has in hand, and since when: the watchdog
+    {"_stall", "_credit", "_state"},  # what each chain has in hand, and since when: the watchdog
     {"_worker"},  # the child side: a worker process
     {"_tasks"},  # the child side: an executor's or a thread stage's task
-    {"_plan"},  # stages to segments
+    {"_plan", "_checkpoint"},  # stages to segments; the checkpoint file and its cuts
     {"_segments", "_master"},  # bounded, ordered release; stages in the caller
     {"_spawn"},  # starting and stopping worker processes
     {"_watchdog"},  # asking workers what call they have in hand
@@ -48,7 +48,7 @@ LAYERS: list[set[str]] = [
 # What a worker process runs, and all it imports: it never needs the hub.
 CHILD_SIDE = "_worker"
 HUB_SIDE = {"_hub", "_intake", "_assembly", "_feeder", "_segments", "_master", "_flow",
-            "_procs", "_spawn", "_watchdog", "_pool", "_rerun", "_credit", "_sizing",
+            "_procs", "_spawn", "_watchdog", "_pool", "_rerun", "_credit", "_sizing", "_checkpoint",
             "_executors", "_aio", "_plan", "_base", "_recorder", "_progress", "_adaptive",
             "pipeline", "sequential", "__init__"}
 
