@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from time import perf_counter
+from typing import Any
 
 from ._assembly import Config, Machinery, assemble
 from ._checkpoint import Cuts, restore
-from ._flow import Flow, Sink
+from ._flow import Cut, Flow, Sink
 from ._intake import Intake
 from ._master import MasterSegment
 from ._plan import Plan
@@ -127,6 +129,39 @@ class Hub:
             for segment in outside:
                 if segment.dispatch(True):
                     again = True
+
+    def feed(self, inputs: Iterator[Any], every: float | None) -> None:
+        """Take ``inputs``; wake at least every ``every`` seconds (for progress)."""
+        self.intake.inputs = inputs
+        self.every = every
+
+    def ask_cut(self) -> None:
+        """Place a checkpoint's cut behind the next input pulled."""
+        if self.cuts is not None:
+            self.cuts.asked = True
+
+    def gather(self, cut: Cut) -> bool:
+        """Run the stream until every dedicated stage's state at ``cut`` is in;
+        ``False`` when a failure ends the stream first (then no checkpoint)."""
+        deadline = time.monotonic() + _GATHER
+        while cut.waiting and cut.failed is None and time.monotonic() < deadline:
+            if self.flow.stop_upto >= 0:
+                return False  # a dedicated worker died, say: the stream ends here
+            self.wait(0.01)
+        if cut.waiting and cut.failed is None:
+            raise BrokenPipeline(f"the dedicated stages {sorted(cut.waiting)} did not send "
+                                 f"their state for a checkpoint within {_GATHER:.0f} s")
+        return True
+
+    def cut_written(self) -> None:
+        """The cut under way is in the file: the next may come."""
+        assert self.cuts is not None
+        self.cuts.done(self.flow)
+
+    def bytes_in_flight(self) -> tuple[int, int]:
+        """Serialized bytes in flight now, and at the peak."""
+        meter = self.flow.meter
+        return meter.now, meter.peak
 
     def finished(self) -> bool:
         return self.sink.ended
@@ -232,4 +267,5 @@ class Hub:
         self.poller.close()
 
 
+_GATHER = 60.0  # seconds a checkpoint waits for the dedicated stages' state
 _SPIN = 50e-6  # seconds the hub polls before it sleeps, while waits are this short

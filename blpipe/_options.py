@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 
 def named(where: str, name: str, value: object) -> str:
@@ -94,3 +96,47 @@ def cpus(where: str, value: object) -> int | str | None:
     if value < 1:
         raise out_of_range(where, "n_cpu", value, accepted)
     return int(value)
+
+
+class PipelineOptions(NamedTuple):
+    """A ``Pipeline``'s own options, checked."""
+
+    max_tasks_per_child: int | None
+    max_bytes_in_flight: int | None
+    checkpoint_every: float | None
+
+
+def pipeline_options(where: str, executor: bool, n_cpu: object, max_tasks_per_child: object,
+                     max_bytes_in_flight: object, checkpoint: object,
+                     checkpoint_every: object, on_checkpoint: object) -> PipelineOptions:
+    """Check the options only a ``Pipeline`` takes (``executor``: one was given);
+    the pipeline base checks those every pipeline takes."""
+    if executor:
+        if n_cpu == "auto":
+            raise ValueError(f"{named(where, 'n_cpu', n_cpu)} sizes blpipe's own pool; with "
+                             f"an executor, the executor's size is yours to set: leave "
+                             f"n_cpu out")
+        if max_tasks_per_child is not None:
+            raise ValueError(f"{named(where, 'max_tasks_per_child', max_tasks_per_child)} "
+                             f"replaces blpipe's own pool workers; an executor's workers "
+                             f"are the executor's: set it there (e.g. "
+                             f"ProcessPoolExecutor(max_tasks_per_child=n))")
+    tasks = None if max_tasks_per_child is None else count(
+        where, "max_tasks_per_child", max_tasks_per_child, 1,
+        " (calls), or None to keep pool workers for the whole run")
+    budget = None if max_bytes_in_flight is None else count(
+        where, "max_bytes_in_flight", max_bytes_in_flight, 1,
+        " (bytes), or None for no byte budget")
+    every = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise wrong_type(where, "checkpoint", checkpoint,
+                             "a file path (a str or an os.PathLike), or None")
+        if checkpoint_every is not None:
+            every = seconds(where, "checkpoint_every", checkpoint_every,
+                            ", or None to checkpoint only when checkpoint() is called and at "
+                            "the end", endless=True)
+        if on_checkpoint is not None:
+            callback(where, "on_checkpoint", on_checkpoint, "a callable that takes the "
+                     "number of inputs covered (to commit the consumer's output), or None")
+    return PipelineOptions(tasks, budget, every)

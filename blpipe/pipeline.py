@@ -33,10 +33,9 @@ from ._executors import check_executor, width
 from ._failures import Failure
 from ._flow import Cut
 from ._hub import Hub
-from ._options import callback, count, named, seconds, wrong_type
+from ._options import pipeline_options
 from ._plan import plan
 from ._progress import EVERY
-from .errors import BrokenPipeline
 
 __all__ = ["Pipeline"]
 
@@ -98,33 +97,10 @@ class Pipeline(PipelineBase):
         where = type(self).__name__
         if executor is not None:
             check_executor(where, executor)
-            if n_cpu == "auto":
-                raise ValueError(f"{named(where, 'n_cpu', n_cpu)} sizes blpipe's own pool; with "
-                                 f"an executor, the executor's size is yours to set: leave "
-                                 f"n_cpu out")
-            if max_tasks_per_child is not None:
-                raise ValueError(f"{named(where, 'max_tasks_per_child', max_tasks_per_child)} "
-                                 f"replaces blpipe's own pool workers; an executor's workers "
-                                 f"are the executor's: set it there (e.g. "
-                                 f"ProcessPoolExecutor(max_tasks_per_child=n))")
-        if max_tasks_per_child is not None:
-            max_tasks_per_child = count(where, "max_tasks_per_child", max_tasks_per_child, 1,
-                                        " (calls), or None to keep pool workers for the "
-                                        "whole run")
-        if max_bytes_in_flight is not None:
-            max_bytes_in_flight = count(where, "max_bytes_in_flight", max_bytes_in_flight, 1,
-                                        " (bytes), or None for no byte budget")
-        if checkpoint is not None:
-            if not isinstance(checkpoint, (str, os.PathLike)):
-                raise wrong_type(where, "checkpoint", checkpoint,
-                                 "a file path (a str or an os.PathLike), or None")
-            if checkpoint_every is not None:
-                checkpoint_every = seconds(where, "checkpoint_every", checkpoint_every,
-                                           ", or None to checkpoint only when checkpoint() is "
-                                           "called and at the end", endless=True)
-            if on_checkpoint is not None:
-                callback(where, "on_checkpoint", on_checkpoint, "a callable that takes the "
-                         "number of inputs covered (to commit the consumer's output), or None")
+        opts = pipeline_options(where, executor is not None, n_cpu, max_tasks_per_child,
+                                max_bytes_in_flight, checkpoint, checkpoint_every,
+                                on_checkpoint)
+        max_tasks_per_child, max_bytes_in_flight, checkpoint_every = opts
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
         self._keeper = None if checkpoint is None else Keeper(checkpoint, checkpoint_every,
@@ -164,8 +140,8 @@ class Pipeline(PipelineBase):
         if self._hub is None:
             self._recorder.start()
             self._hub = Hub(self._plan, self._config)
-            if self._hub.cuts is not None:
-                self._hub.cuts.asked = self._cut_asked
+            if self._cut_asked:
+                self._hub.ask_cut()
         return self._hub
 
     def apply(self, inputs: Iterable[Any], *, skip: bool = True) -> Iterator[Any]:
@@ -186,24 +162,16 @@ class Pipeline(PipelineBase):
             raise RuntimeError("this Pipeline has no checkpoint file: pass checkpoint=path "
                                "to make it resumable")
         self._cut_asked = True
-        if self._hub is not None and self._hub.cuts is not None:
-            self._hub.cuts.asked = True
+        if self._hub is not None:
+            self._hub.ask_cut()
 
     def _complete(self, hub: Hub, cut: Cut) -> None:
         """The consumer asks for the output after a cut: once every dedicated
         stage's state is in, commit the checkpoint."""
         assert self._keeper is not None
-        deadline = time.monotonic() + 60.0
-        while cut.waiting and cut.failed is None and time.monotonic() < deadline:
-            if hub.flow.stop_upto >= 0:
-                return  # a failure (a dedicated worker died?) ends the stream: no checkpoint
-            hub.wait(0.01)
-        if cut.waiting and cut.failed is None:
-            raise BrokenPipeline(f"the dedicated stages {sorted(cut.waiting)} did not send "
-                                 f"their state for a checkpoint within 60 s")
-        self.checkpointed = self._keeper.complete(cut, self.stages)
-        assert hub.cuts is not None
-        hub.cuts.done(hub.flow)
+        if hub.gather(cut):
+            self.checkpointed = self._keeper.complete(cut, self.stages)
+            hub.cut_written()
 
     def _outputs(self, it: Iterator[Any]) -> Iterator[Any]:
         """The outputs of ``apply``: the hub's event loop, run by the consumer's ``next``.
@@ -213,13 +181,12 @@ class Pipeline(PipelineBase):
         """
         self._check_open()
         hub = self._start()
-        hub.intake.inputs = it if type(it) in _CANNOT_RAISE else _guarded(it)
         sink = hub.sink
         chunks = sink.chunks
         recorder = self._recorder
         clock = time.monotonic
         progress = self._progress is not None
-        hub.every = EVERY if progress else None
+        hub.feed(it if type(it) in _CANNOT_RAISE else _guarded(it), EVERY if progress else None)
         slow = False  # the consumer takes a while per output: watch each one
         ok = False
         try:
@@ -284,10 +251,7 @@ class Pipeline(PipelineBase):
         return hub.stalls() if hub is not None and not hub.closing else {}
 
     def _bytes(self) -> tuple[int, int]:
-        if self._hub is None:
-            return 0, 0
-        meter = self._hub.flow.meter
-        return meter.now, meter.peak
+        return self._hub.bytes_in_flight() if self._hub is not None else (0, 0)
 
     def close(self) -> None:
         """Stop every process; safe to call any number of times."""
