@@ -103,7 +103,7 @@ class LoopThread:
             first = not self._queued
             self._queued.append(callback)
         if first:
-            self.loop.call_soon_threadsafe(self._run_queued)  # type: ignore[union-attr]
+            self._loop().call_soon_threadsafe(self._run_queued)
 
     def _run_queued(self) -> None:
         with self._lock:
@@ -124,7 +124,12 @@ class LoopThread:
         if not self.running():
             coro.close()
             raise RuntimeError("the pipeline's event loop is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore
+        return asyncio.run_coroutine_threadsafe(coro, self._loop()).result()
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop
+        assert loop is not None, "the loop thread has not started"
+        return loop
 
     def close(self, grace: float) -> None:
         """Cancel what runs on the loop, give it ``grace`` seconds to end, stop
@@ -289,7 +294,9 @@ class Loop(_Lanes):
             future.set_result(Broken(traceback.format_exc()))
 
     async def _call(self, item: Any, room: list[int]) -> Called:
-        async with self.calls:  # type: ignore[union-attr]
+        calls = self.calls
+        assert calls is not None  # made by the chunk this call is of
+        async with calls:
             key = next(self.ids)
             self.running[key] = time.monotonic(), item
             try:
@@ -334,7 +341,8 @@ class Loop(_Lanes):
         chunk.left -= 1
         if not chunk.left:
             try:
-                result: Result | Broken = self._replayed(chunk.items, chunk.ends)  # type: ignore
+                ends = [end for end in chunk.ends if end is not None]  # all in: left is 0
+                result: Result | Broken = self._replayed(chunk.items, ends)
             except Exception:  # the stage's are in the ends: this is blpipe's own
                 result = Broken(traceback.format_exc())
             chunk.future.set_result(result)
@@ -391,7 +399,8 @@ class Awaited:
             error = end.error
         if error is not None:
             raise error
-        return end.value  # type: ignore[union-attr]
+        assert end is not None  # else it raised
+        return end.value
 
     def _elements(self, agen: Any) -> Iterator[Any]:
         try:

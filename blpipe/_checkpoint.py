@@ -56,6 +56,9 @@ class Checkpoint:
     """The file."""
 
 
+Checkpoint.__module__ = "blpipe"  # where it is exported: what pickle and reprs name
+
+
 class Cuts:
     """When the hub places a checkpoint's cut: every ``every`` seconds, when
     asked (``checkpoint()``), and at the end of the input; one at a time."""

@@ -70,6 +70,9 @@ def usable_cpu_count() -> int:
     return max(1, n)
 
 
+usable_cpu_count.__module__ = "blpipe"  # where it is exported: what pickle and help() name
+
+
 def pool_size(n_cpu: int | str | None, dedicated: int) -> int:
     """The shared pool's size under blpipe's CPU budget.
 

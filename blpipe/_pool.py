@@ -83,7 +83,9 @@ class Pool(_Group, Spread[Worker]):
         if self.max_tasks is None:
             return
         g = segment.group or 1
-        worker.left = max(0, worker.left - -(-rec.n_in // g))  # type: ignore[operator]
+        left = worker.left
+        assert left is not None  # a pool worker's, with max_tasks_per_child
+        worker.left = max(0, left - -(-rec.n_in // g))
         if worker.left == 0 and worker in self.workers:
             self.workers.remove(worker)
             self._add()
@@ -178,7 +180,8 @@ class Link(_Group):
         if worker in self.feeding:
             self.feeding.remove(worker)
         self._blame(worker, exitcode)
-        label, code = self.death  # type: ignore[misc]
+        assert self.death is not None  # _blame set it
+        label, code = self.death
         last = self.workers[-1]
         if worker is not last and last in self.procs.workers:
             # The linked workers after it finish what reached them, then see

@@ -244,8 +244,8 @@ class Procs:
         Unloadable: _on_failed, Broken: _on_failed}
 
     def release_slot(self, rec: Record) -> None:
-        if rec.slot is not None:
-            self.slots.release(rec.slot)  # type: ignore[union-attr]
+        if rec.slot is not None and self.slots is not None:
+            self.slots.release(rec.slot)
             rec.slot = None
 
     # -- deaths ------------------------------------------------------------------------

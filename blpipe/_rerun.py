@@ -98,15 +98,17 @@ def late_call(segment: Segment, rec: Record, late: int, what: str = "its process
         where = repr(calls[late].first)
     except Exception:  # the chunk cannot be rebuilt: name it as a whole
         where = rec.where()
-    return StageTimeout(segment.label, where, segment.timeout, what)  # type: ignore[arg-type]
+    assert segment.timeout is not None  # only a timed stage's call runs late
+    return StageTimeout(segment.label, where, segment.timeout, what)
 
 
 def _expired(pool: Pool, segment: Segment, rec: Record) -> None:
     """A call of one input ran past the timeout, with no retry left."""
     what = "its worker was killed and replaced" + (f", on each of its {rec.tries} tries"
                                                     if rec.tries > 1 else "")
+    assert segment.timeout is not None  # only a timed stage's call runs late
     _failed(pool, segment, rec, StageTimeout(segment.label, repr(rec.first),
-                                             segment.timeout, what))  # type: ignore[arg-type]
+                                             segment.timeout, what))
 
 
 def _payload(frame: Any) -> list[Any]:

@@ -172,12 +172,14 @@ class Run:
         self._count[i] = first + size
         chain.seen[i] += size
         self.stats[i][1] += size
-        if step.window is not None:
+        k = step.window
+        if k is not None:
             window = chain.windows[i]
-            window.append(value)  # type: ignore[union-attr]
-            if len(window) < step.window:  # type: ignore[arg-type]
+            assert window is not None  # a window step has one
+            window.append(value)
+            if len(window) < k:
                 return
-            value = tuple(window)  # type: ignore[arg-type]
+            value = tuple(window)
         elif step.group is not None and not step.formed:
             group = chain.groups[i]
             if not group:

@@ -319,11 +319,13 @@ class Segment:
         """Count the errors its stage went on past in this chunk, in stream order:
         record them, or at one over budget cut the chunk there and fail."""
         # a stage with on_error is never fused: it is the segment's first
-        skipped = rec.skipped
+        skipped, outs = rec.skipped, rec.outs
+        assert skipped is not None  # it has errors gone past
+        assert outs is not None  # and its results are in
         if rec.trimmed:  # an expansion's outputs passed on are gone from the list
-            skipped = [(at - rec.trimmed, *rest) for at, *rest in skipped]  # type: ignore
-        outs, exc = settle(self.flow.log, self.first, (rec.start + rec.offset,),
-                           rec.outs, skipped)  # type: ignore[arg-type]
+            t = rec.trimmed
+            skipped = [(at - t, step, local, err, n) for at, step, local, err, n in skipped]
+        outs, exc = settle(self.flow.log, self.first, (rec.start + rec.offset,), outs, skipped)
         if exc is not None:
             rec.failure = Failure(exc)
             rec.done = True  # nothing after it counts: its worker may stop whenever
@@ -415,7 +417,7 @@ class Segment:
         if self.history is not None:
             payload = [*self.history, *items]
             self.history.extend(items)
-            if len(payload) < self.window:  # type: ignore[operator]
+            if len(payload) < (self.window or 0):
                 # not a full window yet: nothing to compute, but the inputs count
                 self.flow.recorder.add(self.first, [[0.0, 0, 0, 0, 0]], len(items), 0, 0.0)
                 return False
