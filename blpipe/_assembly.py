@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._adaptive import Governor
-from ._aio import Loop, LoopThread
+from ._aio import Loop
 from ._chain import Chain, step_of
+from ._eventloop import LoopThread
 from ._executors import Futures, Lane, Local, Remote
 from ._flow import Downstream, Flow, Sink
 from ._master import MasterSegment

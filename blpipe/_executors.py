@@ -13,12 +13,8 @@ serialize) fails the chunk with blpipe's own exception types.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
-import queue
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sized
 from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -32,6 +28,7 @@ from ._stall import in_chunk
 from ._tasks import run_chunk, run_local, stream_local
 from ._text import short_repr
 from ._transport import Poller
+from ._waker import Tap, Waker
 from .errors import BrokenPipeline, SerializationError, StageTimeout, WorkerDied
 
 if TYPE_CHECKING:
@@ -93,60 +90,6 @@ class Lane:
         self.pending: list[Any] = []
 
 
-class Waker:
-    """Futures finished on other threads, handed to the hub through a pipe.
-
-    A byte is written only for the first future of a batch the hub has not
-    taken yet: a write is a system call, which lets other threads take the
-    GIL, so a byte per future would slow a burst of them down.
-    """
-
-    def __init__(self) -> None:
-        self.fd, self._w = os.pipe()
-        for fd in (self.fd, self._w):
-            os.set_blocking(fd, False)
-        self._done: deque[tuple[Any, Any]] = deque()  # (tag, a future or a Part)
-        # Both threads test and change _done under it, so that a future queued
-        # behind others is never left without a byte; and no write lands on a
-        # closed, reused fd.
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def watch(self, future: Future[Any], tag: Any) -> None:
-        future.add_done_callback(lambda f: self._ready(tag, f))
-
-    def _ready(self, tag: Any, future: Future[Any] | Part) -> None:
-        with self._lock:
-            first = not self._done
-            self._done.append((tag, future))
-            if first and not self._closed:
-                with contextlib.suppress(BlockingIOError):  # a byte is already waiting
-                    os.write(self._w, b"\0")
-
-    def part(self, tag: Any, part: Part) -> None:
-        """A thread stage's part of an expansion, queued like a finished future."""
-        self._ready(tag, part)
-
-    def drain(self) -> list[tuple[Any, Any]]:
-        # The pipe is read before the batch is taken: a future queued in between
-        # is taken now, and its byte only wakes the hub once more for nothing.
-        # Read after, that byte could go while the future stayed queued.
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.fd, 4096):
-                pass
-        with self._lock:
-            done = list(self._done)
-            self._done.clear()
-        return done
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self.fd)
-                os.close(self._w)
-
-
 def width(executor: Executor) -> int:
     """How many tasks ``executor`` runs at once, as far as it tells."""
     n = getattr(executor, "_max_workers", None)  # ProcessPoolExecutor, ThreadPoolExecutor, loky
@@ -188,25 +131,6 @@ def lost(exc: BaseException, label: str, where: str) -> BaseException:
                              f"input {where}: {text}")
     err.__cause__ = exc
     return err
-
-
-class Tap:
-    """A thread stage's expanding chunk: its parts go to the hub through the
-    waker, and its thread waits here for the credit to go on."""
-
-    def __init__(self, waker: Waker, tag: Any) -> None:
-        self.waker = waker
-        self.tag = tag
-        self._credit: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-
-    def send(self, part: Part) -> None:
-        self.waker.part(self.tag, part)
-
-    def wait(self) -> tuple[int, int] | None:
-        return self._credit.get()
-
-    def resume(self, credit: tuple[int, int] | None) -> None:
-        self._credit.put(credit)
 
 
 class Futures:

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from ._aio import Awaited, LoopThread
 from ._base import PipelineBase
 from ._chain import Chain, step_of
+from ._eventloop import Awaited, LoopThread
 from ._failures import settle, settled
 from ._run import Run
 from ._spec import Placement
