@@ -8,7 +8,20 @@ and releases the results downstream in input order, as far as downstream has
 room. The last one releases into the :class:`~blpipe._flow.Sink`, which the
 consumer drains. A failure waits in its place, behind every earlier chunk.
 
-Segments see the rest of the run only through a :class:`~blpipe._flow.Flow`.
+Segments see the rest of the run only through a :class:`~blpipe._flow.Flow`::
+
+   put(items) ─► in_buf ─ dispatch(): chunks ─► backend.pack/post ══► where it runs
+                                                                        │
+   next.put() ◄─ release(): in order ◄─ records ◄─ complete / extend ◄──┘
+
+A segment's own job is that queue: the in-flight bound, chunks out (whole
+groups, with their windows' history, cut at a checkpoint's mark), results
+in, and release in order with the errors settled. What has a state of its
+own lives beside it: how large a chunk is (:mod:`blpipe._sizing`), how far
+an expansion runs ahead (:mod:`blpipe._credit`), the waiting figures
+(:class:`~blpipe._flow.Waits`). This module is the hub's hot path, run once
+per chunk: ``dispatch`` and ``release`` share the buffer, the record queue
+and the bound, so they stay in one class, over 400 lines.
 """
 
 from __future__ import annotations
@@ -181,19 +194,14 @@ class Segment:
             return  # cut short by an error over its budget: what comes now is later
         outputs, error, stats, seconds, skipped = result
         rec.frame = None
-        self._bytes_in(rec, nbytes)
+        self.extend(rec, outputs, skipped, nbytes)  # after an expansion's parts: one list
         if rec.n_in:
             self.sizing.worked(stats[0][0] if len(stats) == 1 else sum(s[0] for s in stats),
                                rec.n_in, self.backend.work)
-        if rec.outs is None:
-            rec.outs = outputs
-        else:  # after an expansion's parts: all its outputs are in one list
-            rec.outs.extend(outputs)
-        if skipped:  # outputs are aligned, with None, until settled on release
-            rec.skipped = [*(rec.skipped or ()), *skipped]
-            n_out = sum(1 for y in rec.outs if y is not None) + rec.trimmed
-        else:
-            n_out = len(rec.outs) + rec.trimmed
+        outs = rec.outs
+        assert outs is not None
+        # outputs are aligned, with None, until the errors gone past are settled on release
+        n_out = (sum(1 for y in outs if y is not None) if skipped else len(outs)) + rec.trimmed
         rec.done = True
         self.flow.recorder.add(self.first, stats, rec.n_in, n_out, seconds)
         if error is not None:
@@ -201,25 +209,21 @@ class Segment:
             self.flow.stop(self.index)
 
     def extend(self, rec: Record, outputs: list[Any], skipped: list[Any], nbytes: int) -> None:
-        """Part of an expanding chunk's outputs are in; its result comes later."""
+        """Part of an expanding chunk's outputs are in (``nbytes`` serialized);
+        its result comes later. Its results' bytes count from now on, in place
+        of its inputs' at first."""
         if rec.done:
             return
-        self._bytes_in(rec, nbytes)
-        if rec.outs is None:
-            rec.outs = outputs
-        else:
-            rec.outs.extend(outputs)
-        if skipped:
-            rec.skipped = [*(rec.skipped or ()), *skipped]
-
-    def _bytes_in(self, rec: Record, nbytes: int) -> None:
-        """Its results' bytes count from now on: in place of its inputs' at first."""
         if rec.outs is None:
             self.flow.meter.add(nbytes - rec.nbytes)
             rec.nbytes = nbytes
+            rec.outs = outputs
         else:
             self.flow.meter.add(nbytes)
             rec.nbytes += nbytes
+            rec.outs.extend(outputs)
+        if skipped:
+            rec.skipped = [*(rec.skipped or ()), *skipped]
 
     def fail(self, rec: Record, exc: BaseException) -> None:
         """A chunk failed: ``exc`` after what it gave already, if anything."""
