@@ -29,6 +29,7 @@ import math
 import os
 import struct
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,7 +57,10 @@ class Checkpoint:
     """The file."""
 
 
-Checkpoint.__module__ = "blpipe"  # where it is exported: what pickle and reprs name
+# Its annotations resolved here, where their names are: typing.get_type_hints would
+# look for them in the module it names, where it is exported (what pickle and reprs name).
+Checkpoint.__annotations__ = typing.get_type_hints(Checkpoint)
+Checkpoint.__module__ = "blpipe"
 
 
 class Cuts:

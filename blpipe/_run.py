@@ -105,17 +105,13 @@ class Run:
         self.base = list(chain.seen)  # where this chunk starts in each step's stream
         self._count = [0] * len(chain.steps)  # what reached each step in this run
         self._n = 0  # outputs so far
-        self.told = 0  # errors gone past that a worker has sent
+        self.told = 0  # errors gone past already sent with an expansion's parts
         self._failed = 0  # the step that failed
         # In the caller an error gone past is judged at once, so that an error over
         # the budget stops the run before later inputs reach the steps after it:
         # it returns the exception to raise then, or None once the error is recorded.
         self.judge: Callable[[Skipped], BaseException | None] | None = None
         self.over: BaseException | None = None
-        self.label = ""  # a worker's: how messages name its segment's last stage
-        self.seconds = 0.0  # a worker's: unpickling and pickling, for the figures
-        self.ahead: list[Any] = []  # a worker's: outputs made beyond its last part
-        self.position = (0, 0)  # a worker's: its task and calls, for a timed stage's clock
         self.pieces = self._outputs(items) if items is not None else self._flushed(due, start)
         self._it = flatten.from_iterable(self.pieces)
 

@@ -158,7 +158,7 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
     pid = os.getpid()
     clock = time.perf_counter
     pickling = 0.0  # of the previous result
-    paused: dict[int, Run] = {}  # expansions waiting for the hub to make room
+    paused: dict[int, Expanding] = {}  # expansions waiting for the hub to make room
     tasks = 0  # read so far: the hub numbers them the same way, for the clock
 
     while (frame := inbox.next()) is not None:
@@ -179,9 +179,9 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             continue
         if type(msg) is Resume:  # an expansion the hub has room for again
             _release(slots, msg.freed, pid)
-            run = paused.pop(msg.ident)
-            start_task(*run.position)
-            pickling = _stream(run, msg.credit, slots, result_fd, paused)
+            exp = paused.pop(msg.ident)
+            start_task(*exp.position)
+            pickling = _stream(exp, msg.credit, slots, result_fd, paused)
             continue
         task: Task = new(Task, msg)
         del msg
@@ -195,10 +195,9 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         loaded = clock()
         seconds = loaded - start + pickling
         if task.credit and chain.expands and relay_fd is None:
-            run = chain.stream(items)
-            run.label, run.seconds = label, seconds
-            pickling = _stream(run, task.credit, slots, result_fd, paused)
-            del task, items, run
+            exp = Expanding(chain.stream(items), label, seconds)
+            pickling = _stream(exp, task.credit, slots, result_fd, paused)
+            del task, items, exp
             continue
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
@@ -241,9 +240,23 @@ def part_size(buf: list[Any], outputs: int, nbytes: int) -> int:
     return max(1, min(len(buf), outputs, nbytes // (getsizeof(buf[-1]) or 1)))
 
 
-def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: int,
-            paused: dict[int, Run]) -> float:
-    """Send ``run``'s outputs in parts, within ``credit`` (outputs, bytes);
+class Expanding:
+    """A chunk expanding in this worker, sent in parts: its run, and what the
+    worker holds of it while it is paused."""
+
+    __slots__ = ("run", "label", "seconds", "ahead", "position")
+
+    def __init__(self, run: Run, label: str, seconds: float) -> None:
+        self.run = run
+        self.label = label  # how messages name its segment's last stage
+        self.seconds = seconds  # unpickling and pickling, for the figures
+        self.ahead: list[Any] = []  # outputs made beyond its last part
+        self.position = (0, 0)  # its task and calls, for a timed stage's clock
+
+
+def _stream(exp: Expanding, credit: tuple[int, int], slots: Slots | None, result_fd: int,
+            paused: dict[int, Expanding]) -> float:
+    """Send ``exp``'s outputs in parts, within ``credit`` (outputs, bytes);
     then pause it, to go on when the hub says (:class:`~blpipe._messages.Resume`),
     once it has passed them on. A part goes when it holds the credit's share,
     or once its first output has waited ``PART_DELAY`` for more. Its bytes
@@ -254,7 +267,8 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
     the last message."""
     clock = time.perf_counter
     outputs, nbytes = credit
-    buf, run.ahead = run.ahead, []
+    run = exp.run
+    buf, exp.ahead = exp.ahead, []
     first = clock()
     pieces = run.pieces
     k = 0
@@ -272,9 +286,9 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
         ident = None
         if k < len(buf) or k == outputs:  # all the hub may hold: pause here
             ident = id(run)
-            paused[ident] = run
-            run.position = position()
-            buf, run.ahead = buf[:k], buf[k:]
+            paused[ident] = exp
+            exp.position = position()
+            buf, exp.ahead = buf[:k], buf[k:]
         done = clock()
         # The errors gone past so far all come before the outputs kept ahead: the
         # run is only read on while fewer than credit outputs wait.
@@ -287,8 +301,8 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
             run.close()
             bad = first_unpicklable(buf)
             j, why = bad if bad is not None else (0, None)
-            run.failure = StageFailure(run.label, run.item, SerializationError(
-                f"{run.label} gave {short_repr(buf[j])}, which cannot leave its worker process"
+            run.failure = StageFailure(exp.label, run.item, SerializationError(
+                f"{exp.label} gave {short_repr(buf[j])}, which cannot leave its worker process"
                 + (f": {type(why).__name__}: {why}" if why is not None else "")))
             buf = buf[:j]
             break
@@ -298,13 +312,13 @@ def _stream(run: Run, credit: tuple[int, int], slots: Slots | None, result_fd: i
         nbytes -= size
         if ident is None and (outputs <= 0 or nbytes <= 0):  # the hub holds all it may
             ident = id(run)
-            paused[ident] = run
-            run.position = position()
+            paused[ident] = exp
+            exp.position = position()
             _write(result_fd, dumps(Part([], [], ident, short_repr(run.item))))
         if ident is not None:
             return clock() - done
         buf = []
-    error, stats, seconds = _merge(run.failure, run.stats, run.seconds, None)
+    error, stats, seconds = _merge(run.failure, run.stats, exp.seconds, None)
     done = clock()
     _write(result_fd, dumps_chunk((mark_large(buf, True), error, stats, seconds,
                                    packed(run.skipped[run.told:])), slots)[0])

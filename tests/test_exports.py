@@ -46,3 +46,17 @@ def test_every_public_name_is_importable_from_blpipe_and_documented() -> None:
         obj = getattr(blpipe, name)
         assert obj.__module__.startswith("blpipe"), name
         assert inspect.getdoc(obj), f"blpipe.{name} has no docstring"
+
+
+def test_every_public_name_says_the_public_module_it_is_exported_from() -> None:
+    """``__module__`` is what pickle, reprs, help() and documentation tools use
+    to find and name an object: it must be a public path that exports it, so no
+    private module's name is baked into a user's pickles or shown to a reader."""
+    private: dict[str, str] = {}
+    for name in blpipe.__all__:
+        obj = getattr(blpipe, name)
+        if any(part.startswith("_") for part in obj.__module__.split(".")):
+            private[name] = obj.__module__
+        else:
+            assert getattr(importlib.import_module(obj.__module__), obj.__qualname__) is obj, name
+    assert private == {}

@@ -4,11 +4,32 @@ The layers follow an item's path: the leaves, what a stage and a chunk are,
 how a chunk runs and fails, the child side, the plan, the segments, where
 chunks run, the hub, the pipelines. The child side (what a worker process
 runs) never imports the hub side. A new module must be placed in a layer.
+
+Names. A module is named by its whole dotted import name (``blpipe._hub``,
+``blpipe._core.chain``); a package's ``__init__.py`` by the package's own name
+(``blpipe`` for the top one, ``blpipe._core`` for a subpackage). An entry of
+LAYERS, HUB_SIDE or CHILD_SIDE names one module, or, written ``pkg.*``, a
+subpackage as a whole: its ``__init__`` and every module under it, at any
+depth. Every module is placed exactly once. The modules of a subpackage placed
+as a whole share its layer and may import each other; a subpackage placed
+module by module (``blpipe._core`` for its ``__init__``, then each module)
+obeys the layers inside too.
+
+What counts as an import: every ``import`` and ``from ... import`` statement,
+at any depth (in functions, under ``if TYPE_CHECKING:``), absolute or relative
+at any level. ``from pkg import name`` counts as an import of ``pkg.name``
+when that is a module or subpackage, else of ``pkg`` itself. For the layers
+an import of ``pkg.mod`` counts as one of ``pkg.mod`` alone; what a worker
+loads also counts the subpackages above it, whose ``__init__`` Python runs
+first (not the top package: its ``__init__`` imports nothing until one of its
+names is used, and using one is an import of ``blpipe``, which is hub side).
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import pytest
@@ -16,96 +37,164 @@ import pytest
 import blpipe
 
 PACKAGE = Path(blpipe.__file__).parent
+TOP = "blpipe"
 
 LAYERS: list[set[str]] = [
-    {"_text", "_options"},  # how a value or a stage is named in a message; option checks
+    # how a value or a stage is named in a message; option checks
+    {"blpipe._text", "blpipe._options"},
     # no blpipe imports, or only _text
-    {"errors", "statistics", "_spec", "_cpu", "_adaptive", "_shm", "_deathsig"},
-    {"stages", "errorlog", "_recorder", "_transport", "_progress", "_sizing"},
-    {"_failures"},  # how an exception crosses a boundary
-    {"_run", "_retry", "_timeout"},  # a chunk, input by input; a call, try by try, timed
-    {"_messages"},  # what travels between the hub and a worker
-    {"_chain", "_flow"},  # a chunk: how it runs, what carries it, and how a
-    # checkpoint cuts the stream
-    {"_stall", "_credit", "_state"},  # what each chain has in hand, and since when: the watchdog
-    {"_worker"},  # the child side: a worker process
-    {"_tasks"},  # the child side: an executor's or a thread stage's task
-    {"_plan", "_checkpoint"},  # stages to segments; the checkpoint file and its cuts
-    {"_segments", "_master"},  # bounded, ordered release; stages in the caller
-    {"_spawn"},  # starting and stopping worker processes
-    {"_watchdog"},  # asking workers what call they have in hand
-    {"_procs", "_executors", "_rerun"},  # where chunks run; what a dead worker held
-    {"_aio"},  # where async stages run: an event loop thread, on _executors' lanes
-    {"_pool"},  # groups of worker processes
-    {"_feeder"},  # the input, read in a thread with group_wait
-    {"_intake", "_assembly"},  # how input is pulled; building a run's segments and backends
-    {"_hub"},  # the event loop
-    {"_base"},
-    {"pipeline", "sequential"},
-    {"__init__"},
-    {"__main__"},
+    {"blpipe.errors", "blpipe.statistics", "blpipe._spec", "blpipe._cpu", "blpipe._adaptive",
+     "blpipe._shm", "blpipe._deathsig"},
+    {"blpipe.stages", "blpipe.errorlog", "blpipe._recorder", "blpipe._transport",
+     "blpipe._progress", "blpipe._sizing"},
+    {"blpipe._failures"},  # how an exception crosses a boundary
+    # a chunk, input by input; a call, try by try, timed
+    {"blpipe._run", "blpipe._retry", "blpipe._timeout"},
+    {"blpipe._messages"},  # what travels between the hub and a worker
+    # a chunk: how it runs, what carries it, and how a checkpoint cuts the stream
+    {"blpipe._chain", "blpipe._flow"},
+    # what each chain has in hand, and since when: the watchdog
+    {"blpipe._stall", "blpipe._credit", "blpipe._state", "blpipe._waker"},
+    {"blpipe._worker"},  # the child side: a worker process
+    {"blpipe._tasks"},  # the child side: an executor's or a thread stage's task
+    # stages to segments; the checkpoint file and its cuts
+    {"blpipe._plan", "blpipe._checkpoint"},
+    {"blpipe._segments", "blpipe._master"},  # bounded, ordered release; stages in the caller
+    {"blpipe._spawn"},  # starting and stopping worker processes
+    {"blpipe._watchdog"},  # asking workers what call they have in hand
+    # where chunks run; what a dead worker held
+    {"blpipe._procs", "blpipe._executors", "blpipe._rerun"},
+    {"blpipe._eventloop"},  # the async stages' event loop thread; one async call
+    {"blpipe._aio"},  # where async stages run: an event loop thread, on _executors' lanes
+    {"blpipe._pool"},  # groups of worker processes
+    {"blpipe._feeder"},  # the input, read in a thread with group_wait
+    # how input is pulled; building a run's segments and backends
+    {"blpipe._intake", "blpipe._assembly"},
+    {"blpipe._hub"},  # the event loop
+    {"blpipe._base"},
+    {"blpipe.pipeline", "blpipe.sequential"},
+    {"blpipe"},
+    {"blpipe.__main__"},
 ]
 # What a worker process runs, and all it imports: it never needs the hub.
-CHILD_SIDE = "_worker"
-HUB_SIDE = {"_hub", "_intake", "_assembly", "_feeder", "_segments", "_master", "_flow",
-            "_procs", "_spawn", "_watchdog", "_pool", "_rerun", "_credit", "_sizing", "_checkpoint",
-            "_executors", "_aio", "_plan", "_base", "_recorder", "_progress", "_adaptive",
-            "pipeline", "sequential", "__init__"}
+CHILD_SIDE = "blpipe._worker"
+HUB_SIDE = {"blpipe._hub", "blpipe._intake", "blpipe._assembly", "blpipe._feeder",
+            "blpipe._segments", "blpipe._master", "blpipe._flow", "blpipe._procs",
+            "blpipe._spawn", "blpipe._watchdog", "blpipe._pool", "blpipe._rerun",
+            "blpipe._credit", "blpipe._sizing", "blpipe._checkpoint", "blpipe._executors",
+            "blpipe._aio", "blpipe._eventloop", "blpipe._waker", "blpipe._plan", "blpipe._base",
+            "blpipe._recorder", "blpipe._progress", "blpipe._adaptive", "blpipe.pipeline",
+            "blpipe.sequential", "blpipe"}
 
 
-def imports(path: Path) -> set[str]:
-    """The blpipe modules ``path`` imports, by name, at any depth of its code."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                base = node.module
-            elif node.level == 0 and node.module and node.module.split(".")[0] == "blpipe":
-                base = node.module.partition(".")[2] or None
-            else:
-                continue
-            if base is None:  # from . import x / from blpipe import x
-                found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").exists()}
-                found.add("__init__")
-            else:
-                found.add(base.split(".")[0])
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                parts = a.name.split(".")
-                if parts[0] == "blpipe":
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package, subpackages included, by its dotted name."""
+    found: dict[str, Path] = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join((TOP, *parts))] = path
     return found
+
+
+def imports(source: str, module: str, is_package: bool, known: Collection[str]) -> set[str]:
+    """The blpipe modules that ``module``'s ``source`` imports, by whole dotted
+    name, at any depth of its code; ``known`` are the package's module names."""
+    here = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if _ours(a.name)}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = here.split(".")
+                if node.level > len(parts):
+                    continue  # above the top package: Python refuses it
+                base = ".".join(parts[:len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if _ours(target):
+                found |= {f"{target}.{a.name}" if f"{target}.{a.name}" in known else target
+                          for a in node.names}
+    found.discard(module)
+    return found
+
+
+def _ours(name: str) -> bool:
+    return name == TOP or name.startswith(f"{TOP}.")
 
 
 def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    return {p.stem: imports(p) for p in sorted(package.glob("*.py"))}
+    found = modules(package)
+    known = set(found) | {p for m in found for p in _parents(m)}
+    return {m: imports(p.read_text(), m, p.name == "__init__.py", known)
+            for m, p in found.items()}
 
 
-def layer_of() -> dict[str, int]:
-    return {name: i for i, layer in enumerate(LAYERS) for name in layer}
+def _parents(module: str) -> list[str]:
+    """The subpackages ``module`` is in, the top package left out."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
 
 
-def violations(edges: dict[str, set[str]]) -> list[str]:
-    """Every import that does not point to an earlier layer, or touches an unplaced module."""
-    layers = layer_of()
-    found = [f"{m} is in no layer: place it in tests/test_layering.py"
-             for m in sorted(edges) if m not in layers]
-    for module, targets in sorted(edges.items()):
-        for target in sorted(targets):
-            if target not in layers or module not in layers:
-                continue
-            if layers[target] >= layers[module]:
-                found.append(f"{module} (layer {layers[module]}) imports {target} "
-                             f"(layer {layers[target]})")
+def covers(entry: str, module: str) -> bool:
+    """Whether an entry (a module, or ``pkg.*`` for a subpackage as a whole) names ``module``."""
+    if entry.endswith(".*"):
+        return module == entry[:-2] or module.startswith(entry[:-1])
+    return module == entry
+
+
+def side(entries: Iterable[str], names: Iterable[str]) -> set[str]:
+    """The ``names`` that ``entries`` cover."""
+    entries = list(entries)
+    return {m for m in names if any(covers(e, m) for e in entries)}
+
+
+def places(module: str, layers: list[set[str]] = LAYERS) -> list[tuple[int, str]]:
+    """The layers and entries that place ``module``: exactly one, unless misplaced."""
+    return [(i, e) for i, layer in enumerate(layers) for e in sorted(layer) if covers(e, module)]
+
+
+def misplaced(names: Collection[str], layers: list[set[str]] = LAYERS) -> list[str]:
+    """Modules in no layer or in several, and entries that name no module."""
+    found = []
+    for m in sorted(names):
+        where = places(m, layers)
+        if not where:
+            found.append(f"{m} is in no layer: place it in tests/test_layering.py")
+        elif len(where) > 1:
+            found.append(f"{m} is placed more than once: {[e for _, e in where]}")
+    found += [f"LAYERS names {e}, which is no module: it is gone, or misspelt"
+              for layer in layers for e in sorted(layer) if not side([e], names)]
     return found
 
 
-def closure(edges: dict[str, set[str]], start: str) -> set[str]:
+def violations(edges: dict[str, set[str]], layers: list[set[str]] = LAYERS) -> list[str]:
+    """Every import that does not point to an earlier layer, and every misplaced module."""
+    found = misplaced(edges, layers)
+    for module, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            (here, there) = places(module, layers), places(target, layers)
+            if len(here) != 1 or len(there) != 1:
+                continue  # reported above, or not a module of the package
+            (i, entry), (j, target_entry) = here[0], there[0]
+            if entry == target_entry:
+                continue  # within a subpackage placed as a whole
+            if j >= i:
+                found.append(f"{module} (layer {i}) imports {target} (layer {j})")
+    return found
+
+
+def loaded_by(edges: dict[str, set[str]], start: Iterable[str]) -> set[str]:
+    """The modules that importing ``start`` loads: what each imports, and the
+    subpackages above each, whose ``__init__`` runs first; transitively."""
     seen: set[str] = set()
-    todo = [start]
+    todo = list(start)
     while todo:
         m = todo.pop()
-        for t in edges.get(m, ()):
+        for t in [*edges.get(m, ()), *_parents(m)]:
             if t not in seen:
                 seen.add(t)
                 todo.append(t)
@@ -113,62 +202,180 @@ def closure(edges: dict[str, set[str]], start: str) -> set[str]:
 
 
 def test_every_module_is_in_a_layer() -> None:
-    modules = set(graph())
-    placed = set(layer_of())
-    assert modules - placed == set(), "place new modules in LAYERS"
-    assert placed - modules == set(), "LAYERS names a module that is gone"
+    assert misplaced(list(graph())) == []
 
 
 def test_imports_point_only_to_earlier_layers() -> None:
     assert violations(graph()) == []
 
 
+def test_the_sides_name_modules_that_exist() -> None:
+    """A misspelt name would make the side check below pass, checking nothing."""
+    names = set(graph())
+    assert [e for e in sorted([CHILD_SIDE, *HUB_SIDE]) if not side([e], names)] == []
+    assert side([CHILD_SIDE], names) & side(HUB_SIDE, names) == set()
+
+
 def test_the_child_side_never_imports_the_hub_side() -> None:
-    assert closure(graph(), CHILD_SIDE) & HUB_SIDE == set()
+    edges = graph()
+    child = side([CHILD_SIDE], edges)
+    assert loaded_by(edges, child) & side(HUB_SIDE, edges) == set()
 
 
 # The checks must be able to fail: each rule broken on purpose, on a copy.
 
-@pytest.mark.parametrize(("module", "line", "expected"), [
-    ("_segments", "from ._hub import Hub", "_segments (layer 11) imports _hub (layer 19)"),
-    ("_chain", "from blpipe import _flow", "_chain (layer 6) imports _flow (layer 6)"),
-    ("errors", "import blpipe.pipeline", "errors (layer 1) imports pipeline (layer 21)"),
-])
+@pytest.mark.parametrize(("module", "line", "target"), [
+    ("blpipe._segments", "from ._hub import Hub", "blpipe._hub"),
+    ("blpipe._chain", "from blpipe import _flow", "blpipe._flow"),  # the same layer
+    ("blpipe.errors", "import blpipe.pipeline", "blpipe.pipeline"),
+    ("blpipe._chain", "from . import _hub", "blpipe._hub"),
+    ("blpipe._chain", "from . import __version__", "blpipe"),  # a name of the package's own
+    ("blpipe._chain", "from blpipe import Pipeline", "blpipe"),
+    ("blpipe.errors", "def late() -> None:\n    import blpipe._hub", "blpipe._hub"),
+    ("blpipe.errors", "class Late:\n    def f(self) -> None:\n        from ._hub import Hub",
+     "blpipe._hub"),
+    ("blpipe._text", "import typing\nif typing.TYPE_CHECKING:\n    from .pipeline import Pipeline",
+     "blpipe.pipeline"),
+], ids=["relative", "from-blpipe-import-module", "import", "from-dot-import-module",
+        "from-dot-import-name", "from-blpipe-import-name", "in-a-function", "in-a-method",
+        "under-TYPE_CHECKING"])
 def test_an_upward_import_is_caught(tmp_path: Path, module: str, line: str,
-                                    expected: str) -> None:
-    edges = graph(_copy(tmp_path, module, line))
-    assert expected in violations(edges)
+                                    target: str) -> None:
+    assert _upward(module, target) in violations(graph(_copy(tmp_path, module, line)))
+
+
+WHOLE = [{"blpipe._sub.*"}, *LAYERS]
+BY_MODULE = [{"blpipe._sub"}, {"blpipe._sub.low"}, *LAYERS]
+
+
+@pytest.mark.parametrize("layers", [WHOLE, BY_MODULE], ids=["whole", "by-module"])
+def test_an_upward_import_in_a_subpackage_is_caught(tmp_path: Path,
+                                                    layers: list[set[str]]) -> None:
+    copy = _copy(tmp_path)
+    _write(copy, "_sub/__init__.py", "")
+    _write(copy, "_sub/low.py", "from .._hub import Hub\n")
+    edges = graph(copy)
+    assert edges["blpipe._sub.low"] == {"blpipe._hub"}
+    assert _about_sub(violations(edges, layers)) == [
+        _upward("blpipe._sub.low", "blpipe._hub", layers)]
+
+
+# blpipe/_sub/deep/low.py, low in the layers, imports blpipe/_sub/high.py and
+# blpipe/_sub/__init__.py (the top layer) in every form, at every level.
+DEEP = [{"blpipe._sub.deep.*"}, *LAYERS, {"blpipe._sub", "blpipe._sub.high"}]
+
+
+@pytest.mark.parametrize(("line", "target"), [
+    ("from ..high import x", "blpipe._sub.high"),
+    ("from .. import high", "blpipe._sub.high"),
+    ("from .. import x", "blpipe._sub"),
+    ("from ..._hub import Hub", "blpipe._hub"),
+    ("from ... import _hub", "blpipe._hub"),
+    ("from ..._sub.high import x", "blpipe._sub.high"),
+    ("from ...pipeline import Pipeline", "blpipe.pipeline"),
+    ("import blpipe._sub.high", "blpipe._sub.high"),
+    ("from blpipe._sub import high", "blpipe._sub.high"),
+    ("from blpipe._sub import x", "blpipe._sub"),
+    ("def late() -> None:\n    from ..high import x", "blpipe._sub.high"),
+], ids=["2-module", "2-from-dots-import-module", "2-from-dots-import-name", "3-module",
+        "3-from-dots-import-module", "3-dotted-module", "3-other-module", "import",
+        "from-blpipe-import-module", "from-blpipe-import-name", "2-in-a-function"])
+def test_relative_imports_at_any_level_are_caught(tmp_path: Path, line: str,
+                                                  target: str) -> None:
+    copy = _copy(tmp_path)
+    _write(copy, "_sub/__init__.py", "x = 1\n")
+    _write(copy, "_sub/high.py", "x = 1\n")
+    _write(copy, "_sub/deep/__init__.py", "")
+    _write(copy, "_sub/deep/low.py", f"{line}\n")
+    edges = graph(copy)
+    assert edges["blpipe._sub.deep.low"] == {target}
+    assert _about_sub(violations(edges, DEEP)) == [_upward("blpipe._sub.deep.low", target, DEEP)]
+
+
+def test_a_subpackage_placed_whole_may_import_itself(tmp_path: Path) -> None:
+    copy = _copy(tmp_path)
+    _write(copy, "_sub/__init__.py", "from .low import x\n")
+    _write(copy, "_sub/low.py", "from . import high\nx = 1\n")
+    _write(copy, "_sub/high.py", "from .low import x\n")
+    assert _about_sub(violations(graph(copy), [*LAYERS, {"blpipe._sub.*"}])) == []
+    by_module = [*LAYERS, {"blpipe._sub.low"}, {"blpipe._sub.high"}, {"blpipe._sub"}]
+    assert _about_sub(violations(graph(copy), by_module)) == [
+        _upward("blpipe._sub.low", "blpipe._sub.high", by_module)]
 
 
 def test_a_worker_importing_the_hub_side_is_caught(tmp_path: Path) -> None:
-    edges = graph(_copy(tmp_path, "_transport", "from ._procs import Procs"))
-    assert "_procs" in closure(edges, CHILD_SIDE) & HUB_SIDE
+    edges = graph(_copy(tmp_path, "blpipe._transport", "from ._procs import Procs"))
+    assert "blpipe._procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
+
+
+def test_a_worker_loading_a_subpackage_that_imports_the_hub_side_is_caught(
+        tmp_path: Path) -> None:
+    """Importing ``blpipe._sub.leaf`` runs ``blpipe/_sub/__init__.py`` first."""
+    copy = _copy(tmp_path, "blpipe._worker", "from ._sub.leaf import x")
+    _write(copy, "_sub/__init__.py", "from .._procs import Procs\n")
+    _write(copy, "_sub/leaf.py", "x = 1\n")
+    edges = graph(copy)
+    assert "blpipe._procs" not in edges["blpipe._worker"]
+    assert "blpipe._procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
 
 
 def test_an_unplaced_module_is_caught(tmp_path: Path) -> None:
-    copy = _copy(tmp_path, "errors", "")
-    (copy / "_stray.py").write_text("from .errors import BrokenPipeline\n")
-    assert "_stray is in no layer: place it in tests/test_layering.py" in violations(graph(copy))
+    copy = _copy(tmp_path)
+    _write(copy, "_stray.py", "from .errors import BrokenPipeline\n")
+    _write(copy, "_sub/__init__.py", "")
+    _write(copy, "_sub/stray.py", "")
+    assert misplaced(list(graph(copy))) == [
+        f"{m} is in no layer: place it in tests/test_layering.py"
+        for m in ["blpipe._stray", "blpipe._sub", "blpipe._sub.stray"]]
 
 
-def _copy(tmp_path: Path, module: str, line: str) -> Path:
-    for p in PACKAGE.glob("*.py"):
-        text = p.read_text()
-        if p.stem == module:
-            text += f"\n{line}\n"
-        (tmp_path / p.name).write_text(text)
-    return tmp_path
+def test_a_module_placed_twice_or_a_gone_one_is_caught(tmp_path: Path) -> None:
+    copy = _copy(tmp_path)
+    _write(copy, "_sub/__init__.py", "")
+    layers = [{"blpipe._sub.*"}, {"blpipe._sub"}, {"blpipe._gone", "blpipe._none.*"}, *LAYERS]
+    assert misplaced(list(graph(copy)), layers) == [
+        "blpipe._sub is placed more than once: ['blpipe._sub.*', 'blpipe._sub']",
+        "LAYERS names blpipe._gone, which is no module: it is gone, or misspelt",
+        "LAYERS names blpipe._none.*, which is no module: it is gone, or misspelt"]
+
+
+def _about_sub(found: list[str]) -> list[str]:
+    """What ``found`` says of the test's subpackage; the rest of the package is
+    checked by the tests above."""
+    return [v for v in found if v.startswith("blpipe._sub")]
+
+
+def _upward(module: str, target: str, layers: list[set[str]] = LAYERS) -> str:
+    (i, _), (j, _) = places(module, layers)[0], places(target, layers)[0]
+    return f"{module} (layer {i}) imports {target} (layer {j})"
+
+
+def _copy(tmp_path: Path, module: str = "", line: str = "") -> Path:
+    """A copy of the package, subpackages included, with ``line`` added to ``module``."""
+    copy = tmp_path / TOP
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    if module:
+        path = modules(copy)[module]
+        path.write_text(f"{path.read_text()}\n{line}\n")
+    return copy
+
+
+def _write(package: Path, name: str, text: str) -> None:
+    (package / name).parent.mkdir(parents=True, exist_ok=True)
+    (package / name).write_text(text)
 
 
 def test_a_worker_process_loads_no_hub_side_module() -> None:
-    """What a worker imports at run time, package __init__ included: a spawned
-    worker pays for every module it loads."""
+    """What a worker imports at run time: a spawned worker pays for every module
+    it loads. The top package is left out: any of its modules loads it, and
+    its __init__ imports nothing until a name is used (the static check
+    above covers that)."""
     import subprocess
     import sys
 
     code = ("import sys, blpipe._worker; "
-            "print(' '.join(m.split('.')[1] for m in sys.modules if m.startswith('blpipe.')))")
+            "print(' '.join(m for m in sys.modules if m.startswith('blpipe.')))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True, timeout=60).stdout.split())
-    assert "_worker" in loaded
-    assert loaded & HUB_SIDE == set()
+    assert CHILD_SIDE in loaded
+    assert loaded & side(HUB_SIDE, modules()) == set()
