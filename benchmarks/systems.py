@@ -408,7 +408,7 @@ def run_blpipe(workload: Workload, row: Row, n: int, iterations: int,
 def blpipe_pool_size() -> int:
     """The size of blpipe's default shared pool (every usable CPU), as blpipe computes it."""
     try:
-        from blpipe._cpu import pool_size
+        from blpipe._hub.cpu import pool_size
 
         return pool_size(None, 0)
     except Exception:  # a blpipe without _cpu.pool_size

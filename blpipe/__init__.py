@@ -8,14 +8,15 @@
 
 Every public name is exported here, once. The public modules (``pipeline``,
 ``sequential``, ``stages``, ``statistics``, ``errorlog``, ``errors``) each
-define a part of them; the modules whose names start with ``_`` are the
-machinery, in the order an item meets them: ``_plan`` (stages to segments),
-``_hub`` (the event loop), ``_segments`` (bounded, ordered release),
-``_procs`` and ``_executors`` (where chunks run), ``_worker`` (the child
-side), ``_failures`` (how an exception crosses a boundary).
+define a part of them. The machinery is in two private packages, by where
+it runs: ``_core`` in any process (the stage contract, chains, failures,
+messages, the worker), ``_hub`` in the calling process only (the event loop,
+segments, worker processes, executors, checkpoints). ``docs/how-it-works.md``
+draws an item's path through them.
 
 A name's module is imported when the name is first used: a worker process
-imports ``blpipe._worker`` and what it needs, never the calling process's side.
+imports ``blpipe._core.worker`` and what it needs, never the calling
+process's side.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _MODULE = {
     "ErrorRecord": "errorlog",
     "Pipeline": "pipeline", "SequentialPipeline": "sequential", "Stage": "stages",
     "stage": "stages", "StageStatistics": "statistics", "Statistics": "statistics",
-    "usable_cpu_count": "_cpu", "Checkpoint": "_checkpoint",
+    "usable_cpu_count": "_hub.cpu", "Checkpoint": "_hub.checkpoints",
 }
 
 
@@ -66,8 +67,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from ._checkpoint import Checkpoint
-    from ._cpu import usable_cpu_count
+    from ._hub.checkpoints import Checkpoint
+    from ._hub.cpu import usable_cpu_count
     from .errorlog import ErrorLog, ErrorRecord
     from .errors import (
         BrokenPipeline,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ._spec import StageSpec
+from ._core.spec import StageSpec
 
 __all__ = ["ErrorLog", "ErrorRecord"]
 

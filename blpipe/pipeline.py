@@ -1,8 +1,8 @@
 """``Pipeline``: stages run concurrently in processes, outputs in input order.
 
-The stages are cut into segments (:mod:`blpipe._plan`): fused pool stages,
+The stages are cut into segments (:mod:`blpipe._hub.plan`): fused pool stages,
 linked stateful stages, a thread stage, or master stages in the caller. The
-calling process is the hub (:mod:`blpipe._hub`), and it has no threads: the
+calling process is the hub (:mod:`blpipe._hub.loop`), and it has no threads: the
 generator that ``apply`` returns is its event loop. Each ``next`` pulls input
 as far as the bounds allow, sends chunks to workers, puts the results back
 in order, and waits in one ``select`` on every worker's pipe and sentinel, so
@@ -26,16 +26,15 @@ from typing import Any
 
 import multiprocess
 
-from ._assembly import Config
-from ._base import PipelineBase
-from ._checkpoint import Checkpoint, Keeper
-from ._executors import check_executor, width
-from ._failures import Failure
-from ._flow import Cut
-from ._hub import Hub
-from ._options import pipeline_options
-from ._plan import plan
-from ._progress import EVERY
+from ._core.options import pipeline_options
+from ._hub.assembly import Config
+from ._hub.base import PipelineBase
+from ._hub.checkpoints import Checkpoint, Keeper
+from ._hub.executors import check_executor, width
+from ._hub.flow import Cut, Failure
+from ._hub.loop import Hub
+from ._hub.plan import plan
+from ._hub.progress import EVERY
 
 __all__ = ["Pipeline"]
 

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from ._base import PipelineBase
-from ._chain import Chain, step_of
-from ._eventloop import Awaited, LoopThread
-from ._failures import settle, settled
-from ._run import Run
-from ._spec import Placement
+from ._core.chain import Chain, step_of
+from ._core.run import Run
+from ._core.spec import Placement
+from ._hub.base import PipelineBase
+from ._hub.loopthread import Awaited, LoopThread
+from ._hub.settle import settle, settled
 
 __all__ = ["SequentialPipeline"]
 

@@ -10,72 +10,13 @@ cannot take attributes, such as builtins and lambdas, and validates them at once
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, overload
 
-from ._spec import read_stage
-from ._text import describe
+from ._core.spec import read_stage
+from ._core.stage import DEFAULTS, Stage, unwrapped
 
 __all__ = ["Stage", "stage"]
-
-
-# Every attribute but run_in_master, which counts by its presence, with its default.
-_DEFAULTS: dict[str, Any] = {
-    "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
-    "max_errors": None, "expand": False, "group": None, "group_wait": None,
-    "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
-}
-
-
-class Stage:
-    """A callable with blpipe's attributes attached; see :func:`stage`.
-
-    It pickles whenever the wrapped callable does, so it can run in any
-    process.
-    """
-
-    stateful: bool | int | None
-    batch_size: int
-    run_in_master: object
-    threads: int | None
-    ordered: bool
-    on_error: str
-    max_errors: int | None
-    expand: bool
-    group: int | None
-    group_wait: float | None
-    retries: int
-    retry_on: type[Exception] | tuple[type[Exception], ...] | None
-    retry_backoff: float | None
-    timeout: float | None
-    concurrency: int | None
-    __wrapped__: Callable[..., Any]
-
-    def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
-        functools.update_wrapper(self, func, updated=())
-        for name, default in _DEFAULTS.items():
-            setattr(self, name, attrs.get(name, default))
-        if "run_in_master" in attrs:
-            self.run_in_master = attrs["run_in_master"]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__wrapped__(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        extra = ", run_in_master=True" if hasattr(self, "run_in_master") else ""
-        for name, default in _DEFAULTS.items():
-            value = getattr(self, name)
-            if name not in ("stateful", "batch_size") and value != default:
-                extra += f", {name}={value!r}"
-        return (f"stage({describe(self.__wrapped__)}, stateful={self.stateful!r}, "
-                f"batch_size={self.batch_size!r}{extra})")
-
-
-def unwrapped(func: Any) -> Any:
-    """The callable a ``Stage`` wraps, else ``func`` itself. A Stage only
-    delegates, so calling what it wraps saves a Python call per item."""
-    return func.__wrapped__ if isinstance(func, Stage) else func
 
 
 _UNSET: Any = object()
@@ -134,13 +75,13 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
     are validated at once, so a bad one fails here rather than in a pipeline.
     """
     given = {name: value for name, value in locals().items()
-             if name in _DEFAULTS and value is not _UNSET}
+             if name in DEFAULTS and value is not _UNSET}
     if run_in_master is not _UNSET and run_in_master:
         given["run_in_master"] = True
 
     def wrap(f: Callable[..., Any]) -> Stage:
         inner = unwrapped(f)
-        attrs = {name: getattr(f, name) for name in _DEFAULTS if hasattr(f, name)}
+        attrs = {name: getattr(f, name) for name in DEFAULTS if hasattr(f, name)}
         if run_in_master is _UNSET and hasattr(f, "run_in_master"):
             attrs["run_in_master"] = f.run_in_master  # a falsy one is refused just below
         s = Stage(inner, {**attrs, **given})

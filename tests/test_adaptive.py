@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, _adaptive, usable_cpu_count
-from blpipe._adaptive import Governor
+from blpipe._hub.adaptive import Governor
 from tests.oracle import assert_matches_sequential
 from tests.stages import Add, RunningSum, Spin, Weighted
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from blpipe import BrokenPipeline, Pipeline, SequentialPipeline, stage
-from blpipe._spec import Placement, read_stage
+from blpipe._core.spec import Placement, read_stage
 from tests.helpers import Endless, drain
 from tests.oracle import assert_matches_sequential
 from tests.stages import Add, RunningSum

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from blpipe._chain import Chain, sliding
-from blpipe._failures import StageFailure
-from blpipe._run import Step
+from blpipe._core.chain import Chain, sliding
+from blpipe._core.failures import StageFailure
+from blpipe._core.run import Step
 
 
 def fail_on(bad: int) -> Any:

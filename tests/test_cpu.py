@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from blpipe import Pipeline, usable_cpu_count
-from blpipe._cpu import _cgroup_quota
+from blpipe._hub.cpu import _cgroup_quota
 from tests.stages import Add, RunningSum
 
 

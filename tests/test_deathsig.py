@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blpipe import Pipeline, WorkerDied
-from blpipe._deathsig import die_with_parent
+from blpipe._core.deathsig import die_with_parent
 from tests.helpers import live_children, wait_no_children
 from tests.stages import BIG, SIGKILL, Add, RunningSum
 

@@ -1,11 +1,12 @@
 """blpipe's modules import one way: each only from modules of earlier layers.
 
-The layers follow an item's path: the leaves, what a stage and a chunk are,
-how a chunk runs and fails, the child side, the plan, the segments, where
-chunks run, the hub, the pipelines. The child side (what a worker process
-runs) never imports the hub side. A new module must be placed in a layer.
+The layers, bottom up: the leaves (errors, statistics); ``_core``, what runs
+in any process; the contract's public faces (stages, errorlog); ``_hub``,
+what runs in the calling process only; the pipelines; the package; the demo.
+A worker process (``_core.worker`` and all it imports) never loads the
+calling process's side. A new module must be placed in a layer.
 
-Names. A module is named by its whole dotted import name (``blpipe._hub``,
+Names. A module is named by its whole dotted import name (``blpipe._hub.loop``,
 ``blpipe._core.chain``); a package's ``__init__.py`` by the package's own name
 (``blpipe`` for the top one, ``blpipe._core`` for a subpackage). An entry of
 LAYERS, HUB_SIDE or CHILD_SIDE names one module, or, written ``pkg.*``, a
@@ -40,51 +41,23 @@ PACKAGE = Path(blpipe.__file__).parent
 TOP = "blpipe"
 
 LAYERS: list[set[str]] = [
-    # how a value or a stage is named in a message; option checks
-    {"blpipe._text", "blpipe._options"},
-    # no blpipe imports, or only _text
-    {"blpipe.errors", "blpipe.statistics", "blpipe._spec", "blpipe._cpu", "blpipe._adaptive",
-     "blpipe._shm", "blpipe._deathsig"},
-    {"blpipe.stages", "blpipe.errorlog", "blpipe._recorder", "blpipe._transport",
-     "blpipe._progress", "blpipe._sizing"},
-    {"blpipe._failures"},  # how an exception crosses a boundary
-    # a chunk, input by input; a call, try by try, timed
-    {"blpipe._run", "blpipe._retry", "blpipe._timeout"},
-    {"blpipe._messages"},  # what travels between the hub and a worker
-    # a chunk: how it runs, what carries it, and how a checkpoint cuts the stream
-    {"blpipe._chain", "blpipe._flow"},
-    # what each chain has in hand, and since when: the watchdog
-    {"blpipe._stall", "blpipe._credit", "blpipe._state", "blpipe._waker"},
-    {"blpipe._worker"},  # the child side: a worker process
-    {"blpipe._tasks"},  # the child side: an executor's or a thread stage's task
-    # stages to segments; the checkpoint file and its cuts
-    {"blpipe._plan", "blpipe._checkpoint"},
-    {"blpipe._segments", "blpipe._master"},  # bounded, ordered release; stages in the caller
-    {"blpipe._spawn"},  # starting and stopping worker processes
-    {"blpipe._watchdog"},  # asking workers what call they have in hand
-    # where chunks run; what a dead worker held
-    {"blpipe._procs", "blpipe._executors", "blpipe._rerun"},
-    {"blpipe._eventloop"},  # the async stages' event loop thread; one async call
-    {"blpipe._aio"},  # where async stages run: an event loop thread, on _executors' lanes
-    {"blpipe._pool"},  # groups of worker processes
-    {"blpipe._feeder"},  # the input, read in a thread with group_wait
-    # how input is pulled; building a run's segments and backends
-    {"blpipe._intake", "blpipe._assembly"},
-    {"blpipe._hub"},  # the event loop
-    {"blpipe._base"},
-    {"blpipe.pipeline", "blpipe.sequential"},
-    {"blpipe"},
-    {"blpipe.__main__"},
+    # the leaves: what a user catches, and the figures a user reads
+    {"blpipe.errors", "blpipe.statistics"},
+    # what runs in any process: the stage contract, chains, wrappers, failures,
+    # messages, frames, shared memory, the worker
+    {"blpipe._core.*"},
+    # the contract's public faces: stage() and the error log
+    {"blpipe.stages", "blpipe.errorlog"},
+    # what runs in the calling process only: the hub, segments, worker processes,
+    # executors, async stages, checkpoints, figures
+    {"blpipe._hub.*"},
+    {"blpipe.pipeline", "blpipe.sequential"},  # the pipelines
+    {"blpipe"},  # the package: every public name, once
+    {"blpipe.__main__"},  # the demo
 ]
-# What a worker process runs, and all it imports: it never needs the hub.
-CHILD_SIDE = "blpipe._worker"
-HUB_SIDE = {"blpipe._hub", "blpipe._intake", "blpipe._assembly", "blpipe._feeder",
-            "blpipe._segments", "blpipe._master", "blpipe._flow", "blpipe._procs",
-            "blpipe._spawn", "blpipe._watchdog", "blpipe._pool", "blpipe._rerun",
-            "blpipe._credit", "blpipe._sizing", "blpipe._checkpoint", "blpipe._executors",
-            "blpipe._aio", "blpipe._eventloop", "blpipe._waker", "blpipe._plan", "blpipe._base",
-            "blpipe._recorder", "blpipe._progress", "blpipe._adaptive", "blpipe.pipeline",
-            "blpipe.sequential", "blpipe"}
+# What a worker process runs, and all it imports: it never needs the calling process's side.
+CHILD_SIDE = "blpipe._core.worker"
+HUB_SIDE = {"blpipe._hub.*", "blpipe.pipeline", "blpipe.sequential", "blpipe"}
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -225,16 +198,17 @@ def test_the_child_side_never_imports_the_hub_side() -> None:
 # The checks must be able to fail: each rule broken on purpose, on a copy.
 
 @pytest.mark.parametrize(("module", "line", "target"), [
-    ("blpipe._segments", "from ._hub import Hub", "blpipe._hub"),
-    ("blpipe._chain", "from blpipe import _flow", "blpipe._flow"),  # the same layer
+    ("blpipe._hub.segments", "from ..pipeline import Pipeline", "blpipe.pipeline"),
+    ("blpipe._core.chain", "from blpipe._hub import flow", "blpipe._hub.flow"),
     ("blpipe.errors", "import blpipe.pipeline", "blpipe.pipeline"),
-    ("blpipe._chain", "from . import _hub", "blpipe._hub"),
-    ("blpipe._chain", "from . import __version__", "blpipe"),  # a name of the package's own
-    ("blpipe._chain", "from blpipe import Pipeline", "blpipe"),
-    ("blpipe.errors", "def late() -> None:\n    import blpipe._hub", "blpipe._hub"),
-    ("blpipe.errors", "class Late:\n    def f(self) -> None:\n        from ._hub import Hub",
-     "blpipe._hub"),
-    ("blpipe._text", "import typing\nif typing.TYPE_CHECKING:\n    from .pipeline import Pipeline",
+    ("blpipe._core.chain", "from .. import _hub", "blpipe._hub"),
+    ("blpipe._core.chain", "from .. import __version__", "blpipe"),  # a name of the package's own
+    ("blpipe._core.chain", "from blpipe import Pipeline", "blpipe"),
+    ("blpipe.errors", "def late() -> None:\n    import blpipe._hub.loop", "blpipe._hub.loop"),
+    ("blpipe.errors", "class Late:\n    def f(self) -> None:\n        from ._hub.loop import Hub",
+     "blpipe._hub.loop"),
+    ("blpipe._core.text",
+     "import typing\nif typing.TYPE_CHECKING:\n    from ..pipeline import Pipeline",
      "blpipe.pipeline"),
 ], ids=["relative", "from-blpipe-import-module", "import", "from-dot-import-module",
         "from-dot-import-name", "from-blpipe-import-name", "in-a-function", "in-a-method",
@@ -253,11 +227,11 @@ def test_an_upward_import_in_a_subpackage_is_caught(tmp_path: Path,
                                                     layers: list[set[str]]) -> None:
     copy = _copy(tmp_path)
     _write(copy, "_sub/__init__.py", "")
-    _write(copy, "_sub/low.py", "from .._hub import Hub\n")
+    _write(copy, "_sub/low.py", "from .._hub.loop import Hub\n")
     edges = graph(copy)
-    assert edges["blpipe._sub.low"] == {"blpipe._hub"}
+    assert edges["blpipe._sub.low"] == {"blpipe._hub.loop"}
     assert _about_sub(violations(edges, layers)) == [
-        _upward("blpipe._sub.low", "blpipe._hub", layers)]
+        _upward("blpipe._sub.low", "blpipe._hub.loop", layers)]
 
 
 # blpipe/_sub/deep/low.py, low in the layers, imports blpipe/_sub/high.py and
@@ -269,7 +243,7 @@ DEEP = [{"blpipe._sub.deep.*"}, *LAYERS, {"blpipe._sub", "blpipe._sub.high"}]
     ("from ..high import x", "blpipe._sub.high"),
     ("from .. import high", "blpipe._sub.high"),
     ("from .. import x", "blpipe._sub"),
-    ("from ..._hub import Hub", "blpipe._hub"),
+    ("from ..._hub.loop import Hub", "blpipe._hub.loop"),
     ("from ... import _hub", "blpipe._hub"),
     ("from ..._sub.high import x", "blpipe._sub.high"),
     ("from ...pipeline import Pipeline", "blpipe.pipeline"),
@@ -304,19 +278,19 @@ def test_a_subpackage_placed_whole_may_import_itself(tmp_path: Path) -> None:
 
 
 def test_a_worker_importing_the_hub_side_is_caught(tmp_path: Path) -> None:
-    edges = graph(_copy(tmp_path, "blpipe._transport", "from ._procs import Procs"))
-    assert "blpipe._procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
+    edges = graph(_copy(tmp_path, "blpipe._core.transport", "from .._hub.procs import Procs"))
+    assert "blpipe._hub.procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
 
 
 def test_a_worker_loading_a_subpackage_that_imports_the_hub_side_is_caught(
         tmp_path: Path) -> None:
     """Importing ``blpipe._sub.leaf`` runs ``blpipe/_sub/__init__.py`` first."""
-    copy = _copy(tmp_path, "blpipe._worker", "from ._sub.leaf import x")
-    _write(copy, "_sub/__init__.py", "from .._procs import Procs\n")
+    copy = _copy(tmp_path, "blpipe._core.worker", "from .._sub.leaf import x")
+    _write(copy, "_sub/__init__.py", "from .._hub.procs import Procs\n")
     _write(copy, "_sub/leaf.py", "x = 1\n")
     edges = graph(copy)
-    assert "blpipe._procs" not in edges["blpipe._worker"]
-    assert "blpipe._procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
+    assert "blpipe._hub.procs" not in edges["blpipe._core.worker"]
+    assert "blpipe._hub.procs" in loaded_by(edges, [CHILD_SIDE]) & side(HUB_SIDE, edges)
 
 
 def test_an_unplaced_module_is_caught(tmp_path: Path) -> None:
@@ -373,7 +347,7 @@ def test_a_worker_process_loads_no_hub_side_module() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, blpipe._worker; "
+    code = ("import sys, blpipe._core.worker; "
             "print(' '.join(m for m in sys.modules if m.startswith('blpipe.')))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True, timeout=60).stdout.split())

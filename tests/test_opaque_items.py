@@ -124,10 +124,10 @@ def test_blpipe_failing_in_a_worker_is_not_a_death(monkeypatch: pytest.MonkeyPat
                                                    stateful: Any) -> None:
     """blpipe's own exception in a worker is reported as blpipe's, with the worker's
     traceback, never as the stage killing its process."""
-    import blpipe._worker
+    import blpipe._core.worker
     from blpipe import BrokenPipeline, RemoteTraceback, WorkerDied
 
-    monkeypatch.setattr(blpipe._worker, "carried", _blpipe_bug)  # inherited under fork
+    monkeypatch.setattr(blpipe._core.worker, "carried", _blpipe_bug)  # inherited under fork
     with (Pipeline([Same(stateful=stateful, batch_size=4)], start_method="fork") as p,
           pytest.raises(BrokenPipeline) as info):
         list(p.apply(range(20)))
@@ -141,10 +141,10 @@ def test_blpipe_failing_in_a_worker_is_not_a_death(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("where", ["executor", "thread"])
 def test_blpipe_failing_in_a_task_is_not_the_executors(monkeypatch: pytest.MonkeyPatch,
                                                        where: str) -> None:
-    import blpipe._tasks
+    import blpipe._core.tasks
     from blpipe import BrokenPipeline, RemoteTraceback
 
-    monkeypatch.setattr(blpipe._tasks, "carried", _blpipe_bug)
+    monkeypatch.setattr(blpipe._core.tasks, "carried", _blpipe_bug)
     threads = {"threads": 2} if where == "thread" else {}
     with (ThreadPoolExecutor(2) as ex,
           Pipeline([Same(stateful=False, batch_size=4, **threads)],

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from blpipe import SerializationError, stage
-from blpipe._plan import plan
-from blpipe._spec import Placement, read_stages
+from blpipe._core.spec import Placement, read_stages
+from blpipe._hub.plan import plan
 
 
 def pool(bs: int = 8, **attrs: Any) -> Any:

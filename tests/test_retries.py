@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, stage
-from blpipe._retry import delay
-from blpipe._spec import BACKOFF_CAP
+from blpipe._core.retry import delay
+from blpipe._core.spec import BACKOFF_CAP
 from tests.helpers import assert_refused
 from tests.stages import Flaky
 
@@ -147,7 +147,7 @@ def test_backoff_is_full_jitter_under_a_doubling_cap() -> None:
 
 def test_backoff_sleeps_between_tries(tally: str, monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("blpipe._retry.time.sleep", slept.append)
+    monkeypatch.setattr("blpipe._core.retry.time.sleep", slept.append)
     p = SequentialPipeline([Flaky(tally, fails=2, retries=2, retry_backoff=0.5)])
     assert list(p.apply(range(3))) == [0, 10, 20]
     assert len(slept) == 6

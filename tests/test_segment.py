@@ -11,12 +11,12 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from blpipe._failures import Failure, StageFailure
-from blpipe._flow import Flow, Record, Sink
-from blpipe._messages import Credit, Result
-from blpipe._recorder import Recorder
-from blpipe._segments import Segment
-from blpipe._spec import read_stage
+from blpipe._core.failures import StageFailure
+from blpipe._core.messages import Credit, Result
+from blpipe._core.spec import read_stage
+from blpipe._hub.flow import Failure, Flow, Record, Sink
+from blpipe._hub.recorder import Recorder
+from blpipe._hub.segments import Segment
 from blpipe.errorlog import ErrorLog
 from blpipe.errors import SerializationError, WorkerDied
 

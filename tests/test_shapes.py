@@ -241,12 +241,12 @@ def test_a_worker_dying_in_a_group(place: str) -> None:
 
 
 def test_an_expansion_on_an_executor_is_capped() -> None:
-    import blpipe._tasks
+    import blpipe._core.tasks
 
     with (ThreadPoolExecutor(2) as ex,
           Pipeline([Forever(stateful=False, batch_size=2)], executor=ex) as p):
         got, err = drain(p.apply([1]))
-    assert len(got) == blpipe._tasks.EXPANSION_CAP
+    assert len(got) == blpipe._core.tasks.EXPANSION_CAP
     assert isinstance(err, BrokenPipeline)
     assert "expanded a chunk into more than 100,000 outputs or 64 MiB on an executor" in str(err)
 

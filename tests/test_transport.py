@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from blpipe._transport import (
+from blpipe._core.transport import (
     HEADER,
     Inbox,
     Outbox,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from blpipe import BrokenPipeline, Pipeline, RemoteTraceback, SerializationError
-from blpipe._pool import Link
+from blpipe._hub.pool import Link
 from tests.stages import Echo, LoadsNowhere, UnpicklesNowhere
 
 

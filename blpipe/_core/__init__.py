@@ -1,0 +1,1 @@
+"""What runs in any process: the contract, chains, the worker."""

@@ -1,0 +1,1 @@
+"""What runs in the calling process: the hub and its backends."""
