@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from blpipe import Pipeline, _adaptive, usable_cpu_count
+from blpipe import Pipeline, usable_cpu_count
+from blpipe._hub import adaptive as _adaptive
 from blpipe._hub.adaptive import Governor
 from tests.oracle import assert_matches_sequential
 from tests.stages import Add, RunningSum, Spin, Weighted
