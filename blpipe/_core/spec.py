@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .options import count, seconds
 from .text import describe, short_repr
 
 
@@ -185,7 +186,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
         window = k
         placement = Placement.POOL
 
-    batch_size = _count(where, "batch_size", getattr(func, "batch_size", 1), 1)
+    batch_size = count(where, "batch_size", getattr(func, "batch_size", 1), 1)
 
     kind = async_kind(func)
     threads = getattr(func, "threads", None)
@@ -202,7 +203,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
         placement = Placement.MASTER
 
     if threads is not None and kind is None:
-        n = _count(where, "threads", threads, 1, " (or None for no threads)")
+        n = count(where, "threads", threads, 1, " (or None for no threads)")
         if placement is not Placement.POOL:
             raise ValueError(f"{where}: threads={threads!r} runs a stateless stage in threads, "
                              f"but this one is {_kind(placement)}; set stateful=False (or a "
@@ -225,7 +226,7 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"'collect' (drop it and record it in Pipeline.errors)")
     max_errors = getattr(func, "max_errors", None)
     if max_errors is not None:
-        n = _count(where, "max_errors", max_errors, 0, " (or None for no limit)")
+        n = count(where, "max_errors", max_errors, 0, " (or None for no limit)")
         if on_error == "raise":
             raise ValueError(f"{where}: max_errors={max_errors!r} is a budget for "
                              f"on_error='skip' or 'collect', but on_error is 'raise', which "
@@ -247,7 +248,7 @@ def _timeout(where: str, func: object, placement: Placement) -> float | None:
     limit = getattr(func, "timeout", None)
     if limit is None:
         return None
-    limit = _seconds(where, "timeout", limit)
+    limit = seconds(where, "timeout", limit, ", or None")
     if placement is Placement.MASTER:
         raise ValueError(f"{where}: timeout={limit!r} cannot be kept by a run_in_master stage: "
                          f"blpipe cannot safely interrupt the calling process; run the stage "
@@ -258,7 +259,7 @@ def _timeout(where: str, func: object, placement: Placement) -> float | None:
 
 def _retry(where: str, func: object) -> Retry | None:
     """``retries``, ``retry_on`` and ``retry_backoff``, validated; ``None`` for no retries."""
-    retries = _count(where, "retries", getattr(func, "retries", 0), 0)
+    retries = count(where, "retries", getattr(func, "retries", 0), 0)
     on = getattr(func, "retry_on", None)
     backoff = getattr(func, "retry_backoff", None)
     if not retries:
@@ -314,7 +315,7 @@ def _concurrency(where: str, func: object, kind: str | None, batch_size: int) ->
         return None
     if value is None:
         return batch_size
-    n = _count(where, "concurrency", value, 1, " (or None for batch_size)")
+    n = count(where, "concurrency", value, 1, " (or None for batch_size)")
     if n > batch_size:
         raise ValueError(f"{where}: concurrency={n} is larger than batch_size={batch_size}, "
                          f"which bounds the inputs in flight, so no more than {batch_size} "
@@ -333,7 +334,7 @@ def _shape(where: str, func: object, window: int | None,
                         f"(the stage returns an iterable of outputs for each input) or False")
     group = getattr(func, "group", None)
     if group is not None:
-        group = _count(where, "group", group, 1, " (or None for one input per call)")
+        group = count(where, "group", group, 1, " (or None for one input per call)")
         if window is not None:
             raise ValueError(f"{where}: group={group} calls the stage with lists of {group} "
                              f"consecutive inputs, and stateful={window} with windows of "
@@ -349,35 +350,11 @@ def _shape(where: str, func: object, window: int | None,
             raise ValueError(f"{where}: group_wait={wait!r} bounds how long a partial group "
                              f"waits, but the stage has no group; set group, or delete "
                              f"group_wait")
-        wait = _seconds(where, "group_wait", wait)
+        wait = seconds(where, "group_wait", wait, ", or None")
     return expand, group, wait
 
 
-def _seconds(where: str, name: str, value: object) -> float:
-    """``value`` as a finite number of seconds > 0; else a ``TypeError`` or
-    ``ValueError`` naming the stage and the attribute."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name}={value!r} is a {type(value).__name__}; it must be a "
-                        f"number of seconds > 0, or None")
-    if not 0 < float(value) < float("inf"):
-        raise ValueError(f"{where}: {name}={value!r}; it must be a number of seconds > 0, or "
-                         f"None")
-    return float(value)
-
-
 ON_ERROR = ("raise", "skip", "collect")
-
-
-def _count(where: str, name: str, value: object, least: int, other: str = "") -> int:
-    """``value`` as an int of at least ``least`` (a bool is not one); else a
-    ``TypeError`` or ``ValueError`` naming the stage and the attribute."""
-    n = _positive_int(value)
-    if n is None:
-        raise TypeError(f"{where}: {name}={value!r} is a {type(value).__name__}; it must be "
-                        f"an int >= {least}{other}")
-    if n < least:
-        raise ValueError(f"{where}: {name}={value!r}; it must be an int >= {least}")
-    return n
 
 
 def _kind(placement: Placement) -> str:
