@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .._core.messages import Credit
     from ..errorlog import ErrorLog
     from .recorder import Recorder
+    from .segments import Segment
 
 
 @dataclass
@@ -241,10 +242,10 @@ class Backend(Protocol):
         """What to send, its shared memory slot and its bytes; raises when it won't
         pickle. An expansion may send what ``credit`` allows, then pauses."""
 
-    def post(self, place: Any, segment: Any, rec: Record) -> None:
+    def post(self, place: Any, segment: Segment, rec: Record) -> None:
         """Send ``rec`` to ``place``; the result comes back through ``complete``."""
 
-    def resume(self, segment: Any, rec: Record, credit: Credit) -> None:
+    def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Let ``rec``'s paused expansion send what ``credit`` allows."""
 
 

@@ -28,13 +28,14 @@ from ..errors import StageTimeout, WorkerDied
 from .flow import Record, Shown
 
 if TYPE_CHECKING:
+    from .procs import Procs
     from .segments import Segment
 
 
 class Pool(Protocol):
     """What of the pool a rerun needs (:class:`blpipe._hub.pool.Pool`)."""
 
-    procs: Any  # its Procs: release_slot(), fail()
+    procs: Procs  # release_slot(), fail()
     workers: list[Any]
     depth: int
 
@@ -43,7 +44,7 @@ class Pool(Protocol):
     def pack(self, segment: int, payload: list[Any], place: Any,
              credit: Credit | None = None) -> tuple[Any, int | None, int]: ...
 
-    def post(self, place: Any, segment: Any, rec: Record) -> None: ...
+    def post(self, place: Any, segment: Segment, rec: Record) -> None: ...
 
 
 def rerun(pool: Pool, segment: Segment, rec: Record, exitcode: int | None,
