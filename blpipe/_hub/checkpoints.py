@@ -72,19 +72,28 @@ class Cuts:
         self.inputs = inputs  # of the stream, read so far (None items too)
         self.due = time.monotonic() + every
         self.asked = False
+        self.last: Downstream | None = None  # the input ended during a cut: where the end's goes
 
     def pulled(self, n: int, ended: bool, flow: Flow, head: Downstream) -> None:
         """``n`` more inputs went into ``head``: cut after them, if one is due."""
         self.inputs += n
-        if flow.cut is None and (self.asked or ended or time.monotonic() >= self.due):
+        if flow.cut is not None:
+            if ended:  # the end's cut is owed: it follows once this one is written
+                self.last = head
+        elif self.asked or ended or time.monotonic() >= self.due:
             self.asked = False
             flow.cut = Cut(self.inputs)
             head.mark(flow.cut)
 
     def done(self, flow: Flow) -> None:
-        """The cut under way is written: the next is due a period from now."""
+        """The cut under way is written: the next is due a period from now, or
+        at once if the input ended while it was under way."""
         flow.cut = None
         self.due = time.monotonic() + self.every
+        head, self.last = self.last, None
+        if head is not None:
+            flow.cut = Cut(self.inputs)
+            head.mark(flow.cut)
 
 
 def fingerprint(stages: Sequence[StageSpec]) -> list[tuple[str, ...]]:
