@@ -64,6 +64,22 @@ def wait_no_children(timeout: float = 3.0) -> list[psutil.Process]:
     return left
 
 
+def wait_idle(procs: Iterable[psutil.Process], quiet: float = 0.3, limit: float = 10.0) -> None:
+    """Wait until every one of ``procs`` is asleep and has used no CPU for ``quiet``
+    seconds: it has done all it can with what it was sent (a loaded machine may take
+    a while to run it)."""
+    procs = list(procs)
+    deadline = time.monotonic() + limit
+    last = [sum(proc.cpu_times()[:2]) for proc in procs]
+    while time.monotonic() < deadline:
+        time.sleep(quiet)  # the quiet spell itself: nothing may run in it
+        now = [sum(proc.cpu_times()[:2]) for proc in procs]
+        if now == last and all(proc.status() == psutil.STATUS_SLEEPING for proc in procs):
+            return
+        last = now
+    raise AssertionError(f"{procs} never went idle")
+
+
 class Endless:
     """``0, 1, 2, ...`` forever, counting how many items were pulled."""
 

@@ -86,6 +86,14 @@ def outcome(p: Any, data: Iterable[Any],
     return got, None
 
 
+def with_errors(p: Any, data: Iterable[Any],
+                raises: tuple[type[BaseException], ...] = (ValueError,)) -> tuple[Any, ...]:
+    """A run's :func:`outcome`, then the error records and counts it left."""
+    got, failure = outcome(p, data, raises)
+    records = [(r.stage, r.position, r.input, r.error_type, r.message) for r in p.errors.records]
+    return got, failure, records, list(p.errors.counts)
+
+
 def assert_matches_sequential(make: Callable[[], list[Any]],
                               data: Iterable[Any] | Callable[[], Iterable[Any]], *,
                               raises: tuple[type[BaseException], ...] = (),

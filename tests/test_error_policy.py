@@ -9,22 +9,13 @@ import signal
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from blpipe import Pipeline, WorkerDied, stage
-from tests.helpers import SLOW_AND_LARGE, drain
-from tests.oracle import assert_matches_sequential, build, outcome, recipes
+from tests.helpers import drain
+from tests.oracle import assert_matches_sequential, with_errors
 from tests.stages import KINDS, DieAt, FailAt, kind_attrs
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def with_errors(p: Any, data: list[Any]) -> tuple[Any, ...]:
-    """A run's outputs and failure, then the error records and counts it left."""
-    got, failure = outcome(p, data, raises=(ValueError,))
-    records = [(r.stage, r.position, r.input, r.error_type, r.message) for r in p.errors.records]
-    return got, failure, records, list(p.errors.counts)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -49,23 +40,6 @@ def test_every_kind_and_policy_matches_sequential(kind: str, policy: dict[str, A
         window = KINDS[kind].get("stateful") == 2  # no output for the first input
         reached = len([x for x in data if x is not None]) - (1 if window else 0)
         assert len(got) + len(records) == reached
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_LARGE)
-@given(recipes, st.lists(st.one_of(st.none(), st.integers(0, 500)), max_size=200),
-       st.integers(0, 6), st.sampled_from(sorted(KINDS)), st.sampled_from(["skip", "collect"]),
-       st.one_of(st.none(), st.integers(0, 8)), st.integers(1, 16), st.integers(2, 9))
-def test_random_pipelines_match_sequential(recipe: list[Any], data: list[Any], position: int,
-                                           kind: str, on_error: str, max_errors: int | None,
-                                           size: int, m: int) -> None:
-    def make() -> list[Any]:
-        stages = build(recipe)
-        stages.insert(min(position, len(stages)),
-                      FailAt(every=m, on_error=on_error, max_errors=max_errors,
-                             **kind_attrs(kind, size)))
-        return stages
-
-    assert_matches_sequential(make, data, observe=with_errors, n_cpu=2)
 
 
 def test_budget_is_exact() -> None:

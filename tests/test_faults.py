@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied
-from tests.helpers import Endless, MiB, drain, take, wait_no_children
+from tests.helpers import Endless, MiB, drain, live_children, take, wait_idle, wait_no_children
 from tests.stages import (
     SIGKILL,
     Add,
@@ -71,8 +71,10 @@ def test_early_stop_while_stages_are_busy(where: str, start_method: str) -> None
         out = p.apply(source)
         next(out)
         seen = source.pulled
-        time.sleep(0.05)  # every stage is now inside a sleep, or blocked behind one
-        assert source.pulled == seen  # nothing is pulled while the consumer is away
+        # A fixed wait, as it checks for an absence: nothing is pulled while the consumer is
+        # away (meanwhile every stage is inside a sleep, or blocked behind one).
+        time.sleep(0.05)
+        assert source.pulled == seen
     start = time.monotonic()
     assert not wait_no_children(1.0)
     assert time.monotonic() - start < 1.0
@@ -89,7 +91,9 @@ def test_early_stop_while_a_worker_is_blocked_writing() -> None:
     with Pipeline([big], n_cpu=2) as p:
         out = p.apply(itertools.count())
         next(out)
-        time.sleep(0.2)
+        # Until the workers have done all they can: their results wait unread. Nothing new
+        # reaches them while the consumer is away, so a short quiet spell is proof enough.
+        wait_idle(live_children(), quiet=0.1)
     assert not wait_no_children(1.0)
     del out
 
@@ -177,27 +181,13 @@ def test_soak_exact_output_and_flat_memory() -> None:
     assert max(rss[2:]) <= warm * 1.10, [r >> 20 for r in rss]
 
 
-def _wait_idle(proc: psutil.Process, quiet: float = 0.3, limit: float = 10.0) -> None:
-    """Wait until ``proc`` has used no CPU for ``quiet`` seconds (a loaded machine may
-    take a while to run what it was sent)."""
-    deadline = time.monotonic() + limit
-    last = sum(proc.cpu_times()[:2])
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = sum(proc.cpu_times()[:2])
-        if now == last and proc.status() == psutil.STATUS_SLEEPING:
-            return
-        last = now
-    raise AssertionError(f"{proc} never went idle")
-
-
 def test_idle_pool_worker_killed_from_outside_loses_nothing(start_method: str) -> None:
     """The OOM killer may pick a worker between items: it is replaced, the stream goes on."""
     with Pipeline([Pid("pool", batch_size=4)], n_cpu=2, start_method=start_method) as p:
         out = p.apply(range(2000))
         got = [next(out) for _ in range(10)]
         victim = psutil.Process(got[-1][1][0][1])  # before the kill: it may be reaped at once
-        _wait_idle(victim)  # it has answered every chunk it was sent
+        wait_idle([victim])  # it has answered every chunk it was sent
         victim.kill()
         psutil.wait_procs([victim], timeout=2)
         got += list(out)
@@ -229,8 +219,9 @@ def test_a_chunk_sent_to_a_worker_already_dead_is_not_lost(start_method: str) ->
 
     def source() -> Iterator[int]:
         yield from range(20)
-        time.sleep(0.3)
         victims = [psutil.Process(pid) for pid in {t[0][1] for _, t in seen}]
+        assert victims
+        wait_idle(victims, quiet=0.1)  # all they had is answered; the hub, in here, sends no more
         for v in victims:
             v.kill()
         psutil.wait_procs(victims, timeout=5)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from blpipe import Pipeline
 from tests.helpers import SLOW_AND_LARGE
-from tests.oracle import assert_matches_sequential, batch, build, inputs, recipes
+from tests.oracle import (
+    assert_matches_sequential,
+    batch,
+    build,
+    inputs,
+    recipes,
+    with_errors,
+)
 from tests.stages import KINDS, Add, FailAt, Weighted, kind_attrs
 
 
@@ -63,36 +70,40 @@ def failing_source(data: list[int | None], raise_after: int | None) -> Any:
         raise Broken("input", raise_after)
 
 
-faults = (recipes, inputs, st.integers(1, 4), st.integers(0, 6), st.sampled_from(sorted(KINDS)),
-          st.integers(0, 1000), batch, st.one_of(st.none(), st.integers(0, 300)))
+# Each start method the oracle runs under, with its number of examples: spawn starts
+# every worker afresh, so it gets fewer; the long run is for -m slow.
+RUNS = [pytest.param("fork", 60, id="fork"), pytest.param("spawn", 10, id="spawn"),
+        pytest.param("fork", 300, marks=pytest.mark.slow, id="fork-long")]
 
 
-@pytest.mark.slow
-@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_AND_LARGE)
-@given(*faults)
-def test_faults_match_sequential(recipe: list[Any], data: list[Any], n_cpu: int,
-                                 position: int, kind: str, at: int, size: int,
-                                 raise_after: int | None) -> None:
-    """A stage failing anywhere, or the input raising: same outputs first, same error."""
-    check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "fork")
+@pytest.mark.parametrize(("start_method", "examples"), RUNS)
+def test_failures_match_sequential(start_method: str, examples: int) -> None:
+    """A stage failing anywhere, under each on_error policy, or the input raising:
+    the same outputs first, the same error, the same error records and counts."""
 
+    @settings(max_examples=examples, deadline=None, suppress_health_check=SLOW_AND_LARGE)
+    @given(recipes, inputs, st.integers(1, 4), st.integers(0, 6), st.sampled_from(sorted(KINDS)),
+           batch, st.sampled_from(["raise", "skip", "collect"]), st.integers(0, 1000),
+           st.integers(2, 9), st.one_of(st.none(), st.integers(0, 8)),
+           st.one_of(st.none(), st.integers(0, 300)))
+    def check(recipe: list[Any], data: list[Any], n_cpu: int, position: int, kind: str,
+              size: int, on_error: str, at: int, every: int, max_errors: int | None,
+              raise_after: int | None) -> None:
+        fail: dict[str, Any]
+        if on_error == "raise":  # the first error ends the run: it fails on `at` alone
+            fail = {"on_error": on_error}
+        else:  # errors go past: on every multiple of `every` too, up to max_errors
+            fail = {"every": every, "on_error": on_error, "max_errors": max_errors}
 
-@settings(max_examples=10, deadline=None, suppress_health_check=SLOW_AND_LARGE)
-@given(*faults)
-def test_faults_match_sequential_spawn(recipe: list[Any], data: list[Any], n_cpu: int,
-                                       position: int, kind: str, at: int,
-                                       size: int, raise_after: int | None) -> None:
-    check_fault(recipe, data, n_cpu, position, kind, at, size, raise_after, "spawn")
+        def ops() -> list[Any]:
+            stages = build(recipe)
+            stages.insert(min(position, len(stages)),
+                          FailAt(at, **fail, **kind_attrs(kind, size)))
+            return stages
 
+        assert_matches_sequential(
+            ops, lambda: failing_source(data, raise_after),
+            observe=lambda p, it: with_errors(p, it, raises=(ValueError, Broken)),
+            n_cpu=n_cpu, start_method=start_method)
 
-def check_fault(recipe: list[Any], data: list[Any], n_cpu: int, position: int,
-                kind: str, at: int, size: int, raise_after: int | None,
-                start_method: str) -> None:
-    def ops() -> list[Any]:
-        stages = build(recipe)
-        stages.insert(min(position, len(stages)), FailAt(at, **kind_attrs(kind, size)))
-        return stages
-
-    assert_matches_sequential(ops, lambda: failing_source(data, raise_after),
-                              raises=(ValueError, Broken), n_cpu=n_cpu,
-                              start_method=start_method)
+    check()

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from blpipe import BrokenPipeline, Pipeline, SequentialPipeline, WorkerDied, stage
-from tests.helpers import Endless, assert_refused, drain
+from tests.helpers import Endless, assert_refused, drain, live_children, wait_idle
 from tests.oracle import assert_matches_sequential, outcome
 from tests.stages import (
     Add,
@@ -289,7 +289,9 @@ def test_expansions_waiting_for_the_consumer_hold_at_most_batch_size_outputs() -
     with Pipeline([big], n_cpu=2) as p:
         it = p.apply(range(100))
         next(it)
-        time.sleep(1.0)
+        # While the consumer is away, the workers go as far as the bound lets them; nothing
+        # new reaches them meanwhile, so a short quiet spell is proof enough.
+        wait_idle(live_children(), quiet=0.1)
         assert sum(1 for _ in it) == 100 * 200 - 1
     assert p.statistics().peak_bytes_in_flight < 8 * 2**20
 

@@ -214,7 +214,9 @@ def test_the_progress_bar_shows_a_stall(release: str) -> None:
                   progress=Bar()) as p:
         t, out = _consume(p, range(N))
         _held(p, 0, release=release)
-        time.sleep(0.3)  # progress is fed while the hub waits on nothing
+        deadline = time.monotonic() + 10.0  # progress is fed while the hub waits on nothing
+        while "stage 0 (Hang()) 7" not in lines and time.monotonic() < deadline:
+            time.sleep(0.02)
         Path(release).touch()
         t.join(30)
     assert out == [2 * x for x in range(N)]
@@ -228,12 +230,16 @@ def test_the_tqdm_bar_names_the_stall(release: str, capfd: pytest.CaptureFixture
     with Pipeline([Hang({7}, release=release, stateful=False)], n_cpu=1, progress=True) as p:
         t, out = _consume(p, range(N))
         _held(p, 0, release=release)
-        time.sleep(0.3)
+        named, err = re.compile(r"s0=7 stalled: s0 [12]s on 7\]"), ""
+        deadline = time.monotonic() + 10.0
+        while not named.search(err) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            err += capfd.readouterr().err
         Path(release).touch()
         t.join(30)
     assert out == [2 * x for x in range(N)]
-    err = capfd.readouterr().err
-    assert re.search(r"s0=7 stalled: s0 [12]s on 7\]", err), err
+    err += capfd.readouterr().err
+    assert named.search(err), err
 
 
 @pytest.mark.parametrize(("usual", "age", "flagged"), [
