@@ -20,7 +20,7 @@ went on past (``on_error``) in stream order and counts them against
 from __future__ import annotations
 
 import traceback as _traceback
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import BrokenPipeline, RemoteTraceback, SerializationError
 from .text import short_repr
@@ -111,28 +111,32 @@ class RemoteError(NamedTuple):
 Skipped = tuple[int, int, int, "StageFailure | RemoteError", int]
 
 
-def broken(label: str, tb: str) -> BrokenPipeline:
-    """blpipe's own code failed where ``label`` runs: not the stage's doing."""
-    exc = BrokenPipeline(f"blpipe itself failed in the worker running {label} (its traceback "
-                         f"is above); this is a bug in blpipe, not in the stage: please "
-                         f"report it")
+E = TypeVar("E", bound=BaseException)
+
+
+def _caused(exc: E, tb: str) -> E:
+    """``exc``, with the worker's traceback ``tb`` as its cause."""
     exc.__cause__ = RemoteTraceback(tb)
     return exc
+
+
+def broken(label: str, tb: str) -> BrokenPipeline:
+    """blpipe's own code failed where ``label`` runs: not the stage's doing."""
+    return _caused(BrokenPipeline(f"blpipe itself failed in the worker running {label} (its "
+                                  f"traceback is above); this is a bug in blpipe, not in the "
+                                  f"stage: please report it"), tb)
 
 
 def cannot_load(label: str, tb: str) -> BrokenPipeline:
     """A worker could not load ``label``'s stages."""
-    exc = BrokenPipeline(f"{label} could not be loaded in its worker process; see the "
-                         f"traceback above. Under spawn and forkserver, stages must be "
-                         f"importable or pickle by value")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
+    return _caused(BrokenPipeline(f"{label} could not be loaded in its worker process; see the "
+                                  f"traceback above. Under spawn and forkserver, stages must "
+                                  f"be importable or pickle by value"), tb)
 
 
 def cannot_unpickle(label: str, first_input: str, tb: str) -> SerializationError:
     """A worker could not unpickle a chunk of ``label``'s inputs."""
-    exc = SerializationError(f"the chunk starting at input {first_input} of {label} cannot be "
-                             f"unpickled in its worker process (see the traceback above): "
-                             f"its items' classes must be importable there")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
+    return _caused(SerializationError(f"the chunk starting at input {first_input} of {label} "
+                                      f"cannot be unpickled in its worker process (see the "
+                                      f"traceback above): its items' classes must be "
+                                      f"importable there"), tb)

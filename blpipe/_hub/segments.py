@@ -38,7 +38,7 @@ from .._core.transport import first_unpicklable
 from ..errors import SerializationError, WorkerDied
 from .credit import Ahead
 from .flow import Arrivals, Backend, Downstream, Failure, Flow, Record, Shown, Sink, Wait, Waits
-from .settle import settle
+from .settle import settle_chunk
 from .sizing import Sizing
 
 if TYPE_CHECKING:
@@ -320,22 +320,15 @@ class Segment:
         self.inflight = 0
 
     def _settle(self, rec: Record) -> list[Any]:
-        """Count the errors its stage went on past in this chunk, in stream order:
-        record them, or at one over budget cut the chunk there and fail."""
+        """Settle the errors its stage went on past in this chunk; at one over
+        budget, the chunk is cut there and fails."""
         # a stage with on_error is never fused: it is the segment's first
-        skipped, outs = rec.skipped, rec.outs
-        assert skipped is not None  # it has errors gone past
-        assert outs is not None  # and its results are in
-        if rec.trimmed:  # an expansion's outputs passed on are gone from the list
-            t = rec.trimmed
-            skipped = [(at - t, step, local, err, n) for at, step, local, err, n in skipped]
-        outs, exc = settle(self.flow.log, self.first, (rec.start + rec.offset,), outs, skipped)
+        exc = settle_chunk(self.flow.log, self.first, rec)
         if exc is not None:
             rec.failure = Failure(exc)
             rec.done = True  # nothing after it counts: its worker may stop whenever
             self.flow.stop(self.index)
-        rec.skipped = None
-        rec.outs = [y for y in outs if y is not None]
+        assert rec.outs is not None
         return rec.outs
 
     # -- chunks out ----------------------------------------------------------------

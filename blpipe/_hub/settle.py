@@ -20,6 +20,7 @@ from .._core.failures import Skipped, add_note
 if TYPE_CHECKING:
     from .._core.run import Run
     from ..errorlog import ErrorLog
+    from .flow import Record
 
 
 def settle(log: ErrorLog, first: int, bases: Sequence[int], outputs: list[Any],
@@ -42,6 +43,21 @@ def settle(log: ErrorLog, first: int, bases: Sequence[int], outputs: list[Any],
             tb = err.traceback
             log.record(stage, bases[step] + local, err.input_repr, err.exception(), tb, size)
     return outputs, None
+
+
+def settle_chunk(log: ErrorLog, first: int, rec: Record) -> BaseException | None:
+    """:func:`settle` a released chunk's errors gone past, in place: ``rec.outs``
+    keeps its outputs up to the error over budget, if any, which is returned."""
+    skipped, outs = rec.skipped, rec.outs
+    assert skipped is not None  # it has errors gone past
+    assert outs is not None  # and its results are in
+    if rec.trimmed:  # an expansion's outputs passed on are gone from the list
+        t = rec.trimmed
+        skipped = [(at - t, step, local, err, n) for at, step, local, err, n in skipped]
+    outs, exc = settle(log, first, (rec.start + rec.offset,), outs, skipped)
+    rec.skipped = None
+    rec.outs = [y for y in outs if y is not None]
+    return exc
 
 
 def settled(run: Run, log: ErrorLog, first: int) -> Iterator[Any]:
