@@ -138,7 +138,11 @@ class Pipeline(PipelineBase):
         """Start the processes: at ``__enter__``, else at the first ``next``."""
         if self._hub is None:
             self._recorder.start()
-            self._hub = Hub(self._plan, self._config)
+            try:
+                self._hub = Hub(self._plan, self._config)
+            except BaseException:  # a setup() here failed, or a process would not start
+                self.close()
+                raise
             if self._cut_asked:
                 self._hub.ask_cut()
         return self._hub
@@ -189,6 +193,12 @@ class Pipeline(PipelineBase):
         slow = False  # the consumer takes a while per output: watch each one
         ok = False
         try:
+            while hub.setting_up():  # the work goes on meanwhile; the outputs wait
+                hub.pump()
+                hub.wait(None)
+            failed = hub.setup_failed()
+            if failed is not None:
+                raise failed
             while True:
                 hub.pump()
                 if chunks:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._core.chain import Chain, step_of
+from ._core.hooks import HookFailure, Lifecycle, hook
 from ._core.run import Run
 from ._core.spec import Placement
 from ._hub.base import PipelineBase
@@ -51,6 +52,7 @@ class SequentialPipeline(PipelineBase):
             specs = [replace(s, func=Awaited(s.func, self._aio))
                      if s.placement is Placement.ASYNC else s for s in specs]
         self._chain = Chain([step_of(s) for s in specs])
+        self._life = Lifecycle(hook(s.label, s.func, s.retry) for s in self.stages)
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()
@@ -64,6 +66,12 @@ class SequentialPipeline(PipelineBase):
         if self._aio is not None:
             self._aio.start()
         try:
+            try:
+                self._life.set_up()
+            except HookFailure as e:
+                self._closed = True
+                raise e.message(_CALLER, packed=False).exception() from None
+            rec.setup_seconds += self._life.seconds
             while True:
                 self._check_open()
                 t = clock()
@@ -79,6 +87,9 @@ class SequentialPipeline(PipelineBase):
                 if x is _END:
                     if chain.lazy:  # the partial groups, at the end of the stream
                         yield from self._streamed(chain.flush(), 0)
+                    failures = self._life.tear_down()
+                    if failures:  # after a run that went well: a teardown often commits
+                        raise failures[0].message(_CALLER, packed=False).exception()
                     return
                 if x is None:
                     continue
@@ -123,6 +134,7 @@ class SequentialPipeline(PipelineBase):
             rec.add(0, run.stats, n_in, n_out, 0.0)
 
     def _finish(self) -> None:
+        self._life.tear_down()  # what the run failed or stopped on is what is raised
         if self._aio is not None:
             # Between outputs no call is in flight; an async generator left
             # midway is closed on the loop, given this long.
@@ -135,4 +147,5 @@ class SequentialPipeline(PipelineBase):
 
 
 _END = object()
+_CALLER = "the calling process"
 _GRACE = 1.0  # seconds the loop thread gets to close what the async stages left open

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, overload
 
 from ._core.spec import read_stage
-from ._core.stage import DEFAULTS, Stage, unwrapped
+from ._core.stage import DEFAULTS, HOOKS, Stage, unwrapped
 
 __all__ = ["Stage", "stage"]
 
@@ -29,7 +29,8 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          concurrency: int | None = ...) -> Stage: ...
+          concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
+          teardown: Callable[[], Any] | None = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
@@ -37,7 +38,8 @@ def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          concurrency: int | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
+          concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
+          teardown: Callable[[], Any] | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
@@ -47,7 +49,9 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           retries: int = _UNSET,
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
           retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
-          concurrency: int | None = _UNSET) -> Stage | Callable[[Callable[..., Any]], Stage]:
+          concurrency: int | None = _UNSET, setup: Callable[[], Any] | None = _UNSET,
+          teardown: Callable[[], Any] | None = _UNSET
+          ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 
     Use it as a function or as a decorator::
@@ -81,7 +85,10 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
 
     def wrap(f: Callable[..., Any]) -> Stage:
         inner = unwrapped(f)
-        attrs = {name: getattr(f, name) for name in DEFAULTS if hasattr(f, name)}
+        # a Stage's hooks are its own; an object's methods stay where they are, found
+        # through the Stage, so that they stay bound to the object it wraps
+        attrs = {name: getattr(f, name) for name in DEFAULTS
+                 if hasattr(f, name) and (name not in HOOKS or isinstance(f, Stage))}
         if run_in_master is _UNSET and hasattr(f, "run_in_master"):
             attrs["run_in_master"] = f.run_in_master  # a falsy one is refused just below
         s = Stage(inner, {**attrs, **given})

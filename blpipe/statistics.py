@@ -133,6 +133,9 @@ class Statistics:
     restarts: int = 0
     """Pool workers started in place of others: after ``max_tasks_per_child``
     calls, or a worker's death."""
+    setup_seconds: float = 0.0
+    """Seconds spent in the stages' ``setup()``, summed over every process
+    that ran one (the calling process included)."""
 
     def bottleneck(self) -> str | None:
         """The name of what limits the run: a stage, ``'the consumer'`` or

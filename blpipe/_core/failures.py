@@ -57,9 +57,11 @@ class StageFailure(Exception):
     def traceback(self) -> str:
         return formatted(self.exc)
 
-    def exception(self) -> BaseException:
-        """The stage's own exception, with a note naming the stage and the input."""
-        add_note(self.exc, f"raised by blpipe {self.label} on input {self.input_repr}")
+    def exception(self, where: str | None = None) -> BaseException:
+        """The stage's own exception, with a note naming the stage and ``where``
+        it raised (by default: on which input)."""
+        where = where or f"on input {self.input_repr}"
+        add_note(self.exc, f"raised by blpipe {self.label} {where}")
         return self.exc
 
 
@@ -90,14 +92,16 @@ class RemoteError(NamedTuple):
             frame, reason = None, f"{type(why).__name__}: {why}"
         return cls(failure.label, failure.input_repr, frame, formatted(exc), reason)
 
-    def exception(self) -> BaseException:
-        """The worker's exception, with its traceback as ``__cause__`` and a note."""
-        note = f"raised by blpipe {self.label} on input {self.input_repr}"
+    def exception(self, where: str | None = None) -> BaseException:
+        """The worker's exception, with its traceback as ``__cause__`` and a note
+        naming the stage and ``where`` it raised (by default: on which input)."""
+        where = where or f"on input {self.input_repr}"
+        note = f"raised by blpipe {self.label} {where}"
         exc: BaseException
         if self.frame is None:
             exc = SerializationError(
                 f"{self.label} raised an exception that cannot be sent to the calling process "
-                f"({self.reason}), on input {self.input_repr}; its traceback is above")
+                f"({self.reason}), {where}; its traceback is above")
         else:
             exc = loads(HEADER.unpack(self.frame[0])[0], self.frame[1])
         exc.__cause__ = RemoteTraceback(f'\n"""\n{self.traceback}"""  ({note})')

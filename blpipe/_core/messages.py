@@ -15,6 +15,9 @@ worker -> hub          ``Loaded``                   slot: a huge input is read, 
 worker -> hub          ``LoadFailed``               traceback: the stages could not load
 worker -> hub          ``Unloadable``               traceback: a task could not be unpickled
 worker -> hub          ``Broken``                   traceback: blpipe's own code failed
+worker -> hub          ``Ready``                    its stages' ``setup()`` ran, in seconds
+worker -> hub          ``HookFailed``               a stage's ``setup()`` or ``teardown()``
+                                                    raised: stage, hook, process, error
 hub -> dedicated       ``Snapshot`` (relayed)       segment: a checkpoint's cut is here
 dedicated -> hub       ``State``                    stage, its pickled state (or the error)
 a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
@@ -150,6 +153,25 @@ class Broken(NamedTuple):
     """worker or task -> hub: blpipe's own code failed there, not a stage."""
 
     traceback: str
+
+
+class Ready(NamedTuple):
+    """worker -> hub: its stages' ``setup()`` ran, in this many seconds."""
+
+    seconds: float
+
+
+class HookFailed(NamedTuple):
+    """worker or task -> hub: a stage's ``setup()`` or ``teardown()`` raised."""
+
+    label: str
+    hook: str  # "setup" or "teardown"
+    where: str  # the process: "worker process 1234", "the calling process"
+    error: RemoteError | StageFailure
+
+    def exception(self) -> BaseException:
+        """The stage's exception, with a note naming the stage, the hook and the process."""
+        return self.error.exception(f"in {self.hook}(), in {self.where}")
 
 
 new = tuple.__new__  # Task or Result from the plain tuple that carried it

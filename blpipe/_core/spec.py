@@ -37,6 +37,10 @@ attribute           default      meaning
 ``concurrency``     ``None``     an async stage's calls in flight at most: an
                                  int ``n >= 1``, at most ``batch_size``; its
                                  default is ``batch_size``
+``setup``           ``None``     called once in each process that calls the
+                                 stage, before its first call
+``teardown``        ``None``     called once in each process whose ``setup``
+                                 ran, after its last call
 ==================  ===========  ==============================================
 
 A stage whose call is an ``async def`` (a coroutine or an async generator
@@ -56,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .options import count, seconds
+from .stage import hooks_of
 from .text import describe, short_repr
 
 
@@ -137,6 +142,8 @@ class StageSpec:
     retry: Retry | None = None
     timeout: float | None = None
     concurrency: int | None = None  # an async stage's calls in flight at most
+    setup: Callable[[], Any] | None = None  # run once in each process that calls it
+    teardown: Callable[[], Any] | None = None  # and this, after its last call
 
     @property
     def label(self) -> str:
@@ -239,9 +246,15 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"rather than returning one; set expand = True so that each "
                          f"element it yields goes on")
     concurrency = _concurrency(where, func, kind, batch_size)
+    setup, teardown = hooks_of(func)
+    for hook, f in (("setup", setup), ("teardown", teardown)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{where}: {hook}={short_repr(f)} is not callable; {hook} must "
+                            f"be a method of the stage, or a function given as stage(fn, "
+                            f"{hook}=f), called with no argument")
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
                      on_error, max_errors, expand, group, group_wait, _retry(where, func),
-                     _timeout(where, func, placement), concurrency)
+                     _timeout(where, func, placement), concurrency, setup, teardown)
 
 
 def _timeout(where: str, func: object, placement: Placement) -> float | None:

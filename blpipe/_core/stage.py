@@ -19,7 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
     "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
+    "setup": None, "teardown": None,
 }
+HOOKS = ("setup", "teardown")  # called, not read: a Stage looks them up in what it wraps
 
 
 class Stage:
@@ -44,6 +46,8 @@ class Stage:
     retry_backoff: float | None
     timeout: float | None
     concurrency: int | None
+    setup: Callable[[], Any] | None
+    teardown: Callable[[], Any] | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -64,6 +68,19 @@ class Stage:
                 extra += f", {name}={value!r}"
         return (f"stage({describe(self.__wrapped__)}, stateful={self.stateful!r}, "
                 f"batch_size={self.batch_size!r}{extra})")
+
+
+def hooks_of(func: object) -> tuple[Any, Any]:
+    """A stage's ``setup`` and ``teardown``, ``None`` for each it lacks; a
+    ``Stage`` without its own has those of what it wraps (looked up each time,
+    so that a copy with another object inside has that object's)."""
+    found = []
+    for name in HOOKS:
+        f = getattr(func, name, None)
+        if f is None and isinstance(func, Stage):
+            f = getattr(func.__wrapped__, name, None)
+        found.append(f)
+    return found[0], found[1]
 
 
 def unwrapped(func: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A dedicated worker takes its stages' state when a ``Snapshot`` reaches it; a
 master segment takes its own when the cut reaches it. Both pickle the same
-thing, the user's object inside blpipe's wrappers::
+thing, the user's object inside blpipe's wrappers, without the resources its
+``setup()`` made (:mod:`blpipe._core.hooks`)::
 
    Retrying ─► Abandoning ─► Clocked ─► Stage ─► the user's object: its state
 """
@@ -15,6 +16,7 @@ import types
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .hooks import without_resources
 from .retry import Retrying
 from .stage import Stage, unwrapped
 from .timeout import Abandoning, Clocked
@@ -55,7 +57,7 @@ def states(chain: Chain) -> Iterator[tuple[int, bytes | None, str | None]]:
             yield step.number, None, None
             continue
         try:
-            yield step.number, dumps_stage(obj), None
+            yield step.number, dumps_stage(without_resources(obj)), None
         except Exception as e:
             yield step.number, None, f"{step.label}: {type(e).__name__}: {e}"
 

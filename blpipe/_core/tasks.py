@@ -17,6 +17,7 @@ Like :mod:`blpipe._core.worker`, this is the child side: it never imports the hu
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from sys import getsizeof
@@ -25,7 +26,8 @@ from typing import Any, Protocol
 from ..errors import BrokenPipeline
 from .chain import Chain, formed
 from .failures import RemoteError, StageFailure
-from .messages import Broken, LoadFailed, Part, Result
+from .hooks import HookFailure, Lifecycle, hook
+from .messages import Broken, HookFailed, LoadFailed, Part, Result
 from .run import Outcome
 from .text import short_repr
 from .worker import PART_DELAY, Segments, carried, load_segments, packed, part_size
@@ -34,11 +36,12 @@ _LOADED: dict[bytes, Segments] = {}
 
 
 def run_chunk(key: bytes, blob: bytes, seg: int,
-              payload: list[Any]) -> Result | Broken | LoadFailed:
+              payload: list[Any]) -> Result | Broken | LoadFailed | HookFailed:
     """An executor's task: run segment ``seg`` over one chunk.
 
-    The executor does the pickling. The stages are unpickled once per process
-    and pipeline (``key``), not per chunk.
+    The executor does the pickling. The stages are unpickled, and set up,
+    once per process and pipeline (``key``), not per chunk; the executor owns
+    its processes' lifetimes, so they are never torn down.
     """
     start = time.perf_counter()
     segments = _LOADED.get(key)
@@ -46,9 +49,15 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
         if len(_LOADED) >= 8:  # pipelines come and go; an executor's workers stay
             _LOADED.clear()
         try:
-            segments = _LOADED[key] = load_segments(blob)
+            segments = load_segments(blob)
         except Exception:
             return LoadFailed(traceback.format_exc())
+        try:
+            Lifecycle(hook(step.label, step.func) for s in segments.values()
+                      for step in s.chain.steps).set_up()
+        except HookFailure as e:
+            return e.message(f"process {os.getpid()} of the executor")
+        _LOADED[key] = segments
     try:
         segment = segments[seg]
         chain = segment.chain

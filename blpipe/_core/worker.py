@@ -2,7 +2,8 @@
 
 A worker process runs :func:`worker_main`: it reads :class:`~blpipe._core.messages.Task`
 frames from its task pipe, runs the segment's ``Chain`` over each and writes a
-:class:`~blpipe._core.messages.Result` back, in order, until end of file. A
+:class:`~blpipe._core.messages.Result` back, in order, until end of file, its
+stages set up before and torn down after (:mod:`blpipe._core.hooks`). A
 stateful stage keeps its state simply because its process lives as long as
 the pipeline. The figures (each stage's busy time and counts, the time spent
 unpickling and pickling) ride on the results: no message is sent for them
@@ -26,6 +27,7 @@ from ..errors import SerializationError
 from .chain import Chain, formed
 from .deathsig import die_with_parent
 from .failures import RemoteError, Skipped, StageFailure
+from .hooks import Lifecycle, Stop, hook, set_up, stop_on_sigterm, tear_down
 from .messages import (
     Broken,
     Carry,
@@ -140,14 +142,24 @@ def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup)
     if board is not None:
         answer_probes(board, [s.chain for s in segments.values()], lambda: position()[0])
     relay_fd = None if relay_conn is None else relay_conn.fileno()
+    life = Lifecycle(hook(t.label, t.func) for s in segments.values() for t in s.chain.steps)
+    stop_on_sigterm(life)  # stopped midway, it still tears down
+    where = f"worker process {os.getpid()}"
     try:
-        _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments,
-               role is not Role.ALONE)
-    except Exception:
-        # A stage's exception is caught in Chain.run, so this one is blpipe's
-        # own: say so, rather than exit as if the stage had killed the process.
-        with contextlib.suppress(OSError):
-            _write(result_fd, dumps(Broken(traceback.format_exc())))
+        try:
+            if life and not set_up(life, result_fd, where):
+                return
+            _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments,
+                   role is not Role.ALONE)
+        except Exception:  # blpipe's own (Chain.run catches the stage's): say so, rather
+            with contextlib.suppress(OSError):  # than exit as if the stage had killed it
+                _write(result_fd, dumps(Broken(traceback.format_exc())))
+        finally:
+            tear_down(life, result_fd, where)
+    except Stop:
+        pass
+    finally:  # again, should the one Stop have cut the first short
+        tear_down(life, result_fd, where)
 
 
 def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segments,

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._core.chain import Chain, step_of
-from .._core.spec import Placement
+from .._core.hooks import HookFailure, Lifecycle, hook
+from .._core.messages import HookFailed
+from .._core.spec import Placement, StageSpec
 from .._core.stall import Call
 from .._core.text import short_repr
 from .._core.transport import Poller
@@ -75,15 +77,22 @@ class Machinery:
         self.governor: Governor | None = None  # sizes the pool in use, with n_cpu="auto"
         self.watching: list[Procs | Futures] = []  # what runs timed calls
         self.loops: list[Loop] = []  # the async stages' backends
+        self.here = Lifecycle([])  # the hooks of the stages run in the calling process
 
     def close(self, graceful: bool) -> None:
-        """Stop every worker and thread; release every descriptor and slot."""
+        """Stop every worker and thread; release every descriptor and slot;
+        then tear down the stages run here. After a ``graceful`` stop, a
+        teardown's error is raised, once every other has run."""
+        failures: list[HookFailed] = []
         if self.procs is not None:
-            self.procs.close(graceful)
+            failures += self.procs.close(graceful)
         if self.futures is not None:
             self.futures.close(GRACE if graceful else KILL_AFTER)
         if self.aio is not None:
             self.aio.close(GRACE if graceful else KILL_AFTER)
+        failures += [f.message(_CALLER, packed=False) for f in self.here.tear_down()]
+        if graceful and failures:
+            raise failures[0].exception()
 
     def busy(self) -> bool:
         """Something is in flight, or held for a worker: an event will come."""
@@ -134,8 +143,10 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
         assert m.procs is not None
         timed = any(s.timeout is not None for seg in plan.segments
                     if seg.kind is Placement.POOL for s in seg.stages)
+        hooked = any(hooks(s) for seg in plan.segments if seg.kind is Placement.POOL
+                     for s in seg.stages)
         m.pool = Pool(m.procs, plan.pool_blob, plan.pool_label, config.pool_size,
-                      config.max_tasks, timed)
+                      config.max_tasks, timed, hooked)
         if timed:
             m._watch(m.procs)
         if config.auto:
@@ -157,7 +168,24 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
     # once every process has started: no fork copies their threads
     if m.aio is not None:
         m.aio.start()
+    # the stages run here set up while the workers set up theirs
+    m.here = Lifecycle(hook(s.label, s.func, s.retry) for seg in plan.segments
+                       if seg.kind in _HERE for s in seg.stages)
+    try:
+        m.here.set_up()
+    except HookFailure as e:
+        raise e.message(_CALLER, packed=False).exception() from None
+    config.recorder.setup_seconds += m.here.seconds
     return segments
+
+
+_HERE = (Placement.MASTER, Placement.THREAD, Placement.ASYNC)  # run in the calling process
+_CALLER = "the calling process"
+
+
+def hooks(spec: StageSpec) -> bool:
+    """Whether ``spec`` has a ``setup()`` or a ``teardown()``."""
+    return spec.setup is not None or spec.teardown is not None
 
 
 def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Flow,
@@ -182,7 +210,8 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         expands = any(x.expand for x in specs)
         return Segment(index, s, seg.label, cap, (size, size), flow, nxt,
                        Link(m.procs, seg.blobs, [x.label for x in specs], expands,
-                            s.timeout is not None), expands, last=last, sink=sink)
+                            s.timeout is not None, tuple(hooks(x) for x in specs)),
+                       expands, last=last, sink=sink)
     backend: Any
     if seg.kind is Placement.THREAD:
         assert m.futures is not None

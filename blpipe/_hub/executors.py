@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .._core.chain import Chain
 from .._core.failures import broken, cannot_load
-from .._core.messages import Broken, Credit, LoadFailed, Part, call_failed
+from .._core.messages import Broken, Credit, HookFailed, LoadFailed, Part, call_failed
 from .._core.options import wrong_type
 from .._core.stall import in_chunk
 from .._core.tasks import run_chunk, run_local, stream_local
@@ -233,6 +233,8 @@ class Futures:
                 segment.fail(rec, broken(segment.label, result.traceback))
             elif type(result) is LoadFailed:
                 segment.fail(rec, cannot_load(segment.label, result.traceback))
+            elif type(result) is HookFailed:  # a setup() on the executor
+                segment.fail(rec, result.exception())
             else:
                 segment.complete(rec, result)
 

@@ -163,6 +163,16 @@ class Hub:
         meter = self.flow.meter
         return meter.now, meter.peak
 
+    def setting_up(self) -> bool:
+        """Whether a worker's ``setup()`` may still fail: until then no output
+        leaves, so that a failed setup ends the run before any."""
+        procs = self.machinery.procs
+        return procs is not None and procs.unready > 0 and procs.setup_failed is None
+
+    def setup_failed(self) -> BaseException | None:
+        procs = self.machinery.procs
+        return None if procs is None else procs.setup_failed
+
     def finished(self) -> bool:
         return self.sink.ended
 
@@ -262,9 +272,11 @@ class Hub:
         if self.closing:
             return
         self.closing = True
-        self.machinery.close(graceful)
-        self.intake.close(GRACE if graceful else KILL_AFTER)
-        self.poller.close()
+        try:
+            self.machinery.close(graceful)
+        finally:
+            self.intake.close(GRACE if graceful else KILL_AFTER)
+            self.poller.close()
 
 
 _GATHER = 60.0  # seconds a checkpoint waits for the dedicated stages' state

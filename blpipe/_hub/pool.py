@@ -57,7 +57,8 @@ class Pool(_Group, Spread[Worker]):
     death = None
 
     def __init__(self, procs: Procs, blob: bytes, label: str, size: int,
-                 max_tasks: int | None = None, timed: bool = False) -> None:
+                 max_tasks: int | None = None, timed: bool = False,
+                 hooked: bool = False) -> None:
         super().__init__(procs)
         self.blob = blob
         self.label = label
@@ -66,11 +67,13 @@ class Pool(_Group, Spread[Worker]):
         self.n_active = size
         self.max_tasks = max_tasks
         self.timed = timed  # a pool stage has a timeout: its workers get clocks
+        self.hooked = hooked  # a pool stage has setup() or teardown()
         for _ in range(size):
             self._add()
 
     def _add(self) -> None:
-        worker, _ = self.procs.spawn(self.blob, self.label, timed=self.timed)
+        worker, _ = self.procs.spawn(self.blob, self.label, timed=self.timed,
+                                     hooked=self.hooked)
         worker.group = self
         worker.left = self.max_tasks
         self.workers.append(worker)
@@ -136,7 +139,8 @@ class Link(_Group):
     work = _CHUNK_WORK
 
     def __init__(self, procs: Procs, blobs: list[bytes], labels: list[str],
-                 expands: bool = False, timed: bool = False) -> None:
+                 expands: bool = False, timed: bool = False,
+                 hooked: tuple[bool, ...] = ()) -> None:
         super().__init__(procs)
         self.workers: list[Worker] = []
         self.feeding: list[Worker] = []  # the one the hub sends to, while it lives
@@ -146,7 +150,7 @@ class Link(_Group):
         relay = None  # the write end of the next worker's task pipe
         for i in range(len(blobs) - 1, -1, -1):
             worker, feeder = procs.spawn(blobs[i], labels[i], Role.of(i, len(blobs)), relay,
-                                         timed)
+                                         timed, bool(hooked) and hooked[i])
             if relay is not None:
                 relay.close()  # the worker before it holds it now: its exit is an EOF
             relay = feeder

@@ -23,9 +23,11 @@ from .._core.failures import broken, cannot_load, cannot_unpickle
 from .._core.messages import (
     Broken,
     Credit,
+    HookFailed,
     Loaded,
     LoadFailed,
     Part,
+    Ready,
     Result,
     Resume,
     Role,
@@ -64,12 +66,15 @@ class Procs:
         self.views = Views()  # the workers' slots, for large results
         self.into = bytearray(READ_SIZE)  # what every worker's inbox reads into
         self.closing = False
+        self.unready = 0  # workers whose setup() has not yet ended
+        self.setup_failed: BaseException | None = None  # the first setup() that raised
 
     def spawn(self, blob: bytes, label: str, role: Role = Role.ALONE, relay: Any = None,
-              timed: bool = False) -> tuple[Worker, Any]:
+              timed: bool = False, hooked: bool = False) -> tuple[Worker, Any]:
         """Start a worker and watch it; see :func:`blpipe._hub.spawn.start`."""
         worker, task_w = start(self.ctx, blob, label, role, relay, timed, self.parent_fds,
-                               self.into)
+                               self.into, hooked)
+        self.unready += hooked
         poller = self.poller
         poller.register(worker.result.fileno(), poller.READ, partial(self.on_result, worker))
         poller.register(worker.proc.sentinel, poller.READ, partial(self.on_death, worker))
@@ -226,6 +231,28 @@ class Procs:
         self.flow.stop_all()
         self.sink.put_failure(Failure(cannot_load(worker.label, msg.traceback)))
 
+    def _on_ready(self, worker: Worker, msg: Ready, payload: bytes | bytearray) -> None:
+        """Its stages are set up."""
+        self._settled(worker)
+        self.flow.recorder.setup_seconds += msg.seconds
+
+    def _on_hook_failed(self, worker: Worker, msg: HookFailed,
+                        payload: bytes | bytearray) -> None:
+        """A setup() or a teardown() raised: the run fails, before any output
+        if no output has gone yet (see :meth:`blpipe._hub.loop.Hub.setting_up`)."""
+        exc = msg.exception()
+        if msg.hook == "setup":
+            self._settled(worker)
+            if self.setup_failed is None:
+                self.setup_failed = exc
+        self.flow.stop_all()
+        self.sink.put_failure(Failure(exc))
+
+    def _settled(self, worker: Worker) -> None:
+        if not worker.ready:
+            worker.ready = True
+            self.unready -= 1
+
     def _on_failed(self, worker: Worker, msg: Unloadable | Broken,
                    payload: bytes | bytearray) -> None:
         """The chunk in hand fails: its task would not unpickle, or blpipe's own code failed."""
@@ -242,7 +269,8 @@ class Procs:
     # what each message but a Result means: see blpipe._core.messages
     _handlers: ClassVar[dict[type, Callable[[Procs, Worker, Any, bytes | bytearray], None]]] = {
         Part: _on_part, Loaded: _on_loaded, State: _on_state, LoadFailed: _on_load_failed,
-        Unloadable: _on_failed, Broken: _on_failed}
+        Unloadable: _on_failed, Broken: _on_failed, Ready: _on_ready,
+        HookFailed: _on_hook_failed}
 
     def release_slot(self, rec: Record) -> None:
         if rec.slot is not None and self.slots is not None:
@@ -264,6 +292,13 @@ class Procs:
         self.on_result(worker)  # what it wrote before dying still counts
         worker.proc.join(KILL_AFTER)  # its sentinel fired: only the exit status is missing
         self._forget(worker)
+        if not worker.ready:  # it died in a setup(): another would die the same way
+            self._settled(worker)
+            exc = WorkerDied(worker.label, worker.proc.exitcode, "none (it died in setup())")
+            if self.setup_failed is None:
+                self.setup_failed = exc
+            self.flow.stop_all()
+            self.sink.put_failure(Failure(exc))
         assert worker.group is not None
         worker.group.died(worker, worker.proc.exitcode)
 
@@ -328,11 +363,14 @@ class Procs:
 
     # -- shutdown ------------------------------------------------------------------------
 
-    def close(self, graceful: bool) -> None:
-        """Stop every worker; release the shared memory."""
+    def close(self, graceful: bool) -> list[HookFailed]:
+        """Stop every worker; release the shared memory. Returns the failed
+        teardowns of a ``graceful`` stop."""
         self.closing = True
-        stop(list(self.workers), graceful)
-        self.workers.clear()
-        self.views.close()
-        if self.slots is not None:
-            self.slots.close()
+        try:
+            return stop(list(self.workers), graceful)
+        finally:
+            self.workers.clear()
+            self.views.close()
+            if self.slots is not None:
+                self.slots.close()

@@ -42,6 +42,7 @@ class Recorder:
         self.consumer = 0.0
         self.input = 0.0
         self.restarts = 0  # pool workers started in place of others
+        self.setup_seconds = 0.0  # in the stages' setup(), summed over the processes
 
     def start(self) -> None:
         if self.started is None:
@@ -135,4 +136,5 @@ class Recorder:
                           input_seconds=self.input, running=running,
                           pool_size=self.pool_size, usable_cpus=self.usable_cpus,
                           bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1],
-                          pool_active=active or self.pool_size, restarts=self.restarts)
+                          pool_active=active or self.pool_size, restarts=self.restarts,
+                          setup_seconds=self.setup_seconds)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from multiprocess.connection import wait as wait_sentinels
 
-from .._core.messages import Role, Setup
+from .._core.messages import HookFailed, Role, Setup
 from .._core.stall import SIZE, Board
-from .._core.transport import Inbox, Outbox
+from .._core.transport import Inbox, Outbox, loads
 from .._core.worker import worker_main
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 GRACE = 1.0  # seconds an idle worker gets to exit on end of file after a normal run
 KILL_AFTER = 0.5  # seconds between SIGTERM and SIGKILL, so everything is gone within 1 s
+TEARDOWN = 10.0  # seconds a worker with a teardown() gets after SIGTERM, before SIGKILL
 _PIPE_SIZE = 1 << 20
 
 
@@ -46,10 +47,10 @@ class Worker:
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
                  "label", "group", "freed", "left", "clock", "tasks", "late", "board", "since",
-                 "asked")
+                 "asked", "hooked", "ready")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str, into: bytearray,
-                 clock: Any, board: Board) -> None:
+                 clock: Any, board: Board, hooked: bool = False) -> None:
         self.proc = proc
         self.task = task  # None for a linked worker, which the one before it feeds
         self.result = result
@@ -69,6 +70,10 @@ class Worker:
         self.asked: tuple[Record, float] | None = None  # what it was last asked about, when
         self.tasks = 0  # tasks sent to it: the number of the next one
         self.late: tuple[Record, int] | None = None  # killed: this chunk's call ran late
+        # its stages have setup() or teardown(): it says when they are set up, and
+        # gets TEARDOWN seconds to tear them down when stopped
+        self.hooked = hooked
+        self.ready = not hooked  # set up, or failed to: its setup is settled
 
     def fed(self) -> Outbox:
         """Its task pipe's outbox: only for a worker the hub feeds."""
@@ -78,7 +83,7 @@ class Worker:
 
 
 def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool,
-          parent_fds: list[int], into: bytearray) -> tuple[Worker, Any]:
+          parent_fds: list[int], into: bytearray, hooked: bool = False) -> tuple[Worker, Any]:
     """Start a worker; returns it, and the write end of its task pipe when the
     hub does not feed it: the caller passes that on to the worker before it.
     A ``timed`` worker runs stages with a ``timeout``: it gets a clock."""
@@ -104,7 +109,8 @@ def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool
     finally:
         task_r.close()
         result_w.close()
-    worker = Worker(proc, task_w if fed else None, result_r, label, into, clock, Board(board))
+    worker = Worker(proc, task_w if fed else None, result_r, label, into, clock, Board(board),
+                    hooked)
     if not fed:  # a linked worker's: it stays blocking, for the worker that feeds it
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(task_w.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
@@ -118,8 +124,12 @@ def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool
     return worker, None if fed else task_w
 
 
-def stop(workers: list[Worker], graceful: bool) -> None:
-    """Stop every worker: let idle ones exit on end of file, terminate the rest."""
+def stop(workers: list[Worker], graceful: bool) -> list[HookFailed]:
+    """Stop every worker: let idle ones exit on end of file, terminate the rest.
+
+    A worker with a ``teardown`` runs it on either, and gets ``TEARDOWN``
+    seconds for it before it is killed. After a ``graceful`` stop, returns
+    the teardowns' failures."""
     for w in workers:
         if w.task is not None:
             w.task.close()  # end of file: an idle worker exits by itself
@@ -129,14 +139,36 @@ def stop(workers: list[Worker], graceful: bool) -> None:
     for p in procs:
         if p.exitcode is None:
             p.terminate()
-    _join_all(procs, KILL_AFTER)
+    tearing = any(w.hooked and w.proc.exitcode is None for w in workers)
+    _join_all(procs, TEARDOWN if tearing else KILL_AFTER)
     for p in procs:
         if p.exitcode is None:
             p.kill()
     _join_all(procs, None)
+    failures = [f for w in workers if graceful and w.hooked for f in _teardown_failures(w)]
     for w in workers:
         w.result.close()
         w.proc.close()
+    return failures
+
+
+def _teardown_failures(worker: Worker) -> list[HookFailed]:
+    """What an exited worker said of its teardowns, last in its result pipe."""
+    failures = []
+    inbox = worker.inbox
+    with contextlib.suppress(OSError):
+        while not inbox.eof:
+            frames = inbox.read()
+            if not frames:
+                break
+            for word, payload in frames:
+                try:
+                    msg = loads(word, payload)
+                except Exception:  # a result left over: not what is looked for
+                    continue
+                if type(msg) is HookFailed:
+                    failures.append(msg)
+    return failures
 
 
 def _join_all(procs: list[Any], timeout: float | None) -> None:
