@@ -30,7 +30,8 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
           concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
-          teardown: Callable[[], Any] | None = ...) -> Stage: ...
+          teardown: Callable[[], Any] | None = ...,
+          flush: Callable[[], Any] | None = ...) -> Stage: ...
 @overload
 def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           batch_size: int = ..., run_in_master: bool = ..., threads: int | None = ...,
@@ -39,7 +40,8 @@ def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
           concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
-          teardown: Callable[[], Any] | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
+          teardown: Callable[[], Any] | None = ...,
+          flush: Callable[[], Any] | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
 
 def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | None = _UNSET,
@@ -50,7 +52,7 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
           retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
           concurrency: int | None = _UNSET, setup: Callable[[], Any] | None = _UNSET,
-          teardown: Callable[[], Any] | None = _UNSET
+          teardown: Callable[[], Any] | None = _UNSET, flush: Callable[[], Any] | None = _UNSET
           ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.
 

@@ -19,6 +19,8 @@ worker -> hub          ``Ready``                    its stages' ``setup()`` ran,
 worker -> hub          ``HookFailed``               a stage's ``setup()`` or ``teardown()``
                                                     raised: stage, hook, process, error
 hub -> dedicated       ``Snapshot`` (relayed)       segment: a checkpoint's cut is here
+hub -> dedicated       ``Flush``                    segment: the input ended; a ``Result``
+                                                    of the stage's ``flush()`` comes back
 dedicated -> hub       ``State``                    stage, its pickled state (or the error)
 a future -> hub        ``Result`` or ``Broken``     an executor's, a thread's, the loop's
 hub -> worker          end of file on its task pipe stop
@@ -114,6 +116,13 @@ class Resume(NamedTuple):
     ident: int
     credit: Credit
     freed: list[tuple[int, int]]
+
+
+class Flush(NamedTuple):
+    """hub -> dedicated worker: the input has ended; answer with the stage's
+    ``flush()`` outputs, as a ``Result``."""
+
+    segment: int
 
 
 class Snapshot(NamedTuple):

@@ -41,6 +41,8 @@ attribute           default      meaning
                                  stage, before its first call
 ``teardown``        ``None``     called once in each process whose ``setup``
                                  ran, after its last call
+``flush``           ``None``     a stateful stage's last outputs (an iterable),
+                                 at the end of a finite input
 ==================  ===========  ==============================================
 
 A stage whose call is an ``async def`` (a coroutine or an async generator
@@ -60,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .options import count, seconds
-from .stage import hooks_of
+from .stage import hook_of, hooks_of
 from .text import describe, short_repr
 
 
@@ -144,6 +146,7 @@ class StageSpec:
     concurrency: int | None = None  # an async stage's calls in flight at most
     setup: Callable[[], Any] | None = None  # run once in each process that calls it
     teardown: Callable[[], Any] | None = None  # and this, after its last call
+    flush: Callable[[], Any] | None = None  # its last outputs, at the end of the input
 
     @property
     def label(self) -> str:
@@ -247,14 +250,29 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"element it yields goes on")
     concurrency = _concurrency(where, func, kind, batch_size)
     setup, teardown = hooks_of(func)
-    for hook, f in (("setup", setup), ("teardown", teardown)):
+    flush = hook_of(func, "flush")
+    for hook, f in (("setup", setup), ("teardown", teardown), ("flush", flush)):
         if f is not None and not callable(f):
             raise TypeError(f"{where}: {hook}={short_repr(f)} is not callable; {hook} must "
                             f"be a method of the stage, or a function given as stage(fn, "
                             f"{hook}=f), called with no argument")
+    if flush is not None and placement not in (Placement.DEDICATED, Placement.MASTER):
+        raise ValueError(f"{where}: flush() gives a stage's last outputs from the state it "
+                         f"kept, at the end of the input; but this stage is "
+                         f"{_keeps_none(placement, window)}, so it keeps no state that could "
+                         f"be left over: delete flush, or make the stage stateful "
+                         f"(stateful = True, or run_in_master)")
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
                      on_error, max_errors, expand, group, group_wait, _retry(where, func),
-                     _timeout(where, func, placement), concurrency, setup, teardown)
+                     _timeout(where, func, placement), concurrency, setup, teardown, flush)
+
+
+def _keeps_none(placement: Placement, window: int | None) -> str:
+    if placement is Placement.ASYNC:
+        return "async, its calls overlapping on the event loop,"
+    if window is not None:
+        return f"a window stage (stateful={window}), a function of each window,"
+    return "stateless (stateful=False), its calls spread over processes or threads,"
 
 
 def _timeout(where: str, func: object, placement: Placement) -> float | None:

@@ -19,9 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
     "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
-    "setup": None, "teardown": None,
+    "setup": None, "teardown": None, "flush": None,
 }
-HOOKS = ("setup", "teardown")  # called, not read: a Stage looks them up in what it wraps
+HOOKS = ("setup", "teardown", "flush")  # called, not read: a Stage looks them up in what it wraps
 
 
 class Stage:
@@ -48,6 +48,7 @@ class Stage:
     concurrency: int | None
     setup: Callable[[], Any] | None
     teardown: Callable[[], Any] | None
+    flush: Callable[[], Any] | None
     __wrapped__: Callable[..., Any]
 
     def __init__(self, func: Callable[..., Any], attrs: dict[str, Any]) -> None:
@@ -70,17 +71,19 @@ class Stage:
                 f"batch_size={self.batch_size!r}{extra})")
 
 
-def hooks_of(func: object) -> tuple[Any, Any]:
-    """A stage's ``setup`` and ``teardown``, ``None`` for each it lacks; a
-    ``Stage`` without its own has those of what it wraps (looked up each time,
+def hook_of(func: object, name: str) -> Any:
+    """A stage's ``setup``, ``teardown`` or ``flush`` (``name``), or ``None``; a
+    ``Stage`` without its own has that of what it wraps (looked up each time,
     so that a copy with another object inside has that object's)."""
-    found = []
-    for name in HOOKS:
-        f = getattr(func, name, None)
-        if f is None and isinstance(func, Stage):
-            f = getattr(func.__wrapped__, name, None)
-        found.append(f)
-    return found[0], found[1]
+    f = getattr(func, name, None)
+    if f is None and isinstance(func, Stage):
+        f = getattr(func.__wrapped__, name, None)
+    return f
+
+
+def hooks_of(func: object) -> tuple[Any, Any]:
+    """A stage's ``setup`` and ``teardown``, ``None`` for each it lacks."""
+    return hook_of(func, "setup"), hook_of(func, "teardown")
 
 
 def unwrapped(func: Any) -> Any:

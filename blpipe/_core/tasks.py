@@ -28,9 +28,10 @@ from .chain import Chain, formed
 from .failures import RemoteError, StageFailure
 from .hooks import HookFailure, Lifecycle, hook
 from .messages import Broken, HookFailed, LoadFailed, Part, Result
+from .results import carried, packed
 from .run import Outcome
 from .text import short_repr
-from .worker import PART_DELAY, Segments, carried, load_segments, packed, part_size
+from .worker import PART_DELAY, Segments, load_segments, part_size
 
 _LOADED: dict[bytes, Segments] = {}
 

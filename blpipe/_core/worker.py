@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from ..errors import SerializationError
 from .chain import Chain, formed
 from .deathsig import die_with_parent
-from .failures import RemoteError, Skipped, StageFailure
+from .failures import StageFailure
 from .hooks import Lifecycle, Stop, hook, set_up, stop_on_sigterm, tear_down
 from .messages import (
     Broken,
@@ -44,6 +44,7 @@ from .messages import (
     Unloadable,
     new,
 )
+from .results import encode, merge, packed, relay
 from .run import Run, Step
 from .shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from .stall import answer_probes
@@ -51,7 +52,6 @@ from .state import states
 from .text import short_repr
 from .timeout import position, set_clock, start_task
 from .transport import (
-    Frame,
     Inbox,
     dumps,
     dumps_chunk,
@@ -88,18 +88,6 @@ def load_segments(blob: bytes) -> Segments:
                                ahead=True),
                          window, group, steps[-1][0])
             for seg, (steps, window, group) in loads(0, blob).items()}
-
-
-def carried(outputs: list[Any], skipped: list[Skipped]) -> list[Any]:
-    """What a result carries of a chunk's outputs (aligned with its inputs):
-    ``None`` dropped here rather than in the hub, unless errors were gone
-    past, which the hub may have to cut the outputs at."""
-    return outputs if skipped else [y for y in outputs if y is not None]
-
-
-def packed(skipped: list[Skipped]) -> list[Skipped]:
-    return [(at, step, local, RemoteError.pack(err) if isinstance(err, StageFailure) else err,
-             size) for at, step, local, err, size in skipped]
 
 
 # -- a worker process --------------------------------------------------------
@@ -214,15 +202,15 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         outputs, failure, stats, skipped = chain.run(items)
         done = clock()
         if relay_fd is not None:  # linked stages go on past no error: none was skipped
-            relayed = _relay(outputs, failure, items, label, stats, seconds, carry)
+            relayed = relay(outputs, failure, items, label, stats, seconds, carry)
             pickling = clock() - done
             try:
                 _write(relay_fd, relayed)
             except BrokenPipeError:
                 return  # the next worker is gone: the parent reports its death
         else:
-            error, stats, seconds = _merge(failure, stats, seconds, carry)
-            result = _encode(outputs, Result([], error, stats, seconds, packed(skipped)),
+            error, stats, seconds = merge(failure, stats, seconds, carry)
+            result = encode(outputs, Result([], error, stats, seconds, packed(skipped)),
                              items, label, slots)
             pickling = clock() - done
             _write(result_fd, result)
@@ -330,70 +318,10 @@ def _stream(exp: Expanding, credit: tuple[int, int], slots: Slots | None, result
         if ident is not None:
             return clock() - done
         buf = []
-    error, stats, seconds = _merge(run.failure, run.stats, exp.seconds, None)
+    error, stats, seconds = merge(run.failure, run.stats, exp.seconds, None)
     done = clock()
     _write(result_fd, dumps_chunk((mark_large(buf, True), error, stats, seconds,
                                    packed(run.skipped[run.told:])), slots)[0])
     return clock() - done
 
 
-def _merge(failure: StageFailure | None, stats: list[Any], seconds: float,
-           carry: Carry | None) -> tuple[RemoteError | None, list[Any], float]:
-    """This process's error and figures, after those of the linked workers before it.
-
-    A stage here only saw inputs from before an earlier worker's failure, so
-    a failure here is earlier in the stream and is the one reported.
-    """
-    error = None if failure is None else RemoteError.pack(failure)
-    if carry is not None:
-        error = error or carry.error
-        stats = [*carry.stats, *stats]
-        seconds += carry.seconds
-    return error, stats, seconds
-
-
-def _encode(outputs: list[Any], result: Result, items: list[Any], label: str,
-            slots: Slots | None) -> Frame:
-    """``result`` with ``outputs`` (aligned with ``items``) as a frame, large
-    buffers through ``slots``. When an output cannot be pickled: the outputs
-    before it, and a ``SerializationError`` in its place."""
-    sent = carried(outputs, result.skipped)
-    for every in (False, True):  # then also memoryviews, and buffers mid-chunk
-        try:
-            return dumps_chunk((mark_large(sent, every), *result[1:]), slots)[0]
-        except Exception:
-            pass
-    kept, error = _until_unpicklable(outputs, items, label, "leave its worker process")
-    return dumps((carried(kept, result.skipped), error or result.error, *result[2:]))
-
-
-def _relay(outputs: list[Any], failure: StageFailure | None, items: list[Any], label: str,
-           stats: list[Any], seconds: float, carry: Carry | None) -> Frame:
-    """The task for the next linked worker: this chunk's outputs, with the error
-    and figures so far. It goes through the pipe, not shared memory: the slot
-    could not be handed back to this process."""
-    error, stats, seconds = _merge(failure, stats, seconds, carry)
-    sent = carried(outputs, [])
-    stats[-1][2] = len(sent)  # the next stage takes them: this one's outputs are counted
-    try:
-        return dumps((None, sent, [], (error, stats, seconds), 0))
-    except Exception:
-        pass
-    kept, cut = _until_unpicklable(outputs, items, label, "reach the next stage's process")
-    sent = carried(kept, [])
-    stats[-1][2] = len(sent)
-    return dumps((None, sent, [], (cut, stats, seconds), 0))
-
-
-def _until_unpicklable(outputs: list[Any], items: list[Any], label: str,
-                       where: str) -> tuple[list[Any], RemoteError]:
-    """The outputs before the first that cannot be pickled, and the error for
-    it, at its input (``outputs`` are aligned with ``items``)."""
-    bad = first_unpicklable(outputs)
-    if bad is None:  # each pickles, not all together: blame the chunk's first
-        j, exc = 0, SerializationError(f"the outputs of {label} cannot {where}")
-    else:
-        j, why = bad
-        exc = SerializationError(f"{label} returned {short_repr(outputs[j])}, which cannot "
-                                 f"{where}: {type(why).__name__}: {why}")
-    return outputs[:j], RemoteError.pack(StageFailure(label, items[j], exc))
