@@ -85,8 +85,8 @@ class SequentialPipeline(PipelineBase):
                 rec.input += now - t
                 self._tick_progress(now)
                 if x is _END:
-                    if chain.lazy:  # the partial groups, at the end of the stream
-                        yield from self._streamed(chain.flush(), 0)
+                    if chain.lazy or chain.finishing:  # the partial groups, the flush()
+                        yield from self._streamed(chain.flush(final=True), 0)
                     failures = self._life.tear_down()
                     if failures:  # after a run that went well: a teardown often commits
                         raise failures[0].message(_CALLER, packed=False).exception()

@@ -21,6 +21,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from .failures import Skipped, StageFailure
+from .hooks import flush_of
 from .retry import Retrying
 from .run import Outcome, Run, Step
 from .spec import Placement, StageSpec
@@ -83,7 +84,7 @@ class Chain:
     """
 
     __slots__ = ("steps", "funcs", "windows", "_single", "lazy", "expands", "groups",
-                 "started", "seen", "tails", "tallies", "hands")
+                 "started", "seen", "tails", "tallies", "hands", "finishes", "finishing")
 
     def __init__(self, steps: Sequence[Step], ahead: bool = False) -> None:
         self.steps = list(steps)
@@ -94,6 +95,9 @@ class Chain:
         self.windows: list[deque[Any] | None] = [deque(maxlen=s.window) if s.window else None
                                                   for s in steps]
         self.lazy = any(s.expand or s.group for s in steps)
+        # each stage's flush(): its last outputs, once the input has ended
+        self.finishes = [flush_of(s.func) for s in steps]
+        self.finishing = any(f is not None for f in self.finishes)
         self.expands = any(s.expand for s in steps)
         self._single = (self.funcs[0] if len(steps) == 1 and not self.lazy
                         and not steps[0].window and not steps[0].catch else None)
@@ -234,11 +238,13 @@ class Chain:
         """The outputs of ``items``, produced one at a time as they are asked for."""
         return Run(self, items)
 
-    def flush(self, now: float | None = None, after: int = -1) -> Run:
+    def flush(self, now: float | None = None, after: int = -1, final: bool = False) -> Run:
         """The outputs of the partial groups: all of them (the stream has
         ended, or failed upstream), or with ``now`` those whose ``wait`` has
-        passed, or those of the steps after step ``after`` (it failed)."""
-        return Run(self, None, now, after + 1)
+        passed, or those of the steps after step ``after`` (it failed). With
+        ``final``, the input has ended: each stage's ``flush()`` follows its
+        partial group, its outputs going through the steps after it."""
+        return Run(self, None, now, after + 1, final)
 
     def holds(self) -> bool:
         """Whether a partial group waits in it."""

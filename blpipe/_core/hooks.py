@@ -35,7 +35,7 @@ from .failures import RemoteError, StageFailure
 from .messages import HookFailed, Ready
 from .retry import Retrying, after
 from .spec import Retry
-from .stage import hooks_of
+from .stage import hook_of, hooks_of
 from .timeout import Abandoning, Clocked
 from .transport import dumps, write_frame
 
@@ -49,13 +49,24 @@ class Hook(NamedTuple):
     retry: Retry | None  # the stage's retries apply to its setup() too
 
 
+def _bare(func: object) -> object:
+    """``func`` without blpipe's wrappers of its calls."""
+    while isinstance(func, (Retrying, Abandoning, Clocked)):
+        func = func.func
+    return func
+
+
+def flush_of(func: object) -> Callable[[], Any] | None:
+    """The ``flush`` of the stage ``func`` runs, or ``None``."""
+    f: Callable[[], Any] | None = hook_of(_bare(func), "flush")
+    return f
+
+
 def hook(label: str, func: object, retry: Retry | None = None) -> Hook | None:
     """The hook of the stage ``func`` runs, or ``None`` when it has neither."""
     if retry is None and isinstance(func, Retrying):
         retry = func.retry
-    while isinstance(func, (Retrying, Abandoning, Clocked)):
-        func = func.func
-    setup, teardown = hooks_of(func)
+    setup, teardown = hooks_of(_bare(func))
     if setup is None and teardown is None:
         return None
     return Hook(label, setup, teardown, retry)

@@ -65,6 +65,7 @@ class ChainState(Protocol):
     started: list[float]  # when each began
     seen: list[int]  # values that reached each step, ever
     hands: dict[int, tuple[Any, ...]]  # what each thread has in hand, for the watchdog
+    finishes: list[Callable[[], Any] | None]  # each stage's flush(), if it has one
 
     @property
     def tails(self) -> Sequence[ChainState | None]:
@@ -78,6 +79,16 @@ class ChainState(Protocol):
 _BLOCK = 1024  # outputs of an expansion read at once, at most
 _BLOCK_SECONDS = 0.0002  # a block doubles while reading it takes less than this
 _BLOCK_BYTES = 1 << 20  # and while its outputs come to less than this, by the last one's size
+
+
+class _AtEnd:
+    """Where a ``flush()`` runs in the stream: what its errors name as their input."""
+
+    def __repr__(self) -> str:
+        return "<the end of the input: flush()>"
+
+
+AT_END = _AtEnd()
 
 
 class _Stop(Exception):
@@ -96,7 +107,7 @@ class Run:
     """
 
     def __init__(self, chain: ChainState, items: Iterable[Any] | None,
-                 due: float | None = None, start: int = 0) -> None:
+                 due: float | None = None, start: int = 0, final: bool = False) -> None:
         self.chain = chain
         self.failure: StageFailure | None = None
         self.skipped: list[Skipped] = []
@@ -112,7 +123,8 @@ class Run:
         # it returns the exception to raise then, or None once the error is recorded.
         self.judge: Callable[[Skipped], BaseException | None] | None = None
         self.over: BaseException | None = None
-        self.pieces = self._outputs(items) if items is not None else self._flushed(due, start)
+        self.pieces = (self._outputs(items) if items is not None
+                       else self._flushed(due, start, final))
         self._it = flatten.from_iterable(self.pieces)
 
     def __iter__(self) -> Iterator[Any]:
@@ -133,8 +145,8 @@ class Run:
             yield from self._flushed(None, self._failed + 1)
         self._end()
 
-    def _flushed(self, due: float | None,
-                 start: int = 0) -> Generator[list[Any], None, None]:
+    def _flushed(self, due: float | None, start: int = 0,
+                 final: bool = False) -> Generator[list[Any], None, None]:
         chain = self.chain
         try:
             for i in range(start, len(chain.steps)):
@@ -145,6 +157,10 @@ class Run:
                     self.item = group
                     local = chain.seen[i] - len(group) - self.base[i]
                     yield from self._call(i, group, local, len(group))
+                if final and chain.finishes[i] is not None:
+                    self.item = AT_END
+                    yield from self._call(i, None, chain.seen[i] - self.base[i], 1,
+                                          chain.finishes[i])
         except _Stop:  # a failure in a group that went on early is earlier still
             yield from self._flushed(None, self._failed + 1)
         self._end()
@@ -188,16 +204,23 @@ class Run:
             value = group
         yield from self._call(i, value, first, size)
 
-    def _call(self, i: int, value: Any, local: int, size: int) -> Iterator[list[Any]]:
-        """Call step ``i`` on ``value``; its outputs go on through the next steps."""
+    def _call(self, i: int, value: Any, local: int, size: int,
+              last: Callable[[], Any] | None = None) -> Iterator[list[Any]]:
+        """Call step ``i`` on ``value``; its outputs go on through the next steps.
+        With ``last``, call that instead, the stage's ``flush()``: each of the
+        outputs it gives goes on, as an expansion's would."""
         step = self.chain.steps[i]
         stat = self.stats[i]
         hands, me = self.chain.hands, get_ident()
-        hands[me] = (i, value, monotonic())
+        hands[me] = (i, value if last is None else AT_END, monotonic())
         start = perf_counter()
         try:
-            out = self.chain.funcs[i](value)
-            it = iter(out) if step.expand else None
+            if last is None:
+                out = self.chain.funcs[i](value)
+                it = iter(out) if step.expand else None
+            else:
+                value = AT_END
+                it = iter(last() or ())
         except Exception as e:
             stat[0] += perf_counter() - start
             self._error(i, value, e, local, size)
@@ -210,7 +233,7 @@ class Run:
                 stat[2] += 1
                 yield from self._feed(i + 1, out)
             return
-        tail = self.chain.tails[i]
+        tail = self.chain.tails[i] if last is None else None
         try:
             if tail is not None:
                 yield from self._blocks(i, it, tail, value, local, size)

@@ -26,11 +26,12 @@ from typing import Any, NamedTuple
 from ..errors import SerializationError
 from .chain import Chain, formed
 from .deathsig import die_with_parent
-from .failures import StageFailure
+from .failures import RemoteError, StageFailure
 from .hooks import Lifecycle, Stop, hook, set_up, stop_on_sigterm, tear_down
 from .messages import (
     Broken,
     Carry,
+    Flush,
     Loaded,
     LoadFailed,
     Part,
@@ -45,7 +46,7 @@ from .messages import (
     new,
 )
 from .results import encode, merge, packed, relay
-from .run import Run, Step
+from .run import AT_END, Run, Step
 from .shm import AVAILABLE, BIG, Slots, Views, mark_large, tune_malloc
 from .stall import answer_probes
 from .state import states
@@ -177,6 +178,11 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             if relay_fd is not None:
                 _write(relay_fd, dumps(msg))
             continue
+        if type(msg) is Flush:  # the input ended: the stage's last outputs
+            start_task(tasks)
+            tasks += 1
+            pickling = _finish(segments.get(msg.segment, only), result_fd, slots)
+            continue
         if type(msg) is Resume:  # an expansion the hub has room for again
             _release(slots, msg.freed, pid)
             exp = paused.pop(msg.ident)
@@ -215,6 +221,17 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
             pickling = clock() - done
             _write(result_fd, result)
         del task, items, outputs, carry  # not kept alive while idle
+
+
+def _finish(segment: Segment, result_fd: int, slots: Slots | None) -> float:
+    """Send the result of the segment's ``flush()``; returns the seconds spent pickling."""
+    run = segment.chain.flush(final=True)
+    outputs = list(run)
+    error = None if run.failure is None else RemoteError.pack(run.failure)
+    done = time.perf_counter()
+    _write(result_fd, encode(outputs, Result([], error, run.stats, 0.0, packed(run.skipped)),
+                             [AT_END] * len(outputs), segment.label, slots))
+    return time.perf_counter() - done
 
 
 def _release(slots: Slots | None, freed: list[tuple[int, int]], pid: int) -> None:

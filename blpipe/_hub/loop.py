@@ -87,7 +87,7 @@ class Hub:
         # released downstream first, so each has room for what comes from upstream;
         # a master segment needs releasing only when its stages may pause midway
         self.releasing = [s for s in reversed(segments)
-                          if isinstance(s, Segment) or s.chain.lazy]
+                          if isinstance(s, Segment) or s.chain.lazy or s.chain.finishing]
         # those with partial groups to pass on after group_wait
         self.timed = [s for s in segments if any(x.group_wait for x in
                                                  plan.segments[s.index].stages)]

@@ -147,9 +147,11 @@ class MasterSegment:
                     break
                 if not self.ending:
                     break
-                if self.chain.lazy and not self.flushed:
+                if (self.chain.lazy or self.chain.finishing) and not self.flushed:
+                    if self.chain.finishing and self.flow.cut is not None:
+                        break  # a checkpoint's state is taken before flush(), never after
                     self.flushed = True
-                    self._start(self.chain.flush(), 0)
+                    self._start(self.chain.flush(final=True), 0)
                     continue
                 self.ending = False  # told once
                 self.next.end()

@@ -88,8 +88,10 @@ def _joins(run: list[StageSpec], s: StageSpec) -> bool:
             and s.timeout is None and first.timeout is None)
     if s.placement is Placement.POOL:
         return same and s.window is None and s.ordered == first.ordered
-    # A linked worker relays whole chunks: an expansion streams only to the hub.
-    return same and s.placement is Placement.DEDICATED and not (s.expand or last.expand)
+    # A linked worker relays whole chunks: an expansion streams only to the hub; a
+    # flush() is answered by its worker alone.
+    return same and s.placement is Placement.DEDICATED and not (
+        s.expand or last.expand or s.flush or last.flush)
 
 
 # What a worker loads of a stage: its label, the pickled callable, whether it

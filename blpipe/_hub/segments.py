@@ -31,10 +31,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .._core.messages import Flush
+from .._core.run import AT_END
 from .._core.shm import BIG, tune_malloc
 from .._core.spec import StageSpec
 from .._core.text import short_repr
-from .._core.transport import first_unpicklable
+from .._core.transport import dumps, first_unpicklable
 from ..errors import SerializationError, WorkerDied
 from .credit import Ahead
 from .flow import Arrivals, Backend, Downstream, Failure, Flow, Record, Shown, Sink, Wait, Waits
@@ -84,6 +86,7 @@ class Segment:
         self.closed = False  # takes no more input
         self.ended = False  # nothing more comes from upstream
         self.told = False  # and downstream has been told, once this one was done
+        self.finishing = head.flush is not None  # a flush() is owed at the end (alone)
         self.waits = Waits()  # statistics: written here only, read from any thread
 
     @property
@@ -158,7 +161,15 @@ class Segment:
         self._check_end()
 
     def _check_end(self) -> None:
-        if self.ended and not self.told and self.idle():
+        if self.finishing and self.ended and self.idle() and (
+                self.closed or self.flow.cut is None):  # state is saved before flush()
+            place = None if self.closed else self.backend.pick(self.backend.depth)
+            self.finishing = place is None and not self.closed
+            if place is not None:  # its flush() goes as a chunk of no input, last
+                rec = Record(0, AT_END, dumps(Flush(self.index)))
+                self._track(rec)
+                self.backend.post(place, self, rec)
+        if self.ended and not self.told and not self.finishing and self.idle():
             self.told = True
             self.next.end()
 
