@@ -124,10 +124,10 @@ def test_blpipe_failing_in_a_worker_is_not_a_death(monkeypatch: pytest.MonkeyPat
                                                    stateful: Any) -> None:
     """blpipe's own exception in a worker is reported as blpipe's, with the worker's
     traceback, never as the stage killing its process."""
-    import blpipe._core.worker
+    import blpipe._core.results
     from blpipe import BrokenPipeline, RemoteTraceback, WorkerDied
 
-    monkeypatch.setattr(blpipe._core.worker, "carried", _blpipe_bug)  # inherited under fork
+    monkeypatch.setattr(blpipe._core.results, "carried", _blpipe_bug)  # inherited under fork
     with (Pipeline([Same(stateful=stateful, batch_size=4)], start_method="fork") as p,
           pytest.raises(BrokenPipeline) as info):
         list(p.apply(range(20)))
