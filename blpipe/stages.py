@@ -29,7 +29,8 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
+          concurrency: int | None = ..., replicas: int | None = ...,
+          setup: Callable[[], Any] | None = ...,
           teardown: Callable[[], Any] | None = ...,
           flush: Callable[[], Any] | None = ...) -> Stage: ...
 @overload
@@ -39,7 +40,8 @@ def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           expand: bool = ..., group: int | None = ..., group_wait: float | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
-          concurrency: int | None = ..., setup: Callable[[], Any] | None = ...,
+          concurrency: int | None = ..., replicas: int | None = ...,
+          setup: Callable[[], Any] | None = ...,
           teardown: Callable[[], Any] | None = ...,
           flush: Callable[[], Any] | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
@@ -51,7 +53,8 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           retries: int = _UNSET,
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
           retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
-          concurrency: int | None = _UNSET, setup: Callable[[], Any] | None = _UNSET,
+          concurrency: int | None = _UNSET, replicas: int | None = _UNSET,
+          setup: Callable[[], Any] | None = _UNSET,
           teardown: Callable[[], Any] | None = _UNSET, flush: Callable[[], Any] | None = _UNSET
           ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.

@@ -35,9 +35,9 @@ class StageStatistics:
     figures."""
     workers: int
     """Processes that may run it: the pool's size (the executor's width when
-    there is one), 1 for a dedicated stage, its ``threads`` for a thread stage,
-    its ``concurrency`` (calls in flight) for an async stage and 0 for a stage
-    in the calling process."""
+    there is one), its ``replicas`` when it has some, 1 for a dedicated stage,
+    its ``threads`` for a thread stage, its ``concurrency`` (calls in flight)
+    for an async stage and 0 for a stage in the calling process."""
     items_in: int
     """Inputs it has finished with (a window stage counts its inputs, not
     its windows)."""
@@ -92,6 +92,9 @@ class StageStatistics:
     """What that call was given, as a short ``repr``; a call in a worker
     process that could not be asked is named by its chunk: ``'one of 8
     inputs from 42'``."""
+    replicas: int | None = None
+    """Its ``replicas``: the processes of its own it runs in; ``None`` when it
+    has none (it runs in the shared pool, or where its placement says)."""
 
     def stalled(self) -> bool:
         """Whether its oldest call has run far longer than its usual one: 10
@@ -168,9 +171,11 @@ def _advice(st: Statistics) -> list[str]:
     elapsed = st.elapsed_seconds
     if elapsed <= 0 or not st.stages:
         return out
-    pool = [s for s in st.stages if s.placement == "pool"]
+    pool = [s for s in st.stages if s.placement == "pool" and s.replicas is None]
     dedicated = [s for s in st.stages if s.placement == "dedicated"]
-    for s in [*pool, *(s for s in st.stages if s.placement in ("thread", "async"))]:
+    replicated = [s for s in st.stages if s.placement == "pool" and s.replicas]
+    own = len(dedicated) + sum(s.workers for s in replicated)  # processes of their own
+    for s in [*pool, *replicated, *(s for s in st.stages if s.placement in ("thread", "async"))]:
         group = int(s.shape.split(":")[0])
         if group > 1 and s.batch_size // group < s.workers and s.utilization >= 0.5:
             out.append(
@@ -204,18 +209,19 @@ def _advice(st: Statistics) -> list[str]:
             out.append(
                 f"the pool's {st.pool_size} workers were busy {_pct(used)} of the run: the "
                 f"pool does not limit it (see the bottleneck), and n_cpu = "
-                f"{need + len(dedicated)} would leave {st.pool_size - need} CPU(s) free "
+                f"{need + own} would leave {st.pool_size - need} CPU(s) free "
                 f"for other work.")
-    busy_dedicated = [s for s in dedicated if s.utilization >= 0.5]
+    busy_dedicated = [s for s in [*dedicated, *replicated] if s.utilization >= 0.5]
+    busy_own = sum(s.workers for s in busy_dedicated)
     if busy_dedicated and pool:
         # the busy processes need more CPUs than there are, and they keep them all busy
-        cpus = sum(s.busy_seconds for s in [*pool, *dedicated]) / elapsed
-        if (st.pool_size + len(busy_dedicated) > st.usable_cpus
+        cpus = sum(s.busy_seconds for s in [*pool, *dedicated, *replicated]) / elapsed
+        if (st.pool_size + busy_own > st.usable_cpus
                 and cpus >= 0.75 * st.usable_cpus):
-            fit = max(1, st.usable_cpus - len(dedicated))
+            fit = max(1, st.usable_cpus - own)
             out.append(
-                f"{st.pool_size} pool workers and {len(busy_dedicated)} busy dedicated "
-                f"stage(s) compete for {st.usable_cpus} usable CPUs: pass n_cpu = "
+                f"{st.pool_size} pool workers and {busy_own} busy process(es) of dedicated "
+                f"or replicated stages compete for {st.usable_cpus} usable CPUs: pass n_cpu = "
                 f"{st.usable_cpus} so that the pool gets {fit} and each busy process has "
                 f"a CPU of its own.")
     if st.consumer_seconds / elapsed >= 0.5:

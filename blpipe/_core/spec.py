@@ -43,6 +43,8 @@ attribute           default      meaning
                                  ran, after its last call
 ``flush``           ``None``     a stateful stage's last outputs (an iterable),
                                  at the end of a finite input
+``replicas``        ``None``     int ``n >= 1``: ``n`` processes of the stage's
+                                 own, each with one copy set up once
 ==================  ===========  ==============================================
 
 A stage whose call is an ``async def`` (a coroutine or an async generator
@@ -54,13 +56,12 @@ windows), with at most ``concurrency`` calls in flight.
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .asyncs import ASYNC_GENERATOR, async_kind
 from .options import count, seconds
 from .stage import hook_of, hooks_of
 from .text import describe, short_repr
@@ -87,43 +88,6 @@ class Placement(enum.Enum):
     ASYNC = "async"
 
 
-COROUTINE = "coroutine"
-ASYNC_GENERATOR = "async generator"
-
-
-def async_kind(func: object) -> str | None:
-    """``COROUTINE`` or ``ASYNC_GENERATOR`` when calling ``func`` gives one,
-    else ``None``.
-
-    It looks through ``functools.partial``, at an object's ``__call__``, and
-    through the ``__wrapped__`` of a callable object, which is taken to call
-    what it wraps, as a ``blpipe.stage`` does. A function is judged by itself
-    only: one made with ``functools.wraps`` may be a plain wrapper around an
-    ``async def``.
-    """
-    for _ in range(100):  # a cycle of wrappers ends here
-        while isinstance(func, functools.partial):
-            func = func.func
-        kind = _kind_of(func)
-        if kind is not None or inspect.isroutine(func) or isinstance(func, type) or \
-                not callable(func):
-            return kind
-        kind = _kind_of(type(func).__call__)
-        if kind is not None:
-            return kind
-        wrapped = getattr(func, "__wrapped__", None)
-        if wrapped is None or wrapped is func:
-            return None
-        func = wrapped
-    return None
-
-
-def _kind_of(f: object) -> str | None:
-    if inspect.iscoroutinefunction(f):
-        return COROUTINE
-    return ASYNC_GENERATOR if inspect.isasyncgenfunction(f) else None
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """A validated stage: the callable and how it runs."""
@@ -147,6 +111,7 @@ class StageSpec:
     setup: Callable[[], Any] | None = None  # run once in each process that calls it
     teardown: Callable[[], Any] | None = None  # and this, after its last call
     flush: Callable[[], Any] | None = None  # its last outputs, at the end of the input
+    replicas: int | None = None  # processes of its own, rather than the shared pool's
 
     @property
     def label(self) -> str:
@@ -264,7 +229,24 @@ def read_stage(index: int | None, func: object) -> StageSpec:
                          f"(stateful = True, or run_in_master)")
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
                      on_error, max_errors, expand, group, group_wait, _retry(where, func),
-                     _timeout(where, func, placement), concurrency, setup, teardown, flush)
+                     _timeout(where, func, placement), concurrency, setup, teardown, flush,
+                     _replicas(where, func, placement))
+
+
+def _replicas(where: str, func: object, placement: Placement) -> int | None:
+    value = getattr(func, "replicas", None)
+    if value is None:
+        return None
+    n = count(where, "replicas", value, 1, " (or None: the shared pool)")
+    if placement is Placement.DEDICATED:
+        raise ValueError(f"{where}: replicas={n} on a stateful stage (independent copies of "
+                         f"its state) is not available in this version; only a stateless "
+                         f"stage (stateful=False, or a window) takes replicas")
+    if placement is not Placement.POOL:
+        raise ValueError(f"{where}: replicas={n} gives a stage processes of its own, but this "
+                         f"one runs in the calling process ({_kind(placement)}); delete "
+                         f"replicas, or set stateful=False to run it in processes")
+    return n
 
 
 def _keeps_none(placement: Placement, window: int | None) -> str:
@@ -389,8 +371,9 @@ ON_ERROR = ("raise", "skip", "collect")
 
 
 def _kind(placement: Placement) -> str:
-    return ("stateful (stateful=True, the default)" if placement is Placement.DEDICATED
-            else "run_in_master")
+    return {Placement.DEDICATED: "stateful (stateful=True, the default)",
+            Placement.THREAD: "threads", Placement.ASYNC: "async"}.get(placement,
+                                                                       "run_in_master")
 
 
 def read_stages(operations: Iterable[object]) -> list[StageSpec]:

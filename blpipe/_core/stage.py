@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
     "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
-    "setup": None, "teardown": None, "flush": None,
+    "replicas": None, "setup": None, "teardown": None, "flush": None,
 }
 HOOKS = ("setup", "teardown", "flush")  # called, not read: a Stage looks them up in what it wraps
 
@@ -46,6 +46,7 @@ class Stage:
     retry_backoff: float | None
     timeout: float | None
     concurrency: int | None
+    replicas: int | None
     setup: Callable[[], Any] | None
     teardown: Callable[[], Any] | None
     flush: Callable[[], Any] | None

@@ -95,9 +95,10 @@ class Machinery:
             raise failures[0].exception()
 
     def busy(self) -> bool:
-        """Something is in flight, or held for a worker: an event will come."""
+        """Something is in flight, or held for a worker, or a worker is still
+        setting up: an event will come."""
         procs, futures = self.procs, self.futures
-        return bool((procs is not None and (procs.busy() or procs.holds()))
+        return bool((procs is not None and (procs.busy() or procs.holds() or procs.unready))
                     or (futures is not None and futures.busy()))
 
     def adapt(self, now: float) -> None:
@@ -131,7 +132,8 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
     """Start what ``plan`` runs on, into ``m``, and return its segments in
     stream order. On an error, what started is in ``m``, for its caller to close."""
     kinds = {s.kind for s in plan.segments}
-    if kinds & {Placement.DEDICATED} or (config.executor is None and plan.pool_blob):
+    if any(s.blobs for s in plan.segments) or (config.executor is None and plan.pool_blob):
+        # dedicated or replicated stages (processes of their own), or the shared pool
         m.procs = Procs(config.ctx, m.poller, m.parent_fds, flow, sink)
     if kinds & {Placement.THREAD, Placement.ASYNC} or (config.executor is not None and
                                                         plan.pool_blob):
@@ -141,10 +143,10 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
         lanes = [Lane() for _ in range(config.pool_size)]
     elif plan.pool_blob is not None:
         assert m.procs is not None
-        timed = any(s.timeout is not None for seg in plan.segments
-                    if seg.kind is Placement.POOL for s in seg.stages)
-        hooked = any(hooks(s) for seg in plan.segments if seg.kind is Placement.POOL
-                     for s in seg.stages)
+        shared = [s for seg in plan.segments if seg.kind is Placement.POOL and not seg.blobs
+                  for s in seg.stages]
+        timed = any(s.timeout is not None for s in shared)
+        hooked = any(hooks(s) for s in shared)
         m.pool = Pool(m.procs, plan.pool_blob, plan.pool_label, config.pool_size,
                       config.max_tasks, timed, hooked)
         if timed:
@@ -224,6 +226,14 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         n = s.concurrency or 1
         backend = Loop(m.futures, m.aio, s)
         m.loops.append(backend)
+    elif seg.blobs:  # replicated: a pool of its own, whatever runs the shared pool
+        assert m.procs is not None
+        assert s.replicas is not None
+        n = s.replicas
+        backend = Pool(m.procs, seg.blobs[0], seg.label, n, config.max_tasks,
+                       s.timeout is not None, hooks(s))
+        if s.timeout is not None:
+            m._watch(m.procs)
     elif config.executor is not None:
         assert m.futures is not None
         assert plan.pool_blob is not None

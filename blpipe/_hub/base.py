@@ -27,7 +27,9 @@ class PipelineBase:
         self._applied = False
         where = type(self).__name__
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
-        dedicated = sum(s.placement is Placement.DEDICATED for s in self.stages)
+        # the processes the stages have of their own: one per dedicated stage, and replicas
+        dedicated = sum(s.replicas or 1 for s in self.stages
+                        if s.placement is Placement.DEDICATED or s.replicas)
         n_cpu = cpus(where, n_cpu)
         self._pool_size = pool_size(n_cpu, dedicated)
         self._auto = n_cpu == "auto"

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
 
-from .._core.spec import ASYNC_GENERATOR, async_kind
+from .._core.asyncs import ASYNC_GENERATOR, async_kind
 from .._core.stage import unwrapped
 
 T = TypeVar("T")

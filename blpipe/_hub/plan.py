@@ -39,7 +39,9 @@ from ..errors import SerializationError
 class SegmentPlan(NamedTuple):
     kind: Placement
     stages: list[StageSpec]
-    blobs: list[bytes] | None  # a dedicated segment's: what each of its workers loads
+    # what each of its workers loads: a dedicated segment's, one per stage; a
+    # replicated pool stage's, one for its replicas; else None (the shared pool's)
+    blobs: list[bytes] | None
 
     @property
     def label(self) -> str:
@@ -66,7 +68,10 @@ def plan(stages: tuple[StageSpec, ...] | list[StageSpec], pool: str = "the pool"
     for index, specs in enumerate(groups):
         kind = specs[0].placement
         blobs = None
-        if kind is Placement.POOL:
+        if kind is Placement.POOL and specs[0].replicas:  # its own workers load only it
+            blobs = [pickle.dumps({index: ([_pickled(s) for s in specs], specs[0].window,
+                                           specs[0].group)}, PROTOCOL)]
+        elif kind is Placement.POOL:
             pool_steps[index] = ([_pickled(s) for s in specs], specs[0].window, specs[0].group)
         elif kind is Placement.DEDICATED:  # one process per stage
             blobs = [pickle.dumps({index: ([_pickled(s)], None, s.group)}, PROTOCOL)
@@ -74,7 +79,8 @@ def plan(stages: tuple[StageSpec, ...] | list[StageSpec], pool: str = "the pool"
         segments.append(SegmentPlan(kind, specs, blobs))
     pool_blob = pickle.dumps(pool_steps, PROTOCOL) if pool_steps else None
     pool_label = f"{pool} (" + ", ".join(
-        s.label for seg in segments if seg.kind is Placement.POOL for s in seg.stages) + ")"
+        s.label for seg in segments if seg.kind is Placement.POOL and not seg.blobs
+        for s in seg.stages) + ")"
     return Plan(segments, pool_blob, pool_label)
 
 
@@ -85,7 +91,8 @@ def _joins(run: list[StageSpec], s: StageSpec) -> bool:
     first, last = run[0], run[-1]
     same = (s.batch_size == first.batch_size and s.on_error == first.on_error == "raise"
             and s.group is None  # the hub cuts the groups: only a segment's first groups
-            and s.timeout is None and first.timeout is None)
+            and s.timeout is None and first.timeout is None
+            and s.replicas is None and first.replicas is None)  # processes of its own
     if s.placement is Placement.POOL:
         return same and s.window is None and s.ordered == first.ordered
     # A linked worker relays whole chunks: an expansion streams only to the hub; a

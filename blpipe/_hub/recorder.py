@@ -112,7 +112,7 @@ class Recorder:
         for i, spec in enumerate(self.specs):
             seg = self.segment[i]
             inflight, peak, starved, blocked = live(seg)
-            workers = {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
+            workers = spec.replicas or {Placement.POOL: self.pool_size, Placement.DEDICATED: 1,
                        Placement.MASTER: 0, Placement.THREAD: spec.threads or 1,
                        Placement.ASYNC: spec.concurrency or 1}[spec.placement]
             # calls in flight at once: a group stage's hold a group each
@@ -130,7 +130,8 @@ class Recorder:
                 errors=errors[i], shape=spec.shape, retries=retries[i],
                 timeouts=timeouts[i],
                 usual_call_seconds=usual[i],
-                oldest_call_seconds=max(0.0, now - since), oldest_call_input=on))
+                oldest_call_seconds=max(0.0, now - since), oldest_call_input=on,
+                replicas=spec.replicas))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,
