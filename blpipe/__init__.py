@@ -37,9 +37,11 @@ __all__ = [
     "StageStatistics",
     "StageTimeout",
     "Statistics",
+    "Where",
     "WorkerDied",
     "stage",
     "usable_cpu_count",
+    "where",
 ]
 __version__ = "0.1.0"
 
@@ -48,7 +50,8 @@ _MODULE = {
     "WorkerDied": "errors", "StageTimeout": "errors", "ErrorLog": "errorlog",
     "ErrorRecord": "errorlog",
     "Pipeline": "pipeline", "SequentialPipeline": "sequential", "Stage": "stages",
-    "stage": "stages", "StageStatistics": "statistics", "Statistics": "statistics",
+    "stage": "stages", "Where": "stages", "where": "stages",
+    "StageStatistics": "statistics", "Statistics": "statistics",
     "usable_cpu_count": "_hub.cpu", "Checkpoint": "_hub.checkpoints",
 }
 
@@ -79,5 +82,5 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     )
     from .pipeline import Pipeline
     from .sequential import SequentialPipeline
-    from .stages import Stage, stage
+    from .stages import Stage, Where, stage, where
     from .statistics import StageStatistics, Statistics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -11,6 +12,7 @@ from ._core.chain import Chain, step_of
 from ._core.hooks import HookFailure, Lifecycle, hook
 from ._core.run import Run
 from ._core.spec import Placement
+from ._core.stage import hook_of, hooks_of
 from ._hub.base import PipelineBase
 from ._hub.loopthread import Awaited, LoopThread
 from ._hub.settle import settle, settled
@@ -45,6 +47,9 @@ class SequentialPipeline(PipelineBase):
                          keep_errors=keep_errors)
         # Every call runs to its end here, as a debugger would want: no timeouts.
         specs = [replace(s, timeout=None) for s in self.stages]
+        # replicas of a stateful stage: copies that take the inputs in turn
+        specs = [replace(s, func=_Copies(s.func, s.replicas))
+                 if s.placement is Placement.DEDICATED and s.replicas else s for s in specs]
         self._aio: LoopThread | None = None
         if any(s.placement is Placement.ASYNC for s in specs):
             # awaited on a loop of its own, so that it works under the caller's running loop
@@ -52,7 +57,7 @@ class SequentialPipeline(PipelineBase):
             specs = [replace(s, func=Awaited(s.func, self._aio))
                      if s.placement is Placement.ASYNC else s for s in specs]
         self._chain = Chain([step_of(s) for s in specs])
-        self._life = Lifecycle(hook(s.label, s.func, s.retry) for s in self.stages)
+        self._life = Lifecycle(hook(s.label, s.func, s.retry) for s in specs)
 
     def __enter__(self) -> SequentialPipeline:
         super().__enter__()
@@ -144,6 +149,38 @@ class SequentialPipeline(PipelineBase):
     def close(self) -> None:
         super().close()
         self._finish()
+
+
+class _Copies:
+    """``replicas = n`` copies of a stateful stage, as ``SequentialPipeline`` runs
+    them: each takes the inputs in turn; each sets up, tears down and flushes."""
+
+    def __init__(self, func: Any, n: int) -> None:
+        self.copies = [copy.deepcopy(func) for _ in range(n)]
+        self.turn = 0
+
+    def __call__(self, x: Any) -> Any:
+        f = self.copies[self.turn]
+        self.turn = (self.turn + 1) % len(self.copies)
+        return f(x)
+
+    def setup(self) -> None:
+        for c in self.copies:
+            f = hooks_of(c)[0]
+            if f is not None:
+                f()
+
+    def teardown(self) -> None:
+        for c in reversed(self.copies):
+            f = hooks_of(c)[1]
+            if f is not None:
+                f()
+
+    def flush(self) -> Iterator[Any]:
+        for c in self.copies:
+            f = hook_of(c, "flush")
+            if f is not None:
+                yield from f() or ()
 
 
 _END = object()

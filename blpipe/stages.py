@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, overload
 
+from ._core.hooks import Where, where
 from ._core.spec import read_stage
 from ._core.stage import DEFAULTS, HOOKS, Stage, unwrapped
 
-__all__ = ["Stage", "stage"]
+__all__ = ["Stage", "Where", "stage", "where"]
+
+# defined with the hooks, in any process; exported here, and named so
+Where.__module__ = where.__module__ = __name__
 
 
 _UNSET: Any = object()

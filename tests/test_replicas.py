@@ -154,3 +154,116 @@ def test_a_model_costs_replicas_times_its_size(start_method: str) -> None:
         used = tree_pss() - before
         assert sum(1 for _ in it) == 9_999
     assert used < 350 * MiB, f"{used / MiB:.0f} MiB"
+
+
+# -- replicas of a stateful stage ------------------------------------------------------
+
+
+class Counting:
+    """Counts what it sees; each copy's flush() says how many."""
+
+    batch_size = 8
+    replicas = 2
+
+    def __init__(self, die_on: int | None = None) -> None:
+        self.n = 0
+        self.die_on = die_on
+
+    def __call__(self, x: int) -> int:
+        if x == self.die_on:
+            os.kill(os.getpid(), 9)
+        self.n += 1
+        return x
+
+    def flush(self) -> list[Any]:
+        return [("seen", self.n)]
+
+
+def test_stateful_copies_each_flush_at_the_end(start_method: str) -> None:
+    with Pipeline([stage(square, stateful=False, batch_size=8), Counting()], n_cpu=4,
+                  start_method=start_method) as p:
+        outs = list(p.apply(range(200)))
+        assert p.statistics().stages[1].workers == 2
+    assert outs[:200] == [x * x for x in range(200)]  # in input order
+    seen = outs[200:]
+    assert len(seen) == 2  # one flush() per copy, after every other output
+    assert sum(n for _, n in seen) == 200  # each input went to one copy
+
+
+def test_stateful_copies_set_up_once_each(tmp_path: Path, start_method: str) -> None:
+    path = tmp_path / "log"
+    with Pipeline([Hooked(path, batch_size=8, replicas=2)], n_cpu=3,
+                  start_method=start_method) as p:
+        outs = list(p.apply(range(50)))
+    ev = events(path)
+    assert sorted(Counter(pid for h, pid, _ in ev if h == "setup").values()) == [1, 1]
+    assert Counter(h for h, _, _ in ev) == {"setup": 2, "teardown": 2}
+    assert {pid for pid, _, _ in outs} <= {pid for _, pid, _ in ev}
+
+
+def test_sequential_runs_the_copies_in_turn() -> None:
+    with SequentialPipeline([Counting()]) as p:
+        assert list(p.apply(range(9)))[9:] == [("seen", 5), ("seen", 4)]
+
+
+def test_a_copy_that_dies_fails_the_stage(start_method: str) -> None:
+    from blpipe import WorkerDied
+
+    got: list[int] = []
+    with Pipeline([Counting(die_on=40)], n_cpu=2, start_method=start_method) as p, \
+            pytest.raises(WorkerDied, match=r"stage 0 \(Counting\(\)\), replica [01]"):
+        got.extend(p.apply(range(100)))
+    assert got == list(range(len(got)))
+    assert len(got) <= 40
+
+
+def test_stateful_copies_refuse_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be checkpointed yet"):
+        Pipeline([Counting()], checkpoint=tmp_path / "c")
+
+
+# -- where setup() runs --------------------------------------------------------------
+
+
+class Placed:
+    """Logs what blpipe.where() says in its setup()."""
+
+    stateful = False
+    batch_size = 8
+
+    def __init__(self, path: Path, **attrs: Any) -> None:
+        self.path = str(path)
+        self.__dict__.update(attrs)
+
+    def setup(self) -> None:
+        import blpipe
+
+        w = blpipe.where()
+        with open(self.path, "a") as f:
+            f.write(f"{w.stage}|{w.replica}|{w.replicas}|{w.process}\n")
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.parametrize(("attrs", "n"), [({"replicas": 3}, 3), ({}, 2),
+                                          ({"stateful": True, "replicas": 2}, 2),
+                                          ({"run_in_master": True, "stateful": True}, 1)])
+def test_setup_knows_where_it_runs(tmp_path: Path, start_method: str, attrs: dict[str, Any],
+                                   n: int) -> None:
+    path = tmp_path / "log"
+    with Pipeline([Placed(path, **attrs)], n_cpu=2, start_method=start_method) as p:
+        assert list(p.apply(range(10))) == list(range(10))
+    lines = [line.split("|") for line in path.read_text().splitlines()]
+    assert sorted(int(r) for _, r, _, _ in lines) == list(range(n))
+    assert {(s, int(k)) for s, _, k, _ in lines} == {("stage 0 (Placed())", n)}
+    where = {w for *_, w in lines}
+    assert where == ({"the calling process"} if "run_in_master" in attrs
+                     else {w for w in where if w.startswith("worker process ")})
+
+
+def test_where_outside_setup_says_what_it_is_for() -> None:
+    import blpipe
+
+    with pytest.raises(RuntimeError, match=r"blpipe.where\(\) tells a stage's setup"):
+        blpipe.where()

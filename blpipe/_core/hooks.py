@@ -29,6 +29,7 @@ import inspect
 import signal
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .failures import RemoteError, StageFailure
@@ -113,6 +114,42 @@ def _call(f: Callable[[], Any], retry: Retry | None) -> None:
             time.sleep(pause)
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a stage's ``setup()`` or ``teardown()`` runs: see :func:`where`."""
+
+    stage: str
+    """The stage, as messages name it: ``'stage 1 (Model())'``."""
+    replica: int
+    """This process's index among those that run the stage, from 0: a
+    replica's, or a pool worker's (a replacement takes the index of the one it
+    replaces); 0 where one process runs it."""
+    replicas: int
+    """How many processes run the stage: its ``replicas``, the pool's size, or 1."""
+    process: str
+    """``'worker process 4242'``, ``'the calling process'``, or an executor's process."""
+
+
+_WHERE: Where | None = None
+
+
+def where() -> Where:
+    """Where the ``setup()`` or ``teardown()`` that calls it runs, for example
+    to pick a GPU by replica::
+
+        def setup(self):
+            place = blpipe.where()
+            self.device = f"cuda:{place.replica % 2}"
+
+    Outside a stage's ``setup()`` or ``teardown()`` it raises ``RuntimeError``.
+    """
+    if _WHERE is None:
+        raise RuntimeError("blpipe.where() tells a stage's setup() or teardown() where it "
+                           "runs; it was called outside them. Call it in setup() and keep "
+                           "what it says in an attribute")
+    return _WHERE
+
+
 class Lifecycle:
     """The hooks of the stages one process runs: set up once, torn down once.
 
@@ -132,8 +169,11 @@ class Lifecycle:
     ([], ['setup', 'teardown'])
     """
 
-    def __init__(self, hooks: Iterable[Hook | None]) -> None:
+    def __init__(self, hooks: Iterable[Hook | None], replica: tuple[int, int] = (0, 1),
+                 process: str = "the calling process") -> None:
         self.hooks = [h for h in hooks if h is not None]
+        self.replica = replica  # this process's index among those running its stages
+        self.process = process
         self.done: list[Hook] = []  # set up, not yet torn down
         self.seconds = 0.0  # spent in setup()
 
@@ -154,7 +194,7 @@ class Lifecycle:
                     owner = _owner(h.setup)
                     before = set(vars(owner)) if owner is not None else set()
                     try:
-                        _call(h.setup, h.retry)
+                        self._in(h, _call, h.setup, h.retry)
                     except Exception as e:
                         self.tear_down()
                         raise HookFailure(h.label, "setup", e) from None
@@ -176,10 +216,20 @@ class Lifecycle:
                     _RESOURCES.pop(id(owner), None)
             if h.teardown is not None:
                 try:
-                    h.teardown()
+                    self._in(h, _call, h.teardown, None)
                 except Exception as e:
                     failures.append(HookFailure(h.label, "teardown", e))
         return failures
+
+
+    def _in(self, h: Hook, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)``, with :func:`where` telling where ``h`` runs."""
+        global _WHERE
+        _WHERE = Where(h.label, self.replica[0], self.replica[1], self.process)
+        try:
+            call(*args)
+        finally:
+            _WHERE = None
 
 
 def without_resources(obj: Any) -> Any:

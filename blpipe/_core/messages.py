@@ -212,3 +212,4 @@ class Setup(NamedTuple):
     parent: int  # the pid to die with (0: the fork server's child, see die_with_parent)
     clock: Any  # shared [task, call, started], for stages with a timeout; else None
     board: Any  # shared memory where it shows the call in hand when asked
+    replica: tuple[int, int] = (0, 1)  # its index among the processes running its stages

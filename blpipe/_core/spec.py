@@ -238,11 +238,13 @@ def _replicas(where: str, func: object, placement: Placement) -> int | None:
     if value is None:
         return None
     n = count(where, "replicas", value, 1, " (or None: the shared pool)")
-    if placement is Placement.DEDICATED:
-        raise ValueError(f"{where}: replicas={n} on a stateful stage (independent copies of "
-                         f"its state) is not available in this version; only a stateless "
-                         f"stage (stateful=False, or a window) takes replicas")
-    if placement is not Placement.POOL:
+    key = getattr(func, "key", None)
+    if placement is Placement.DEDICATED and callable(key):
+        raise ValueError(f"{where}: replicas={n} with key={short_repr(key)} asks for keyed "
+                         f"state, which this version does not have: its copies would not be "
+                         f"keyed; delete key, and merge the copies' flush() outputs in a "
+                         f"later stage, or drop replicas for one copy that sees every input")
+    if placement not in (Placement.POOL, Placement.DEDICATED):
         raise ValueError(f"{where}: replicas={n} gives a stage processes of its own, but this "
                          f"one runs in the calling process ({_kind(placement)}); delete "
                          f"replicas, or set stateful=False to run it in processes")

@@ -53,11 +53,12 @@ def run_chunk(key: bytes, blob: bytes, seg: int,
             segments = load_segments(blob)
         except Exception:
             return LoadFailed(traceback.format_exc())
+        where = f"process {os.getpid()} of the executor"
         try:
-            Lifecycle(hook(step.label, step.func) for s in segments.values()
-                      for step in s.chain.steps).set_up()
+            Lifecycle((hook(step.label, step.func) for s in segments.values()
+                       for step in s.chain.steps), process=where).set_up()
         except HookFailure as e:
-            return e.message(f"process {os.getpid()} of the executor")
+            return e.message(where)
         _LOADED[key] = segments
     try:
         segment = segments[seg]

@@ -108,7 +108,7 @@ def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup)
     (:mod:`blpipe._core.timeout`); ``setup.board`` is where it shows the call in
     hand when the hub asks (:mod:`blpipe._core.stall`).
     """
-    blob, role, close_fds, parent, clock, board = setup
+    blob, role, close_fds, parent, clock, board, replica = setup
     die_with_parent(parent)  # first: until then, the caller's death would orphan it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited under fork
@@ -131,9 +131,10 @@ def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup)
     if board is not None:
         answer_probes(board, [s.chain for s in segments.values()], lambda: position()[0])
     relay_fd = None if relay_conn is None else relay_conn.fileno()
-    life = Lifecycle(hook(t.label, t.func) for s in segments.values() for t in s.chain.steps)
-    stop_on_sigterm(life)  # stopped midway, it still tears down
     where = f"worker process {os.getpid()}"
+    life = Lifecycle((hook(t.label, t.func) for s in segments.values() for t in s.chain.steps),
+                     replica, where)
+    stop_on_sigterm(life)  # stopped midway, it still tears down
     try:
         try:
             if life and not set_up(life, result_fd, where):

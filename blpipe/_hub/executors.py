@@ -282,6 +282,9 @@ class _Lanes(Spread[Lane]):
     def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Never needed: a task returns all its outputs at once."""
 
+    def copies(self) -> list[Any]:
+        return []  # a stage that keeps state never runs here
+
     def post(self, place: Lane, segment: Segment, rec: Record) -> None:
         self.futures.submit(self._submit, place, segment, rec)
 

@@ -248,6 +248,10 @@ class Backend(Protocol):
     def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Let ``rec``'s paused expansion send what ``credit`` allows."""
 
+    def copies(self) -> list[Any]:
+        """The places that each hold a copy of a stateful stage: at the end of
+        the input, each is asked for its ``flush()``."""
+
 
 class Wait(enum.Enum):
     """What a segment was doing at the last sample, for its starved and blocked time."""

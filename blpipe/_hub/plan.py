@@ -113,5 +113,5 @@ def _pickled(s: StageSpec) -> Pickled:
         raise SerializationError(
             f"{s.label} cannot be sent to its worker process: {type(e).__name__}: {e}. "
             f"Stages that run outside the calling process must pickle (with dill): keep "
-            f"generators, open files and sockets out of the object (create them on the "
-            f"first call instead), or set run_in_master = True") from e
+            f"generators, open files and sockets out of the object (make them in its "
+            f"setup() method, which runs in the worker), or set run_in_master = True") from e

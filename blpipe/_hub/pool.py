@@ -54,7 +54,7 @@ class Pool(_Group, Spread[Worker]):
 
     depth = _PER_WORKER
     work = _CHUNK_WORK
-    death = None
+    death: tuple[str, int | None] | None = None  # never set: a pool worker holds no state
 
     def __init__(self, procs: Procs, blob: bytes, label: str, size: int,
                  max_tasks: int | None = None, timed: bool = False,
@@ -65,15 +65,17 @@ class Pool(_Group, Spread[Worker]):
         self.workers: list[Worker] = []
         self.places: list[Worker] = []  # the first n_active workers: they get chunks
         self.n_active = size
+        self.size = size
         self.max_tasks = max_tasks
         self.timed = timed  # a pool stage has a timeout: its workers get clocks
         self.hooked = hooked  # a pool stage has setup() or teardown()
-        for _ in range(size):
-            self._add()
+        for i in range(size):
+            self._add(i)
 
-    def _add(self) -> None:
+    def _add(self, index: int) -> None:
+        """Start worker ``index`` (a new one, or in place of one that left)."""
         worker, _ = self.procs.spawn(self.blob, self.label, timed=self.timed,
-                                     hooked=self.hooked)
+                                     hooked=self.hooked, replica=(index, self.size))
         worker.group = self
         worker.left = self.max_tasks
         self.workers.append(worker)
@@ -91,8 +93,11 @@ class Pool(_Group, Spread[Worker]):
         worker.left = max(0, left - -(-rec.n_in // g))
         if worker.left == 0 and worker in self.workers:
             self.workers.remove(worker)
-            self._add()
+            self._add(worker.replica)
             self.procs.flow.recorder.restarts += 1
+
+    def copies(self) -> list[Worker]:
+        return []  # a stage that keeps state never runs in the shared pool
 
     def resize(self, n: int) -> None:
         """Send to the first ``n`` workers only; the others finish what they hold."""
@@ -107,7 +112,7 @@ class Pool(_Group, Spread[Worker]):
         if worker in self.workers:  # else it was retired, and replaced then
             self.workers.remove(worker)
             if not procs.closing:
-                self._add()
+                self._add(worker.replica)
                 procs.flow.recorder.restarts += 1
         # What it held paused goes with it: those chunks fail, as the one it ran,
         # and so do paused ones whose Resume was queued: they began on it.
@@ -164,6 +169,9 @@ class Link(_Group):
         # a chunk midway, and the next must not run before it ends: its state
         # sees its inputs in order
         self.depth = 1 if expands else len(blobs) + 1
+
+    def copies(self) -> list[Worker]:
+        return self.feeding[:1]  # a stage with flush() is alone in its link
 
     def snapshot(self, segment: Segment, cut: Cut) -> None:
         """A checkpoint's cut comes after the chunks sent so far: each worker
@@ -226,3 +234,40 @@ class Link(_Group):
             if code not in (None, 0):
                 self.death = w.label, code
                 break
+
+
+class Replicas(Pool):
+    """``replicas = n`` copies of a stateful stage, each in a worker of its own;
+    each chunk goes to whichever is least busy. A copy's state dies with its
+    worker, so a death fails what it held and, as for a dedicated stage, the
+    next input: nothing is run again, nor is a worker replaced."""
+
+    def __init__(self, procs: Procs, blob: bytes, label: str, size: int,
+                 timed: bool = False, hooked: bool = False) -> None:
+        super().__init__(procs, blob, label, size, None, timed, hooked)
+
+    def _add(self, index: int) -> None:
+        worker, _ = self.procs.spawn(self.blob, f"{self.label}, replica {index}",
+                                     timed=self.timed, hooked=self.hooked,
+                                     replica=(index, self.size))
+        worker.group = self
+        self.workers.append(worker)
+        self.resize(self.n_active)
+
+    def copies(self) -> list[Worker]:
+        return list(self.places)
+
+    def died(self, worker: Worker, exitcode: int | None) -> None:
+        if worker in self.places:
+            self.places.remove(worker)
+        if self.death is None:
+            self.death = worker.label, exitcode
+        pending = [*worker.paused, *worker.pending, *worker.unsent]
+        worker.pending.clear()
+        worker.unsent.clear()
+        worker.paused.clear()
+        for segment, rec in pending:
+            if worker.late is not None and worker.late[0] is rec:
+                self.procs.fail(segment, rec, late_call(segment, rec, worker.late[1]))
+            else:
+                self.procs.fail(segment, rec, WorkerDied(worker.label, exitcode, rec.where()))

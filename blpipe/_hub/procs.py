@@ -70,10 +70,11 @@ class Procs:
         self.setup_failed: BaseException | None = None  # the first setup() that raised
 
     def spawn(self, blob: bytes, label: str, role: Role = Role.ALONE, relay: Any = None,
-              timed: bool = False, hooked: bool = False) -> tuple[Worker, Any]:
+              timed: bool = False, hooked: bool = False,
+              replica: tuple[int, int] = (0, 1)) -> tuple[Worker, Any]:
         """Start a worker and watch it; see :func:`blpipe._hub.spawn.start`."""
         worker, task_w = start(self.ctx, blob, label, role, relay, timed, self.parent_fds,
-                               self.into, hooked)
+                               self.into, hooked, replica)
         self.unready += hooked
         poller = self.poller
         poller.register(worker.result.fileno(), poller.READ, partial(self.on_result, worker))

@@ -47,7 +47,7 @@ class Worker:
 
     __slots__ = ("proc", "task", "result", "outbox", "inbox", "pending", "unsent", "paused",
                  "label", "group", "freed", "left", "clock", "tasks", "late", "board", "since",
-                 "asked", "hooked", "ready")
+                 "asked", "hooked", "ready", "replica")
 
     def __init__(self, proc: Any, task: Any, result: Any, label: str, into: bytearray,
                  clock: Any, board: Board, hooked: bool = False) -> None:
@@ -74,6 +74,7 @@ class Worker:
         # gets TEARDOWN seconds to tear them down when stopped
         self.hooked = hooked
         self.ready = not hooked  # set up, or failed to: its setup is settled
+        self.replica = 0  # its index among its group's workers, kept by a replacement
 
     def fed(self) -> Outbox:
         """Its task pipe's outbox: only for a worker the hub feeds."""
@@ -83,7 +84,8 @@ class Worker:
 
 
 def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool,
-          parent_fds: list[int], into: bytearray, hooked: bool = False) -> tuple[Worker, Any]:
+          parent_fds: list[int], into: bytearray, hooked: bool = False,
+          replica: tuple[int, int] = (0, 1)) -> tuple[Worker, Any]:
     """Start a worker; returns it, and the write end of its task pipe when the
     hub does not feed it: the caller passes that on to the worker before it.
     A ``timed`` worker runs stages with a ``timeout``: it gets a clock."""
@@ -102,7 +104,7 @@ def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool
     parent = 0 if ctx.get_start_method() == "forkserver" else os.getpid()
     proc = ctx.Process(target=worker_main,
                        args=(task_r, result_w, relay,
-                             Setup(blob, role, close_fds, parent, clock, board)),
+                             Setup(blob, role, close_fds, parent, clock, board, replica)),
                        name=f"blpipe {label}", daemon=True)
     try:
         proc.start()
@@ -111,6 +113,7 @@ def start(ctx: Any, blob: bytes, label: str, role: Role, relay: Any, timed: bool
         result_w.close()
     worker = Worker(proc, task_w if fed else None, result_r, label, into, clock, Board(board),
                     hooked)
+    worker.replica = replica[0]
     if not fed:  # a linked worker's: it stays blocking, for the worker that feeds it
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(task_w.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
