@@ -103,11 +103,12 @@ class Pipeline(PipelineBase):
         max_tasks_per_child, max_bytes_in_flight, checkpoint_every = opts
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
-        copied = [s for s in self.stages if s.placement is Placement.DEDICATED and s.replicas]
+        copied = [s for s in self.stages
+                  if s.placement is Placement.DEDICATED and (s.replicas or s.key)]
         if checkpoint is not None and copied:
-            raise ValueError(f"{where}: {copied[0].label} has replicas={copied[0].replicas}: "
-                             f"copies of a stateful stage cannot be checkpointed yet; drop "
-                             f"checkpoint=, or replicas")
+            raise ValueError(f"{where}: {copied[0].label} has replicas or a key: copies of "
+                             f"a stateful stage cannot be checkpointed yet; drop "
+                             f"checkpoint=, or the stage's replicas and key")
         self._keeper = None if checkpoint is None else Keeper(checkpoint, checkpoint_every,
                                                                on_checkpoint, self.stages)
         self.checkpointed: Checkpoint | None = None

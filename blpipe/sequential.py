@@ -10,6 +10,7 @@ from typing import Any
 
 from ._core.chain import Chain, step_of
 from ._core.hooks import HookFailure, Lifecycle, hook
+from ._core.keyed import InOrder
 from ._core.run import Run
 from ._core.spec import Placement
 from ._core.stage import hook_of, hooks_of
@@ -49,7 +50,12 @@ class SequentialPipeline(PipelineBase):
         specs = [replace(s, timeout=None) for s in self.stages]
         # replicas of a stateful stage: copies that take the inputs in turn
         specs = [replace(s, func=_Copies(s.func, s.replicas))
-                 if s.placement is Placement.DEDICATED and s.replicas else s for s in specs]
+                 if s.placement is Placement.DEDICATED and s.replicas and not s.key else s
+                 for s in specs]
+        # a keyed stage: a copy per key, and the same book of keys as Pipeline's hub
+        specs = [replace(s, func=InOrder(s.func, s.key, s.key_idle, s.max_keys, s.label,
+                                         s.expand), key=None, expand=True)
+                 if s.key is not None else s for s in specs]
         self._aio: LoopThread | None = None
         if any(s.placement is Placement.ASYNC for s in specs):
             # awaited on a loop of its own, so that it works under the caller's running loop

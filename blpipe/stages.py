@@ -34,7 +34,8 @@ def stage(func: Callable[..., Any], /, *, stateful: bool | int | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
           concurrency: int | None = ..., replicas: int | None = ...,
-          setup: Callable[[], Any] | None = ...,
+          key: Callable[[Any], Any] | None = ..., key_idle: int | None = ...,
+          max_keys: int | None = ..., setup: Callable[[], Any] | None = ...,
           teardown: Callable[[], Any] | None = ...,
           flush: Callable[[], Any] | None = ...) -> Stage: ...
 @overload
@@ -45,7 +46,8 @@ def stage(func: None = None, /, *, stateful: bool | int | None = ...,
           retries: int = ..., retry_on: type[Exception] | tuple[type[Exception], ...] = ...,
           retry_backoff: float = ..., timeout: float | None = ...,
           concurrency: int | None = ..., replicas: int | None = ...,
-          setup: Callable[[], Any] | None = ...,
+          key: Callable[[Any], Any] | None = ..., key_idle: int | None = ...,
+          max_keys: int | None = ..., setup: Callable[[], Any] | None = ...,
           teardown: Callable[[], Any] | None = ...,
           flush: Callable[[], Any] | None = ...) -> Callable[[Callable[..., Any]], Stage]: ...
 
@@ -58,7 +60,8 @@ def stage(func: Callable[..., Any] | None = None, /, *, stateful: bool | int | N
           retry_on: type[Exception] | tuple[type[Exception], ...] = _UNSET,
           retry_backoff: float = _UNSET, timeout: float | None = _UNSET,
           concurrency: int | None = _UNSET, replicas: int | None = _UNSET,
-          setup: Callable[[], Any] | None = _UNSET,
+          key: Callable[[Any], Any] | None = _UNSET, key_idle: int | None = _UNSET,
+          max_keys: int | None = _UNSET, setup: Callable[[], Any] | None = _UNSET,
           teardown: Callable[[], Any] | None = _UNSET, flush: Callable[[], Any] | None = _UNSET
           ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Attach blpipe's attributes to any callable, builtins included.

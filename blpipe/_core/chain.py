@@ -22,6 +22,7 @@ from typing import Any
 
 from .failures import Skipped, StageFailure
 from .hooks import flush_of
+from .keyed import Keyed
 from .retry import Retrying
 from .run import Outcome, Run, Step
 from .spec import Placement, StageSpec
@@ -35,6 +36,8 @@ def callable_of(spec: StageSpec) -> Callable[[Any], Any]:
     """What runs ``spec`` where it runs: its callable, wrapped to keep its
     ``retries`` and its ``timeout``, which count in a shared ``tally``."""
     func = unwrapped(spec.func)
+    if spec.key is not None:  # each key its own copy: the wrappers see one callable
+        func = Keyed(func, spec.key)
     tally = [0, 0]  # retries, calls timed out here
     limit = spec.timeout
     if limit is not None and spec.placement is Placement.THREAD:
@@ -46,7 +49,7 @@ def callable_of(spec: StageSpec) -> Callable[[Any], Any]:
         if isinstance(func, Retrying):
             func.restart = clocked.restart
         func = clocked
-    return func if isinstance(func, _WRAPPERS) else spec.func
+    return func if isinstance(func, (*_WRAPPERS, Keyed)) else spec.func
 
 
 def step_of(spec: StageSpec, formed: bool = False) -> Step:

@@ -50,7 +50,7 @@ class Hook(NamedTuple):
     retry: Retry | None  # the stage's retries apply to its setup() too
 
 
-def _bare(func: object) -> object:
+def bare(func: object) -> object:
     """``func`` without blpipe's wrappers of its calls."""
     while isinstance(func, (Retrying, Abandoning, Clocked)):
         func = func.func
@@ -59,7 +59,7 @@ def _bare(func: object) -> object:
 
 def flush_of(func: object) -> Callable[[], Any] | None:
     """The ``flush`` of the stage ``func`` runs, or ``None``."""
-    f: Callable[[], Any] | None = hook_of(_bare(func), "flush")
+    f: Callable[[], Any] | None = hook_of(bare(func), "flush")
     return f
 
 
@@ -67,7 +67,7 @@ def hook(label: str, func: object, retry: Retry | None = None) -> Hook | None:
     """The hook of the stage ``func`` runs, or ``None`` when it has neither."""
     if retry is None and isinstance(func, Retrying):
         retry = func.retry
-    setup, teardown = hooks_of(_bare(func))
+    setup, teardown = hooks_of(bare(func))
     if setup is None and teardown is None:
         return None
     return Hook(label, setup, teardown, retry)

@@ -120,9 +120,11 @@ class Resume(NamedTuple):
 
 class Flush(NamedTuple):
     """hub -> dedicated worker: the input has ended; answer with the stage's
-    ``flush()`` outputs, as a ``Result``."""
+    ``flush()`` outputs, as a ``Result``. For a keyed stage, those of ``keys``,
+    which are retired."""
 
     segment: int
+    keys: tuple[Any, ...] | None = None
 
 
 class Snapshot(NamedTuple):

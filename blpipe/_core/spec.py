@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .asyncs import ASYNC_GENERATOR, async_kind
+from .keyed import keyed_attrs
 from .options import count, seconds
 from .stage import hook_of, hooks_of
 from .text import describe, short_repr
@@ -112,6 +113,9 @@ class StageSpec:
     teardown: Callable[[], Any] | None = None  # and this, after its last call
     flush: Callable[[], Any] | None = None  # its last outputs, at the end of the input
     replicas: int | None = None  # processes of its own, rather than the shared pool's
+    key: Callable[[Any], Any] | None = None  # each key its own copy of the stage
+    key_idle: int | None = None  # a key idle for more inputs than this is retired
+    max_keys: int | None = None  # live keys at most
 
     @property
     def label(self) -> str:
@@ -230,7 +234,8 @@ def read_stage(index: int | None, func: object) -> StageSpec:
     return StageSpec(index or 0, func, name, placement, window, batch_size, threads, ordered,
                      on_error, max_errors, expand, group, group_wait, _retry(where, func),
                      _timeout(where, func, placement), concurrency, setup, teardown, flush,
-                     _replicas(where, func, placement))
+                     _replicas(where, func, placement),
+                     *keyed_attrs(where, func, _held(placement), group))
 
 
 def _replicas(where: str, func: object, placement: Placement) -> int | None:
@@ -238,17 +243,19 @@ def _replicas(where: str, func: object, placement: Placement) -> int | None:
     if value is None:
         return None
     n = count(where, "replicas", value, 1, " (or None: the shared pool)")
-    key = getattr(func, "key", None)
-    if placement is Placement.DEDICATED and callable(key):
-        raise ValueError(f"{where}: replicas={n} with key={short_repr(key)} asks for keyed "
-                         f"state, which this version does not have: its copies would not be "
-                         f"keyed; delete key, and merge the copies' flush() outputs in a "
-                         f"later stage, or drop replicas for one copy that sees every input")
     if placement not in (Placement.POOL, Placement.DEDICATED):
         raise ValueError(f"{where}: replicas={n} gives a stage processes of its own, but this "
                          f"one runs in the calling process ({_kind(placement)}); delete "
                          f"replicas, or set stateful=False to run it in processes")
     return n
+
+
+def _held(placement: Placement) -> str | None:
+    """How a stage that keeps no state of its own is named; ``None`` for a dedicated one."""
+    if placement is Placement.DEDICATED:
+        return None
+    return "run_in_master" if placement is Placement.MASTER else _keeps_none(
+        placement, None).split(",")[0]
 
 
 def _keeps_none(placement: Placement, window: int | None) -> str:

@@ -19,7 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "stateful": True, "batch_size": 1, "threads": None, "ordered": True, "on_error": "raise",
     "max_errors": None, "expand": False, "group": None, "group_wait": None,
     "retries": 0, "retry_on": None, "retry_backoff": None, "timeout": None, "concurrency": None,
-    "replicas": None, "setup": None, "teardown": None, "flush": None,
+    "replicas": None, "key": None, "key_idle": None, "max_keys": None,
+    "setup": None, "teardown": None, "flush": None,
 }
 HOOKS = ("setup", "teardown", "flush")  # called, not read: a Stage looks them up in what it wraps
 
@@ -47,6 +48,9 @@ class Stage:
     timeout: float | None
     concurrency: int | None
     replicas: int | None
+    key: Callable[[Any], Any] | None
+    key_idle: int | None
+    max_keys: int | None
     setup: Callable[[], Any] | None
     teardown: Callable[[], Any] | None
     flush: Callable[[], Any] | None

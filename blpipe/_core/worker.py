@@ -27,7 +27,8 @@ from ..errors import SerializationError
 from .chain import Chain, formed
 from .deathsig import die_with_parent
 from .failures import RemoteError, StageFailure
-from .hooks import Lifecycle, Stop, hook, set_up, stop_on_sigterm, tear_down
+from .hooks import Lifecycle, Stop, bare, hook, set_up, stop_on_sigterm, tear_down
+from .keyed import Keyed
 from .messages import (
     Broken,
     Carry,
@@ -182,7 +183,7 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         if type(msg) is Flush:  # the input ended: the stage's last outputs
             start_task(tasks)
             tasks += 1
-            pickling = _finish(segments.get(msg.segment, only), result_fd, slots)
+            pickling = _finish(segments.get(msg.segment, only), msg.keys, result_fd, slots)
             continue
         if type(msg) is Resume:  # an expansion the hub has room for again
             _release(slots, msg.freed, pid)
@@ -224,8 +225,14 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         del task, items, outputs, carry  # not kept alive while idle
 
 
-def _finish(segment: Segment, result_fd: int, slots: Slots | None) -> float:
-    """Send the result of the segment's ``flush()``; returns the seconds spent pickling."""
+def _finish(segment: Segment, keys: tuple[Any, ...] | None, result_fd: int,
+            slots: Slots | None) -> float:
+    """Send the result of the segment's ``flush()`` (a keyed stage's: of ``keys``);
+    returns the seconds spent pickling."""
+    for step in segment.chain.steps:
+        keyed = bare(step.func)
+        if isinstance(keyed, Keyed):
+            keyed.pending = keys
     run = segment.chain.flush(final=True)
     outputs = list(run)
     error = None if run.failure is None else RemoteError.pack(run.failure)

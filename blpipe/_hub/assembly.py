@@ -35,7 +35,7 @@ from .flow import Downstream, Flow, Sink
 from .loopthread import LoopThread
 from .master import MasterSegment
 from .plan import Plan
-from .pool import Link, Pool, Replicas
+from .pool import KeyedReplicas, Link, Pool, Replicas
 from .procs import Procs
 from .segments import Segment
 from .spawn import GRACE, KILL_AFTER
@@ -200,16 +200,21 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
     if seg.kind is Placement.MASTER:
         return MasterSegment(index, s.index, last, Chain([step_of(x) for x in specs]), flow,
                              nxt)
-    if seg.kind is Placement.DEDICATED and s.replicas:  # copies of it, each with its state
+    if seg.kind is Placement.DEDICATED and (s.replicas or s.key):  # copies, each its state
         assert m.procs is not None
         assert seg.blobs is not None
         if s.timeout is not None:
             m._watch(m.procs)
-        n, cap = s.replicas, s.batch_size
-        return Segment(index, s, seg.label, cap, (max(1, cap // (2 * n)), max(1, cap // 2)),
-                       flow, nxt, Replicas(m.procs, seg.blobs[0], seg.label, n,
-                                           s.timeout is not None, hooks(s)),
-                       s.expand, last=last, sink=sink)
+        n, cap = s.replicas or 1, s.batch_size
+        chunks = (max(1, cap // (2 * n)), max(1, cap // 2))
+        if s.key is not None:  # each input to its key's replica: one per chunk
+            copies: Replicas = KeyedReplicas(m.procs, seg.blobs[0], s, seg.label, n, hooks(s))
+            chunks = (1, 1)
+        else:
+            copies = Replicas(m.procs, seg.blobs[0], seg.label, n, s.timeout is not None,
+                              hooks(s))
+        return Segment(index, s, seg.label, cap, chunks, flow, nxt, copies, s.expand,
+                       last=last, sink=sink)
     if seg.kind is Placement.DEDICATED:
         assert m.procs is not None
         assert seg.blobs is not None

@@ -29,7 +29,7 @@ class PipelineBase:
         self.stages: tuple[StageSpec, ...] = tuple(read_stages(operations))
         # the processes the stages have of their own: one per dedicated stage, and replicas
         dedicated = sum(s.replicas or 1 for s in self.stages
-                        if s.placement is Placement.DEDICATED or s.replicas)
+                        if s.placement is Placement.DEDICATED or s.replicas)  # keyed: 1 or n
         n_cpu = cpus(where, n_cpu)
         self._pool_size = pool_size(n_cpu, dedicated)
         self._auto = n_cpu == "auto"

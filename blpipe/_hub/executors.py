@@ -282,7 +282,7 @@ class _Lanes(Spread[Lane]):
     def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Never needed: a task returns all its outputs at once."""
 
-    def copies(self) -> list[Any]:
+    def last(self, segment: int) -> list[tuple[Any, Any]]:
         return []  # a stage that keeps state never runs here
 
     def post(self, place: Lane, segment: Segment, rec: Record) -> None:

@@ -248,9 +248,9 @@ class Backend(Protocol):
     def resume(self, segment: Segment, rec: Record, credit: Credit) -> None:
         """Let ``rec``'s paused expansion send what ``credit`` allows."""
 
-    def copies(self) -> list[Any]:
-        """The places that each hold a copy of a stateful stage: at the end of
-        the input, each is asked for its ``flush()``."""
+    def last(self, segment: int) -> list[tuple[Any, Any]]:
+        """What to ask for a ``flush()`` at the end of the input: each place that
+        holds a copy of a stateful stage, with its ``Flush`` message."""
 
 
 class Wait(enum.Enum):

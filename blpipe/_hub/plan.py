@@ -92,7 +92,8 @@ def _joins(run: list[StageSpec], s: StageSpec) -> bool:
     same = (s.batch_size == first.batch_size and s.on_error == first.on_error == "raise"
             and s.group is None  # the hub cuts the groups: only a segment's first groups
             and s.timeout is None and first.timeout is None
-            and s.replicas is None and first.replicas is None)  # processes of its own
+            and s.replicas is None and first.replicas is None  # processes of its own
+            and s.key is None and first.key is None)
     if s.placement is Placement.POOL:
         return same and s.window is None and s.ordered == first.ordered
     # A linked worker relays whole chunks: an expansion streams only to the hub; a

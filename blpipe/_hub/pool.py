@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._core.messages import Credit, Role, Snapshot
+from .._core.failures import StageFailure
+from .._core.keyed import KeyBook
+from .._core.messages import Credit, Flush, Role, Snapshot
 from .._core.text import short_repr
 from .._core.transport import Frame, dumps
 from ..errors import WorkerDied
@@ -25,6 +27,7 @@ from .rerun import late_call, rerun
 from .spawn import KILL_AFTER, Worker
 
 if TYPE_CHECKING:
+    from .._core.spec import StageSpec
     from .flow import Cut, Record
     from .segments import Segment
 
@@ -96,7 +99,7 @@ class Pool(_Group, Spread[Worker]):
             self._add(worker.replica)
             self.procs.flow.recorder.restarts += 1
 
-    def copies(self) -> list[Worker]:
+    def last(self, segment: int) -> list[tuple[Worker, Flush]]:
         return []  # a stage that keeps state never runs in the shared pool
 
     def resize(self, n: int) -> None:
@@ -170,8 +173,8 @@ class Link(_Group):
         # sees its inputs in order
         self.depth = 1 if expands else len(blobs) + 1
 
-    def copies(self) -> list[Worker]:
-        return self.feeding[:1]  # a stage with flush() is alone in its link
+    def last(self, segment: int) -> list[tuple[Worker, Flush]]:
+        return [(w, Flush(segment)) for w in self.feeding[:1]]  # flush(): alone in its link
 
     def snapshot(self, segment: Segment, cut: Cut) -> None:
         """A checkpoint's cut comes after the chunks sent so far: each worker
@@ -254,8 +257,8 @@ class Replicas(Pool):
         self.workers.append(worker)
         self.resize(self.n_active)
 
-    def copies(self) -> list[Worker]:
-        return list(self.places)
+    def last(self, segment: int) -> list[tuple[Worker, Flush]]:
+        return [(w, Flush(segment)) for w in self.places]
 
     def died(self, worker: Worker, exitcode: int | None) -> None:
         if worker in self.places:
@@ -271,3 +274,49 @@ class Replicas(Pool):
                 self.procs.fail(segment, rec, late_call(segment, rec, worker.late[1]))
             else:
                 self.procs.fail(segment, rec, WorkerDied(worker.label, exitcode, rec.where()))
+
+
+class KeyedReplicas(Replicas):
+    """A keyed stage's replicas: each input goes alone to the replica that owns
+    its key (``hash(key) % n``); the hub's :class:`~blpipe._core.keyed.KeyBook`
+    retires idle keys, each with a ``Flush`` right after the input that left it
+    idle, and flushes the live ones at the end, in the order they came."""
+
+    def __init__(self, procs: Procs, blob: bytes, spec: StageSpec, label: str, size: int,
+                 hooked: bool = False) -> None:
+        super().__init__(procs, blob, label, size, spec.timeout is not None, hooked)
+        assert spec.key is not None
+        self.key = spec.key
+        self.book = KeyBook(spec.key_idle, spec.max_keys, spec.label)
+        self.routed: tuple[Worker, list[Any]] | BaseException | None = None
+
+    def owner(self, key: Any) -> Worker:
+        return self.workers[hash(key) % self.size]
+
+    def pack(self, segment: int, payload: list[Any], worker: Worker,
+             credit: Credit | None = None) -> tuple[Frame, int | None, int]:
+        """Pack the chunk's one input for the replica that owns its key."""
+        try:
+            key = self.key(payload[0])
+            worker = self.owner(key)
+            self.routed = worker, self.book.see(key)
+        except Exception as e:  # the key's function, or one key too many: that input's error
+            self.routed = StageFailure(self.book.label, payload[0], e).exception()
+            return (b"", b""), None, 0
+        return self.procs.pack(segment, payload, worker, credit)
+
+    def post(self, worker: Worker, segment: Segment, rec: Record) -> None:
+        routed, self.routed = self.routed, None
+        if rec.n_in == 0:  # a flush()
+            self.procs.post(worker, segment, rec)
+        elif isinstance(routed, BaseException):
+            segment.fail(rec, routed)
+        else:
+            assert routed is not None  # packed just before
+            owner, retired = routed
+            self.procs.post(owner, segment, rec)
+            for key in retired:
+                segment.post_last(self.owner(key), dumps(Flush(segment.index, (key,))))
+
+    def last(self, segment: int) -> list[tuple[Worker, Flush]]:
+        return [(self.owner(k), Flush(segment, (k,))) for k in self.book.live()]

@@ -31,7 +31,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._core.messages import Flush
 from .._core.run import AT_END
 from .._core.shm import BIG, tune_malloc
 from .._core.spec import StageSpec
@@ -164,13 +163,18 @@ class Segment:
         if self.finishing and self.ended and self.idle() and (
                 self.closed or self.flow.cut is None):  # state is saved before flush()
             self.finishing = False
-            for place in [] if self.closed else self.backend.copies():
-                rec = Record(0, AT_END, dumps(Flush(self.index)))  # a chunk of no input, last
-                self._track(rec)
-                self.backend.post(place, self, rec)
+            for place, msg in [] if self.closed else self.backend.last(self.index):
+                self.post_last(place, dumps(msg))
         if self.ended and not self.told and not self.finishing and self.idle():
             self.told = True
             self.next.end()
+
+    def post_last(self, place: Any, frame: Any) -> None:
+        """Send ``frame``, a ``Flush``, to ``place``: a chunk of no input, after every
+        chunk so far."""
+        rec = Record(0, AT_END, frame)
+        self._track(rec)
+        self.backend.post(place, self, rec)
 
     def deadline(self) -> float | None:
         """When its oldest input waiting for a group is due to go anyway."""
