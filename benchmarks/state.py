@@ -16,6 +16,9 @@ parent-side CPU seconds. The rows:
 * ``setup``: a stage whose ``setup()`` takes 1 s and whose calls take 20 ms;
   blpipe with ``replicas = 2`` against ``mpire`` with ``worker_init`` and 2
   jobs (skipped where mpire is not installed).
+* ``keyed``: a keyed stage (``key = fn``) that spends about 2 ms of CPU per
+  input over 8 keys, with 2 replicas against 1; and ``keyed skew`` the same
+  with one key holding 90 % of the inputs.
 """
 
 from __future__ import annotations
@@ -63,6 +66,40 @@ class Count:
         return [self.n]
 
 
+class Keyed:
+    """Per key: a running total, 2 ms of CPU per input."""
+
+    batch_size = 16
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+        self.total = 0
+
+    @staticmethod
+    def key(x: tuple[int, int]) -> int:
+        return x[0]
+
+    def __call__(self, x: tuple[int, int]) -> int:
+        spin(COUNT_WORK)
+        self.total += x[1]
+        return self.total
+
+
+def keyed_input(skew: bool) -> list[tuple[int, int]]:
+    if skew:  # key 0 holds 90 % of the inputs
+        return [(0 if i % 10 else 1 + (i // 10) % 7, i) for i in range(COUNT_N)]
+    return [(i % 8, i) for i in range(COUNT_N)]
+
+
+def keyed_want(data: list[tuple[int, int]]) -> int:
+    totals: dict[int, int] = {}
+    out = 0
+    for k, v in data:
+        totals[k] = totals.get(k, 0) + v
+        out += totals[k]
+    return out
+
+
 class Model:
     """A stage with a slow setup() and 20 ms calls."""
 
@@ -102,6 +139,10 @@ def run_one(row: str) -> dict[str, Any]:
         replicas = 2 if "replicas" in row else None
         with Pipeline([Count(replicas)], n_cpu=2) as p:
             result = [sum(p.apply(range(COUNT_N)))]
+    elif row.startswith("keyed"):
+        replicas = 2 if "replicas=2" in row else 1
+        with Pipeline([Keyed(replicas)], n_cpu=replicas) as p:
+            result = sum(p.apply(keyed_input("skew" in row)))
     elif row == "setup serial":
         m = Model()
         m.setup()
@@ -118,12 +159,16 @@ def run_one(row: str) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown row {row}")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    want = [COUNT_N] if row.startswith("count") else 2 * sum(range(SETUP_N))
+    want: Any = [COUNT_N] if row.startswith("count") else 2 * sum(range(SETUP_N))
+    if row.startswith("keyed"):
+        want = keyed_want(keyed_input("skew" in row))
     return {"seconds": seconds, "cpu": cpu, "ok": result == want}
 
 
 def rows() -> list[str]:
     out = ["count serial", "count blpipe[dedicated]", "count blpipe[replicas=2]",
+           "keyed blpipe[replicas=1]", "keyed blpipe[replicas=2]",
+           "keyed skew blpipe[replicas=1]", "keyed skew blpipe[replicas=2]",
            "setup serial", "setup blpipe[replicas=2]"]
     try:
         import mpire  # noqa: F401
@@ -163,6 +208,9 @@ def main() -> None:
     print()
     speedup = med["count blpipe[dedicated]"] / med["count blpipe[replicas=2]"]
     print(f"- count: replicas=2 is {speedup:.2f}x as fast as one dedicated process")
+    for kind in ("keyed", "keyed skew"):
+        ratio = med[f"{kind} blpipe[replicas=1]"] / med[f"{kind} blpipe[replicas=2]"]
+        print(f"- {kind}: 2 replicas are {ratio:.2f}x as fast as 1")
     if "setup mpire[worker_init]" in med:
         ratio = med["setup blpipe[replicas=2]"] / med["setup mpire[worker_init]"]
         print(f"- setup: blpipe with replicas=2 takes {ratio:.2f}x mpire's time")

@@ -104,11 +104,12 @@ class Pipeline(PipelineBase):
         super().__init__(operations, n_cpu, start_method=start_method, progress=progress,
                          keep_errors=keep_errors)
         copied = [s for s in self.stages
-                  if s.placement is Placement.DEDICATED and (s.replicas or s.key)]
+                  if s.placement is Placement.DEDICATED and s.replicas and not s.key]
         if checkpoint is not None and copied:
-            raise ValueError(f"{where}: {copied[0].label} has replicas or a key: copies of "
-                             f"a stateful stage cannot be checkpointed yet; drop "
-                             f"checkpoint=, or the stage's replicas and key")
+            raise ValueError(f"{where}: {copied[0].label} has replicas={copied[0].replicas}: "
+                             f"its copies' states, each of some of the inputs, cannot be "
+                             f"checkpointed yet; give it a key = fn (keyed state is "
+                             f"checkpointed), or drop checkpoint=, or replicas")
         self._keeper = None if checkpoint is None else Keeper(checkpoint, checkpoint_every,
                                                                on_checkpoint, self.stages)
         self.checkpointed: Checkpoint | None = None

@@ -152,6 +152,69 @@ def test_bad_values(attrs: dict[str, Any], error: type[Exception], words: str) -
         stage(abs, **attrs)
 
 
-def test_keyed_stages_refuse_checkpoints(tmp_path: Any) -> None:
-    with pytest.raises(ValueError, match="cannot be checkpointed yet"):
-        Pipeline([Session()], checkpoint=tmp_path / "c")
+def test_a_checkpoint_resumes_on_other_replicas(tmp_path: Any) -> None:
+    """Stopped after a checkpoint, resumed on 3 replicas where 2 ran: each key goes
+    on from its saved copy, idle keys retire at the same inputs, and the output
+    cut back to the checkpoint's token equals an uninterrupted run."""
+    ckpt = tmp_path / "ckpt"
+    data = [("abcdefg"[(i * 5) % 7 if i % 11 else 0], i) for i in range(120)]
+    want = run(SequentialPipeline, [Session(key_idle=4)], data)
+    done: list[Any] = []
+
+    def go(replicas: int, stop: int | None) -> None:
+        with Pipeline([Session(replicas, key_idle=4), stage(strip, run_in_master=True)],
+                      n_cpu=replicas + 1, checkpoint=ckpt, checkpoint_every=None,
+                      on_checkpoint=lambda _: len(done)) as p:
+            if p.checkpointed is not None:
+                del done[p.checkpointed.token:]
+            for i, y in enumerate(p.apply(data)):
+                done.append(y)
+                if i == 40:
+                    p.checkpoint()
+                if stop is not None and i >= stop and p.checkpointed is not None:
+                    break
+
+    go(2, 70)
+    assert done != want
+    go(3, None)
+    assert done == want
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("start_method", "kills", "within"), [
+    ("fork", 8, (0.05, 0.5)),
+    ("spawn", 4, (0.3, 1.5)),
+])
+def test_a_killed_keyed_program_resumes_exactly(tmp_path: Any, start_method: str, kills: int,
+                                                within: tuple[float, float]) -> None:
+    """SIGKILLed at random moments, each run on 1 to 3 replicas: the committed
+    output equals an uninterrupted run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.scripts.keyed_checkpointed import expected
+
+    script = Path(__file__).parent / "scripts" / "keyed_checkpointed.py"
+    n = 3_000
+    rng = random.Random(kills)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    hit = rounds = 0
+    while hit < kills:  # rounds, each from a fresh file, until enough kills hit a run
+        rounds += 1
+        out, ckpt = tmp_path / f"out{rounds}.txt", tmp_path / f"run{rounds}.ckpt"
+        while True:
+            proc = subprocess.Popen([sys.executable, str(script), start_method, str(out),
+                                     str(ckpt), str(n)], start_new_session=True, env=env)
+            try:
+                proc.wait(timeout=rng.uniform(*within) if hit < kills else 120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                hit += 1
+                continue
+            assert proc.returncode == 0, f"a run of round {rounds} failed"
+            break
+        assert out.read_text().split() == expected(n), f"round {rounds}"

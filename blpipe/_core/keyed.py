@@ -101,6 +101,15 @@ class KeyBook:
         """The live keys, in the order they first came."""
         return list(self.first)
 
+    def state(self) -> tuple[int, list[tuple[Any, int]], list[Any]]:
+        """What a checkpoint keeps of it."""
+        return self.n, list(self.recent.items()), list(self.first)
+
+    def restore(self, state: tuple[int, list[tuple[Any, int]], list[Any]]) -> None:
+        self.n = state[0]
+        self.recent = OrderedDict(state[1])
+        self.first = dict.fromkeys(state[2])
+
 
 class Keyed:
     """A replica's copies of a keyed stage, one per key it owns.
@@ -144,6 +153,23 @@ class Keyed:
             setup()
             self.resources = {k: v for k, v in state.items()
                               if k not in before or before[k] is not v}
+
+    def adopt(self, key: Any, c: Any) -> None:
+        """Take ``key``'s copy from a checkpoint: it comes without the resources."""
+        if hasattr(c, "__dict__"):
+            c.__dict__.update(self.resources)
+        self.copies[key] = c
+
+    def saved(self) -> dict[Any, Any]:
+        """Each key's copy, without the resources they share: what a checkpoint keeps."""
+        out = {}
+        for k, c in self.copies.items():
+            if self.resources and hasattr(c, "__dict__"):
+                c = copy.copy(c)
+                for name in self.resources:
+                    c.__dict__.pop(name, None)
+            out[k] = c
+        return out
 
     def teardown(self) -> None:
         teardown = hooks_of(self.template)[1]

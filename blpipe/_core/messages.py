@@ -19,6 +19,8 @@ worker -> hub          ``Ready``                    its stages' ``setup()`` ran,
 worker -> hub          ``HookFailed``               a stage's ``setup()`` or ``teardown()``
                                                     raised: stage, hook, process, error
 hub -> dedicated       ``Snapshot`` (relayed)       segment: a checkpoint's cut is here
+hub -> keyed replica   ``Adopt``                    a key's copy, from the checkpoint resumed
+                                                    from
 hub -> dedicated       ``Flush``                    segment: the input ended; a ``Result``
                                                     of the stage's ``flush()`` comes back
 dedicated -> hub       ``State``                    stage, its pickled state (or the error)
@@ -127,6 +129,15 @@ class Flush(NamedTuple):
     keys: tuple[Any, ...] | None = None
 
 
+class Adopt(NamedTuple):
+    """hub -> keyed replica: a key's copy from the checkpoint resumed from, sent
+    to the replica that now owns the key, before anything else of that key."""
+
+    segment: int
+    key: Any
+    blob: bytes  # the copy, pickled (with dill)
+
+
 class Snapshot(NamedTuple):
     """hub -> a dedicated worker, relayed along a link: a checkpoint's cut comes
     after the chunks before it; answer with the stage's ``State``."""
@@ -140,6 +151,7 @@ class State(NamedTuple):
     stage: int
     blob: bytes | None
     error: str | None = None
+    replica: int = 0  # which of a keyed stage's replicas: each sends its keys' copies
 
 
 class Loaded(NamedTuple):

@@ -116,6 +116,8 @@ class StageSpec:
     key: Callable[[Any], Any] | None = None  # each key its own copy of the stage
     key_idle: int | None = None  # a key idle for more inputs than this is retired
     max_keys: int | None = None  # live keys at most
+    # a keyed stage resumed from a checkpoint: its keys' copies, and its book of keys
+    resumed: tuple[dict[Any, Any], Any] | None = None
 
     @property
     def label(self) -> str:

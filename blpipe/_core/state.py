@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .hooks import without_resources
+from .keyed import Keyed
 from .retry import Retrying
 from .stage import Stage, unwrapped
 from .timeout import Abandoning, Clocked
@@ -57,6 +58,9 @@ def states(chain: Chain) -> Iterator[tuple[int, bytes | None, str | None]]:
             yield step.number, None, None
             continue
         try:
+            if isinstance(obj, Keyed):  # its keys' copies, not what it was built as
+                yield step.number, dumps_stage(obj.saved()), None
+                continue
             yield step.number, dumps_stage(without_resources(obj)), None
         except Exception as e:
             yield step.number, None, f"{step.label}: {type(e).__name__}: {e}"

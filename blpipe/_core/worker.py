@@ -30,6 +30,7 @@ from .failures import RemoteError, StageFailure
 from .hooks import Lifecycle, Stop, bare, hook, set_up, stop_on_sigterm, tear_down
 from .keyed import Keyed
 from .messages import (
+    Adopt,
     Broken,
     Carry,
     Flush,
@@ -141,7 +142,7 @@ def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup)
             if life and not set_up(life, result_fd, where):
                 return
             _serve(Inbox(task_conn.fileno()), result_fd, relay_fd, segments,
-                   role is not Role.ALONE)
+                   role is not Role.ALONE, replica[0])
         except Exception:  # blpipe's own (Chain.run catches the stage's): say so, rather
             with contextlib.suppress(OSError):  # than exit as if the stage had killed it
                 _write(result_fd, dumps(Broken(traceback.format_exc())))
@@ -154,7 +155,7 @@ def worker_main(task_conn: Any, result_conn: Any, relay_conn: Any, setup: Setup)
 
 
 def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segments,
-           linked: bool) -> None:
+           linked: bool, replica: int) -> None:
     slots = Slots() if AVAILABLE and not linked else None
     views = Views()
     only = next(iter(segments.values()))  # a linked worker's: relayed tasks name none
@@ -176,9 +177,15 @@ def _serve(inbox: Inbox, result_fd: int, relay_fd: int | None, segments: Segment
         if views.last is not None and views.nbytes > BIG:
             _write(result_fd, dumps(Loaded(views.last[1])))  # the hub frees the slot now
         if type(msg) is Snapshot:  # a checkpoint's cut: after the chunks before it
-            _snapshot(segments.get(msg.segment, only).chain, result_fd)
+            _snapshot(segments.get(msg.segment, only).chain, result_fd, replica)
             if relay_fd is not None:
                 _write(relay_fd, dumps(msg))
+            continue
+        if type(msg) is Adopt:  # a key's copy from the checkpoint resumed from
+            for step in segments.get(msg.segment, only).chain.steps:
+                keyed = bare(step.func)
+                if isinstance(keyed, Keyed):
+                    keyed.adopt(msg.key, loads_stage(msg.blob))
             continue
         if type(msg) is Flush:  # the input ended: the stage's last outputs
             start_task(tasks)
@@ -250,10 +257,10 @@ def _release(slots: Slots | None, freed: list[tuple[int, int]], pid: int) -> Non
                 slots.release(ident)
 
 
-def _snapshot(chain: Chain, result_fd: int) -> None:
+def _snapshot(chain: Chain, result_fd: int, replica: int) -> None:
     """Send the hub each stage's state: its object pickled, or why it won't pickle."""
     for number, blob, error in states(chain):
-        _write(result_fd, dumps(State(number, blob, error)))
+        _write(result_fd, dumps(State(number, blob, error, replica)))
 
 
 PART_DELAY = 0.001  # seconds a part's first output waits for more to fill it

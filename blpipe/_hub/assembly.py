@@ -208,7 +208,8 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         n, cap = s.replicas or 1, s.batch_size
         chunks = (max(1, cap // (2 * n)), max(1, cap // 2))
         if s.key is not None:  # each input to its key's replica: one per chunk
-            copies: Replicas = KeyedReplicas(m.procs, seg.blobs[0], s, seg.label, n, hooks(s))
+            copies: Replicas = KeyedReplicas(m.procs, seg.blobs[0], s, index, seg.label, n,
+                                             hooks(s))
             chunks = (1, 1)
         else:
             copies = Replicas(m.procs, seg.blobs[0], seg.label, n, s.timeout is not None,

@@ -214,8 +214,19 @@ class Keeper:
     def restored(self, stages: Sequence[StageSpec]) -> tuple[StageSpec, ...]:
         """``stages``, each stateful one with the state the checkpoint holds."""
         states = self.resume["states"] if self.resume is not None else {}
-        return tuple(dataclasses.replace(s, func=with_state(s.func, loads_stage(states[s.index])))
-                     if s.index in states else s for s in stages)
+        keyed = self.resume.get("keyed", {}) if self.resume is not None else {}
+        out = []
+        for s in stages:
+            if s.index in states:
+                s = dataclasses.replace(s, func=with_state(s.func, loads_stage(states[s.index])))
+            elif s.index in keyed:  # every replica's keys, for however many replicas now
+                copies: dict[Any, Any] = {}
+                for blob in keyed[s.index]:
+                    copies.update(loads_stage(blob))
+                assert self.resume is not None
+                s = dataclasses.replace(s, resumed=(copies, self.resume["books"][s.index]))
+            out.append(s)
+        return tuple(out)
 
     def complete(self, cut: Cut, stages: Sequence[StageSpec]) -> Checkpoint:
         """The cut has reached the consumer: let it commit, then write the file."""
@@ -226,7 +237,7 @@ class Keeper:
         token = self.on_checkpoint(cut.inputs) if self.on_checkpoint is not None else None
         write(self.path, {"fingerprint": fingerprint(stages), "inputs": cut.inputs,
                           "token": token, "states": cut.states, "chains": cut.chains,
-                          "buffers": cut.buffers,
+                          "buffers": cut.buffers, "keyed": cut.keyed, "books": cut.books,
                           "errors": [cut.errors.get(s.index, 0) for s in stages]})
         self.last = Checkpoint(cut.inputs, token, self.path)
         return self.last

@@ -36,7 +36,9 @@ class Cut:
     chains: dict[int, bytes] = field(default_factory=dict)  # master segment -> windows, groups
     buffers: dict[int, list[Any]] = field(default_factory=dict)  # segment -> history, group
     errors: dict[int, int] = field(default_factory=dict)  # stage -> errors before the cut
-    waiting: set[int] = field(default_factory=set)  # stages whose State has not come
+    keyed: dict[int, list[bytes]] = field(default_factory=dict)  # stage -> replicas' keys
+    books: dict[int, Any] = field(default_factory=dict)  # keyed stage -> its book of keys
+    waiting: set[tuple[int, int]] = field(default_factory=set)  # (stage, replica) to come
     failed: str | None = None  # why a stage's state would not pickle
 
     def leave(self, first: int, last: int, counts: Sequence[int]) -> None:

@@ -149,7 +149,8 @@ class Hub:
                 return False  # a dedicated worker died, say: the stream ends here
             self.wait(0.01)
         if cut.waiting and cut.failed is None:
-            raise BrokenPipeline(f"the dedicated stages {sorted(cut.waiting)} did not send "
+            raise BrokenPipeline(f"the dedicated stages {sorted({s for s, _ in cut.waiting})} "
+                                 f"did not send "
                                  f"their state for a checkpoint within {_GATHER:.0f} s")
         return True
 

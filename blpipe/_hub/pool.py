@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.failures import StageFailure
 from .._core.keyed import KeyBook
-from .._core.messages import Credit, Flush, Role, Snapshot
+from .._core.messages import Adopt, Credit, Flush, Role, Snapshot
 from .._core.text import short_repr
-from .._core.transport import Frame, dumps
+from .._core.transport import Frame, dumps, dumps_stage
 from ..errors import WorkerDied
 from .executors import Spread
 from .procs import Procs
@@ -181,7 +181,7 @@ class Link(_Group):
         sends its stage's ``State`` once it has run them, in order."""
         if not self.feeding:
             return  # it died: the chunk after fails, and the cut never completes
-        cut.waiting.update(range(segment.first, segment.last + 1))
+        cut.waiting.update((i, 0) for i in range(segment.first, segment.last + 1))
         self.procs.send(self.feeding[0], dumps(Snapshot(segment.index)))
 
     def pick(self, limit: int) -> Worker | None:
@@ -282,16 +282,37 @@ class KeyedReplicas(Replicas):
     retires idle keys, each with a ``Flush`` right after the input that left it
     idle, and flushes the live ones at the end, in the order they came."""
 
-    def __init__(self, procs: Procs, blob: bytes, spec: StageSpec, label: str, size: int,
-                 hooked: bool = False) -> None:
+    def __init__(self, procs: Procs, blob: bytes, spec: StageSpec, segment: int, label: str,
+                 size: int, hooked: bool = False) -> None:
         super().__init__(procs, blob, label, size, spec.timeout is not None, hooked)
         assert spec.key is not None
+        self.segment = segment
         self.key = spec.key
         self.book = KeyBook(spec.key_idle, spec.max_keys, spec.label)
+        # a resume's copies, each sent to its key's replica before anything of its key
+        self.adopt: dict[Any, Any] = {}
+        if spec.resumed is not None:
+            self.adopt, book = spec.resumed
+            self.book.restore(book)
         self.routed: tuple[Worker, list[Any]] | BaseException | None = None
 
+    def snapshot(self, segment: Segment, cut: Cut) -> None:
+        """A cut after the inputs sent so far: the book of keys now, and each
+        replica's copies once it has run them."""
+        stage = segment.first
+        cut.keyed[stage] = [dumps_stage(self.adopt)]  # the copies no replica has yet
+        cut.books[stage] = self.book.state()
+        for w in self.places:
+            cut.waiting.add((stage, w.replica))
+            self.procs.send(w, dumps(Snapshot(segment.index)))
+
     def owner(self, key: Any) -> Worker:
-        return self.workers[hash(key) % self.size]
+        """The replica of ``key``, which is sent its copy from a resume first."""
+        worker = self.workers[hash(key) % self.size]
+        if self.adopt and key in self.adopt:
+            blob = dumps_stage(self.adopt.pop(key))
+            self.procs.send(worker, dumps(Adopt(self.segment, key, blob)))
+        return worker
 
     def pack(self, segment: int, payload: list[Any], worker: Worker,
              credit: Credit | None = None) -> tuple[Frame, int | None, int]:

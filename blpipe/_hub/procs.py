@@ -221,9 +221,12 @@ class Procs:
         """A dedicated stage's state at a checkpoint's cut."""
         cut = self.flow.cut
         if cut is not None:
-            cut.waiting.discard(msg.stage)
+            cut.waiting.discard((msg.stage, msg.replica))
             if msg.error is not None:
                 cut.failed = msg.error
+            elif msg.stage in cut.keyed:  # a keyed stage's: one per replica
+                assert msg.blob is not None
+                cut.keyed[msg.stage].append(msg.blob)
             elif msg.blob is not None:
                 cut.states[msg.stage] = msg.blob
 
