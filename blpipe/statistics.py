@@ -95,6 +95,14 @@ class StageStatistics:
     replicas: int | None = None
     """Its ``replicas``: the processes of its own it runs in; ``None`` when it
     has none (it runs in the shared pool, or where its placement says)."""
+    replica_inputs: tuple[int, ...] = ()
+    """With ``replicas``: the inputs each replica has finished, by index."""
+    replica_busy_seconds: tuple[float, ...] = ()
+    """With ``replicas``: each replica's seconds in the stage's calls."""
+    live_keys: int | None = None
+    """A keyed stage's live keys (each with its copy); ``None`` for another stage."""
+    top_key: tuple[str, int] | None = None
+    """A keyed stage's live key with the most inputs so far: its ``repr`` and its inputs."""
 
     def stalled(self) -> bool:
         """Whether its oldest call has run far longer than its usual one: 10
@@ -139,6 +147,8 @@ class Statistics:
     setup_seconds: float = 0.0
     """Seconds spent in the stages' ``setup()``, summed over every process
     that ran one (the calling process included)."""
+    setups: int = 0
+    """The processes that ran a ``setup()``."""
 
     def bottleneck(self) -> str | None:
         """The name of what limits the run: a stage, ``'the consumer'`` or
@@ -224,6 +234,27 @@ def _advice(st: Statistics) -> list[str]:
                 f"or replicated stages compete for {st.usable_cpus} usable CPUs: pass n_cpu = "
                 f"{st.usable_cpus} so that the pool gets {fit} and each busy process has "
                 f"a CPU of its own.")
+    for s in st.stages:
+        total = sum(s.replica_inputs)
+        if len(s.replica_inputs) > 1 and total >= 20 and \
+                max(s.replica_busy_seconds) >= 0.5 * elapsed:  # the busiest one holds it up
+            i = max(range(len(s.replica_inputs)), key=s.replica_inputs.__getitem__)
+            share = s.replica_inputs[i] / total
+            if share >= 1.5 / len(s.replica_inputs):
+                key = (f"; key {s.top_key[0]} alone {_pct(s.top_key[1] / total)}"
+                       if s.top_key is not None else "")
+                out.append(
+                    f"{s.name}: replica {i} took {_pct(share)} of the inputs{key}, so the "
+                    f"other replicas wait: "
+                    + ("spread the heavy key's work (a finer key, or a stateless stage "
+                       "before this one)." if key else "give it more work per input, or "
+                       "fewer replicas."))
+    if st.setups and elapsed < 30 and st.setup_seconds / st.setups >= 0.5 * elapsed:
+        out.append(
+            f"setup() took {st.setup_seconds / st.setups:.2g} s per process, "
+            f"{_pct(st.setup_seconds / st.setups / elapsed)} of this {elapsed:.2g} s run: a "
+            f"run this short is mostly setup. Give one Pipeline more input (one for many "
+            f"files rather than one per file), or make setup() cheaper.")
     if st.consumer_seconds / elapsed >= 0.5:
         out.append(
             f"the consumer held the pipeline {_pct(st.consumer_seconds / elapsed)} of the "

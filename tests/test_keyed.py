@@ -218,3 +218,32 @@ def test_a_killed_keyed_program_resumes_exactly(tmp_path: Any, start_method: str
             assert proc.returncode == 0, f"a run of round {rounds} failed"
             break
         assert out.read_text().split() == expected(n), f"round {rounds}"
+
+
+class Spin(Session):
+    """Costs about 1 ms per input, so that the stage is the bottleneck."""
+
+    def __call__(self, x: tuple[str, int]) -> Any:
+        sum(range(40_000))
+        return super().__call__(x)
+
+
+@pytest.mark.parametrize("skewed", [True, False])
+def test_statistics_per_replica_and_key_skew(skewed: bool) -> None:
+    data = [("hot" if skewed and i % 10 else "k" + str(i % 8), i) for i in range(300)]
+    with Pipeline([Spin(flush=False)], n_cpu=2) as p:
+        assert len(list(p.apply(data))) == 300
+        st_ = p.statistics()
+        s = st_.stages[0]
+        advice = st_.advice()
+    assert sum(s.replica_inputs) == 300
+    assert len(s.replica_busy_seconds) == 2
+    assert all(b >= 0 for b in s.replica_busy_seconds)
+    skew = [a for a in advice if "of the inputs" in a]
+    if skewed:
+        assert s.top_key == ("'hot'", 270)
+        assert skew
+        assert "key 'hot' alone 90%" in skew[0]
+    else:
+        assert s.live_keys == 8
+        assert not skew

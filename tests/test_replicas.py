@@ -267,3 +267,26 @@ def test_where_outside_setup_says_what_it_is_for() -> None:
 
     with pytest.raises(RuntimeError, match=r"blpipe.where\(\) tells a stage's setup"):
         blpipe.where()
+
+
+class SlowStart:
+    stateful = False
+    batch_size = 4
+
+    def setup(self) -> None:
+        time.sleep(0.6)
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+def test_the_report_names_a_setup_that_dominates_a_short_run() -> None:
+    with Pipeline([SlowStart()], n_cpu=2) as p:
+        assert list(p.apply(range(10))) == list(range(10))
+        st = p.statistics()
+    assert st.setups == 2
+    assert st.setup_seconds >= 1.2
+    assert any(a.startswith("setup() took") for a in st.advice())
+    with Pipeline([stage(square, stateful=False)], n_cpu=2) as p:
+        list(p.apply(range(10)))
+        assert not any("setup()" in a for a in p.statistics().advice())

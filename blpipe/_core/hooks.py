@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .failures import RemoteError, StageFailure
+from .keyed import Keyed
 from .messages import HookFailed, Ready
 from .retry import Retrying, after
 from .spec import Retry
@@ -67,7 +68,10 @@ def hook(label: str, func: object, retry: Retry | None = None) -> Hook | None:
     """The hook of the stage ``func`` runs, or ``None`` when it has neither."""
     if retry is None and isinstance(func, Retrying):
         retry = func.retry
-    setup, teardown = hooks_of(bare(func))
+    func = bare(func)
+    if isinstance(func, Keyed) and hooks_of(func.template) == (None, None):
+        return None  # its own setup() only runs the stage's
+    setup, teardown = hooks_of(func)
     if setup is None and teardown is None:
         return None
     return Hook(label, setup, teardown, retry)

@@ -71,7 +71,7 @@ class KeyBook:
         self.label = label
         self.n = 0  # inputs seen
         self.recent: OrderedDict[Any, int] = OrderedDict()  # key -> its last input, oldest first
-        self.first: dict[Any, None] = {}  # the live keys, in the order they came
+        self.first: dict[Any, int] = {}  # the live keys, in the order they came: their inputs
 
     def see(self, key: Any) -> list[Any]:
         """Input ``n`` has ``key``: the other keys it leaves idle for more than
@@ -94,21 +94,27 @@ class KeyBook:
                                f"{self.most + 1}, over max_keys={self.most}; raise max_keys, "
                                f"or set key_idle so that idle keys are retired")
         self.recent[key] = i
-        self.first.setdefault(key, None)
+        self.first[key] = self.first.get(key, 0) + 1
         return retired
 
     def live(self) -> list[Any]:
         """The live keys, in the order they first came."""
         return list(self.first)
 
-    def state(self) -> tuple[int, list[tuple[Any, int]], list[Any]]:
-        """What a checkpoint keeps of it."""
-        return self.n, list(self.recent.items()), list(self.first)
+    def figures(self) -> tuple[int, tuple[str, int] | None]:
+        """Its live keys, and the one with the most inputs: its ``repr``, its inputs."""
+        first = dict(self.first)  # read from another thread: copied in one step
+        top = max(first.items(), key=lambda kv: kv[1], default=None)
+        return len(first), None if top is None else (short_repr(top[0]), top[1])
 
-    def restore(self, state: tuple[int, list[tuple[Any, int]], list[Any]]) -> None:
+    def state(self) -> tuple[int, list[tuple[Any, int]], list[tuple[Any, int]]]:
+        """What a checkpoint keeps of it."""
+        return self.n, list(self.recent.items()), list(self.first.items())
+
+    def restore(self, state: tuple[int, list[tuple[Any, int]], list[tuple[Any, int]]]) -> None:
         self.n = state[0]
         self.recent = OrderedDict(state[1])
-        self.first = dict.fromkeys(state[2])
+        self.first = dict(state[2])
 
 
 class Keyed:

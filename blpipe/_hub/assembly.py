@@ -178,6 +178,7 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
     except HookFailure as e:
         raise e.message(_CALLER, packed=False).exception() from None
     config.recorder.setup_seconds += m.here.seconds
+    config.recorder.setups += bool(m.here)
     return segments
 
 
@@ -207,9 +208,11 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
             m._watch(m.procs)
         n, cap = s.replicas or 1, s.batch_size
         chunks = (max(1, cap // (2 * n)), max(1, cap // 2))
+        config.recorder.replicas[s.index] = [[0, 0.0] for _ in range(n)]
         if s.key is not None:  # each input to its key's replica: one per chunk
-            copies: Replicas = KeyedReplicas(m.procs, seg.blobs[0], s, index, seg.label, n,
-                                             hooks(s))
+            keyed = KeyedReplicas(m.procs, seg.blobs[0], s, index, seg.label, n, hooks(s))
+            config.recorder.keys[s.index] = keyed.book.figures
+            copies: Replicas = keyed
             chunks = (1, 1)
         else:
             copies = Replicas(m.procs, seg.blobs[0], seg.label, n, s.timeout is not None,
@@ -246,6 +249,7 @@ def _segment(index: int, plan: Plan, config: Config, lanes: list[Lane], flow: Fl
         assert m.procs is not None
         assert s.replicas is not None
         n = s.replicas
+        config.recorder.replicas[s.index] = [[0, 0.0] for _ in range(n)]
         backend = Pool(m.procs, seg.blobs[0], seg.label, n, config.max_tasks,
                        s.timeout is not None, hooks(s))
         if s.timeout is not None:

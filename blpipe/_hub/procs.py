@@ -66,6 +66,7 @@ class Procs:
         self.views = Views()  # the workers' slots, for large results
         self.into = bytearray(READ_SIZE)  # what every worker's inbox reads into
         self.closing = False
+        self.replicas = flow.recorder.replicas  # per replica figures, of stages with some
         self.unready = 0  # workers whose setup() has not yet ended
         self.setup_failed: BaseException | None = None  # the first setup() that raised
 
@@ -181,6 +182,11 @@ class Procs:
             segment, rec = worker.pending.popleft()
             if rec.slot is not None:
                 self.release_slot(rec)
+            counts = self.replicas.get(segment.first)
+            if counts is not None:  # a stage with replicas: each one's figures
+                fig = counts[worker.replica]
+                fig[0] += rec.n_in
+                fig[1] += msg[2][0][0]
             segment.complete(rec, new(Result, msg), nbytes)
             if worker.left == 0 and not (worker.pending or worker.paused):
                 self.retire(worker)
@@ -239,6 +245,7 @@ class Procs:
         """Its stages are set up."""
         self._settled(worker)
         self.flow.recorder.setup_seconds += msg.seconds
+        self.flow.recorder.setups += 1
 
     def _on_hook_failed(self, worker: Worker, msg: HookFailed,
                         payload: bytes | bytearray) -> None:

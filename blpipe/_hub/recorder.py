@@ -43,6 +43,11 @@ class Recorder:
         self.input = 0.0
         self.restarts = 0  # pool workers started in place of others
         self.setup_seconds = 0.0  # in the stages' setup(), summed over the processes
+        self.setups = 0  # processes that ran a setup()
+        # a stage with replicas: per replica [inputs, busy seconds], added as results come
+        self.replicas: dict[int, list[list[float]]] = {}
+        # a keyed stage: what its book of keys says now: (live keys, [(key, inputs)] top)
+        self.keys: dict[int, Callable[[], tuple[int, tuple[str, int] | None]]] = {}
 
     def start(self) -> None:
         if self.started is None:
@@ -118,6 +123,7 @@ class Recorder:
             # calls in flight at once: a group stage's hold a group each
             can_run = max(1, min(workers, spec.batch_size // (spec.group or 1)))
             since, on = stalls.get(i, (now, None))
+            keys = self.keys[i]() if i in self.keys else (None, None)
             stages.append(StageStatistics(
                 name=spec.label, placement=spec.placement.value, window=spec.window,
                 batch_size=spec.batch_size, segment=seg, workers=workers,
@@ -131,11 +137,14 @@ class Recorder:
                 timeouts=timeouts[i],
                 usual_call_seconds=usual[i],
                 oldest_call_seconds=max(0.0, now - since), oldest_call_input=on,
-                replicas=spec.replicas))
+                replicas=spec.replicas,
+                replica_inputs=tuple(int(r[0]) for r in self.replicas.get(i, ())),
+                replica_busy_seconds=tuple(r[1] for r in self.replicas.get(i, ())),
+                live_keys=keys[0], top_key=keys[1]))
         return Statistics(stages=tuple(stages), elapsed_seconds=elapsed,
                           items_yielded=self.yielded, consumer_seconds=self.consumer,
                           input_seconds=self.input, running=running,
                           pool_size=self.pool_size, usable_cpus=self.usable_cpus,
                           bytes_in_flight=nbytes[0], peak_bytes_in_flight=nbytes[1],
                           pool_active=active or self.pool_size, restarts=self.restarts,
-                          setup_seconds=self.setup_seconds)
+                          setup_seconds=self.setup_seconds, setups=self.setups)
