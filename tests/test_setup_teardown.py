@@ -149,9 +149,10 @@ def test_a_function_gets_hooks_through_stage(tmp_path: Path, start_method: str) 
 
 
 @pytest.mark.parametrize("place", ["dedicated", "pool", "master"])
-def test_teardown_after_break_and_after_a_failure_elsewhere(tmp_path: Path, place: str) -> None:
+def test_teardown_after_break_and_after_a_failure_elsewhere(tmp_path: Path, place: str,
+                                                           start_method: str) -> None:
     path = tmp_path / "log"
-    with Pipeline([Hooked(path, **PLACES[place])], n_cpu=2) as p:
+    with Pipeline([Hooked(path, **PLACES[place])], n_cpu=2, start_method=start_method) as p:
         for out in p.apply(range(10_000)):
             if out[2] == 3:
                 break
@@ -166,7 +167,7 @@ def test_teardown_after_break_and_after_a_failure_elsewhere(tmp_path: Path, plac
         return x
 
     with Pipeline([Hooked(path2, **PLACES[place]), stage(boom, run_in_master=True)],
-                  n_cpu=2) as p:
+                  n_cpu=2, start_method=start_method) as p:
         seen: list[int] = []
         with pytest.raises(RuntimeError, match="a later stage failed"):
             seen.extend(out[2] for out in p.apply(range(100)))
@@ -287,10 +288,12 @@ def test_a_replaced_worker_sets_up_again(tmp_path: Path, start_method: str) -> N
     assert len({pid for h, pid, _ in events(path)}) > 2
 
 
-def test_a_killed_worker_never_tears_down(tmp_path: Path, start_method: str) -> None:
+@pytest.mark.parametrize("replicas", [None, 2])
+def test_a_killed_worker_never_tears_down(tmp_path: Path, start_method: str,
+                                          replicas: int | None) -> None:
     path = tmp_path / "log"
-    with Pipeline([Hooked(path, stateful=False, batch_size=4, die_on=5, on_error="collect")],
-                  n_cpu=2, start_method=start_method) as p:
+    with Pipeline([Hooked(path, stateful=False, batch_size=4, die_on=5, on_error="collect",
+                          replicas=replicas)], n_cpu=2, start_method=start_method) as p:
         outs = list(p.apply(range(20)))
         assert [e.input for e in p.errors.records] == ["5"]
     assert [x for _, _, x in outs] == [x for x in range(20) if x != 5]

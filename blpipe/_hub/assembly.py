@@ -152,8 +152,9 @@ def assemble(plan: Plan, config: Config, flow: Flow, sink: Sink,
         if timed:
             m._watch(m.procs)
         if config.auto:
+            # the stages on processes of their own (or the caller): the pool makes room
             own = [s.index for seg in plan.segments for s in seg.stages
-                   if seg.kind in (Placement.DEDICATED, Placement.MASTER)]
+                   if seg.kind in (Placement.DEDICATED, Placement.MASTER) or seg.blobs]
             m.governor = Governor(config.pool_size, own, config.recorder.busy,
                                   time.monotonic())
     if Placement.ASYNC in kinds:
