@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blpipe import Pipeline, SequentialPipeline, WorkerDied, stage
-from tests.helpers import SLOW_AND_LARGE
+from tests.helpers import SLOW_AND_LARGE, START_METHODS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,12 +53,13 @@ def run(cls: type, stages: list[Any], data: list[Any], **kw: Any) -> list[Any]:
         return list(p.apply(data))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=SLOW_AND_LARGE)
+@pytest.mark.parametrize("method", START_METHODS)
+@settings(max_examples=20, deadline=None, suppress_health_check=SLOW_AND_LARGE)
 @given(keys=st.lists(st.sampled_from("abcdefg"), max_size=80),
        replicas=st.integers(1, 3), idle=st.one_of(st.none(), st.integers(1, 6)),
        flush=st.booleans(), batch=st.integers(1, 9))
-def test_the_oracle(keys: list[str], replicas: int, idle: int | None, flush: bool,
-                    batch: int) -> None:
+def test_the_oracle(method: str, keys: list[str], replicas: int, idle: int | None,
+                    flush: bool, batch: int) -> None:
     data = [(k, i) for i, k in enumerate(keys)]
 
     def fresh() -> list[Any]:
@@ -67,7 +68,7 @@ def test_the_oracle(keys: list[str], replicas: int, idle: int | None, flush: boo
         return [s]
 
     want = run(SequentialPipeline, fresh(), data)
-    assert run(Pipeline, fresh(), data, n_cpu=replicas + 1) == want
+    assert run(Pipeline, fresh(), data, n_cpu=replicas + 1, start_method=method) == want
 
 
 def test_each_key_sees_its_inputs_in_order_on_one_replica(start_method: str) -> None:
