@@ -241,14 +241,17 @@ def _advice(st: Statistics) -> list[str]:
             i = max(range(len(s.replica_inputs)), key=s.replica_inputs.__getitem__)
             share = s.replica_inputs[i] / total
             if share >= 1.5 / len(s.replica_inputs):
-                key = (f"; key {s.top_key[0]} alone {_pct(s.top_key[1] / total)}"
-                       if s.top_key is not None else "")
+                heavy = s.top_key is not None and s.top_key[1] >= 0.5 * s.replica_inputs[i]
                 out.append(
-                    f"{s.name}: replica {i} took {_pct(share)} of the inputs{key}, so the "
-                    f"other replicas wait: "
-                    + ("spread the heavy key's work (a finer key, or a stateless stage "
-                       "before this one)." if key else "give it more work per input, or "
-                       "fewer replicas."))
+                    f"{s.name}: replica {i} took {_pct(share)} of the inputs"
+                    + (f"; key {s.top_key[0]} alone {_pct(s.top_key[1] / total)}, so the "
+                       f"other replicas wait: spread the heavy key's work (a finer key, or "
+                       f"a stateless stage before this one)." if heavy and s.top_key else
+                       ", so the other replicas wait: " + (
+                           f"its {s.live_keys} keys fell unevenly on the replicas (by "
+                           f"hash): use a finer key, or fewer replicas."
+                           if s.live_keys is not None else
+                           "give it more work per input, or fewer replicas.")))
     if st.setups and elapsed < 30 and st.setup_seconds / st.setups >= 0.5 * elapsed:
         out.append(
             f"setup() took {st.setup_seconds / st.setups:.2g} s per process, "
