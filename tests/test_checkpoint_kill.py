@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ N = 8_000
 
 
 def killed_and_resumed(tmp_path: Path, start_method: str, kills: int, seed: int,
-                       within: tuple[float, float]) -> int:
-    """Run the script over and over, each run SIGKILLed at a random moment
+                       within: tuple[float, float], script: Path = SCRIPT, n: int = N,
+                       want: Callable[[int], list[str]] = expected) -> int:
+    """Run ``script`` over and over, each run SIGKILLed at a random moment
     until ``kills`` kills have hit a running program; each time a run ends by
-    itself, its output must be exact, and a fresh round starts while kills
+    itself, its output must be ``want(n)``, and a fresh round starts while kills
     are left. Returns the rounds."""
     rng = random.Random(seed)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
@@ -32,8 +34,8 @@ def killed_and_resumed(tmp_path: Path, start_method: str, kills: int, seed: int,
         rounds += 1
         out, ckpt = tmp_path / f"out{rounds}.txt", tmp_path / f"run{rounds}.ckpt"
         while True:
-            proc = subprocess.Popen([sys.executable, str(SCRIPT), start_method, str(out),
-                                     str(ckpt), str(N)], start_new_session=True, env=env)
+            proc = subprocess.Popen([sys.executable, str(script), start_method, str(out),
+                                     str(ckpt), str(n)], start_new_session=True, env=env)
             try:
                 proc.wait(timeout=rng.uniform(*within) if hit < kills else 120)
             except subprocess.TimeoutExpired:
@@ -43,7 +45,7 @@ def killed_and_resumed(tmp_path: Path, start_method: str, kills: int, seed: int,
                 continue
             assert proc.returncode == 0, f"a run of round {rounds} failed: {proc.returncode}"
             break
-        assert out.read_text().split() == expected(N), f"round {rounds}"
+        assert out.read_text().split() == want(n), f"round {rounds}"
     return rounds
 
 

@@ -190,35 +190,14 @@ def test_a_killed_keyed_program_resumes_exactly(tmp_path: Any, start_method: str
                                                 within: tuple[float, float]) -> None:
     """SIGKILLed at random moments, each run on 1 to 3 replicas: the committed
     output equals an uninterrupted run."""
-    import random
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
 
     from tests.scripts.keyed_checkpointed import expected
+    from tests.test_checkpoint_kill import killed_and_resumed
 
-    script = Path(__file__).parent / "scripts" / "keyed_checkpointed.py"
-    n = 3_000
-    rng = random.Random(kills)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    hit = rounds = 0
-    while hit < kills:  # rounds, each from a fresh file, until enough kills hit a run
-        rounds += 1
-        out, ckpt = tmp_path / f"out{rounds}.txt", tmp_path / f"run{rounds}.ckpt"
-        while True:
-            proc = subprocess.Popen([sys.executable, str(script), start_method, str(out),
-                                     str(ckpt), str(n)], start_new_session=True, env=env)
-            try:
-                proc.wait(timeout=rng.uniform(*within) if hit < kills else 120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                hit += 1
-                continue
-            assert proc.returncode == 0, f"a run of round {rounds} failed"
-            break
-        assert out.read_text().split() == expected(n), f"round {rounds}"
+    killed_and_resumed(tmp_path, start_method, kills, seed=kills, within=within,
+                       script=Path(__file__).parent / "scripts" / "keyed_checkpointed.py",
+                       n=3_000, want=expected)
 
 
 class Spin(Session):

@@ -13,6 +13,7 @@ holds, and its next input as well.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core.failures import StageFailure
@@ -141,6 +142,19 @@ class Pool(_Group, Spread[Worker]):
         worker.unsent.clear()
 
 
+def fail_held(procs: Procs, worker: Worker, died: Callable[[Record], BaseException]) -> None:
+    """Fail every chunk a dead worker of state held: the one whose call ran late
+    with its timeout, the others with ``died(rec)``."""
+    held = [*worker.paused, *worker.pending, *worker.unsent]
+    worker.pending.clear()
+    worker.unsent.clear()
+    worker.paused.clear()
+    late = worker.late
+    for segment, rec in held:
+        procs.fail(segment, rec, late_call(segment, rec, late[1])
+                   if late is not None and late[0] is rec else died(rec))
+
+
 class Link(_Group):
     """The dedicated workers of one segment, each feeding the next; the hub feeds the first."""
 
@@ -202,20 +216,11 @@ class Link(_Group):
             # The linked workers after it finish what reached them, then see
             # end of file and end: the chunks still owed fail when the last does.
             return
-        pending = [*worker.paused, *worker.pending, *worker.unsent]
-        worker.pending.clear()
-        worker.unsent.clear()
-        worker.paused.clear()
-        for segment, rec in pending:
-            if worker.late is not None and worker.late[0] is rec:
-                self.procs.fail(segment, rec, late_call(segment, rec, worker.late[1]))
-                continue
-            if len(self.workers) > 1:
-                where = (f"{short_repr(rec.first)} to {self.workers[0].label} or one after "
-                         f"it (its chunk went through linked stages)")
-            else:
-                where = rec.where()
-            self.procs.fail(segment, rec, WorkerDied(label, code, where))
+        first = self.workers[0].label if len(self.workers) > 1 else None
+        fail_held(self.procs, worker, lambda rec: WorkerDied(label, code, rec.where() if first is
+                                                             None else f"{short_repr(rec.first)} "
+                                                             f"to {first} or one after it (its "
+                                                             f"chunk went through linked stages)"))
 
     def _blame(self, worker: Worker, exitcode: int | None) -> None:
         """Note which of its workers ended the others, and how.
@@ -265,15 +270,7 @@ class Replicas(Pool):
             self.places.remove(worker)
         if self.death is None:
             self.death = worker.label, exitcode
-        pending = [*worker.paused, *worker.pending, *worker.unsent]
-        worker.pending.clear()
-        worker.unsent.clear()
-        worker.paused.clear()
-        for segment, rec in pending:
-            if worker.late is not None and worker.late[0] is rec:
-                self.procs.fail(segment, rec, late_call(segment, rec, worker.late[1]))
-            else:
-                self.procs.fail(segment, rec, WorkerDied(worker.label, exitcode, rec.where()))
+        fail_held(self.procs, worker, lambda rec: WorkerDied(worker.label, exitcode, rec.where()))
 
 
 class KeyedReplicas(Replicas):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from blpipe import Pipeline, stage
 
@@ -47,15 +48,18 @@ def expected(n: int) -> list[str]:
     return [str(3 * x) for x in range(1, n)]
 
 
-def main(start: str, out_path: str, path: str, n: int) -> None:
+def main(start: str, out_path: str, path: str, n: int, stages: list[Any] | None = None,
+         n_cpu: int = 3) -> None:
+    """Run ``stages`` (by default the ones above) over ``range(n)``, committing
+    OUT at each checkpoint; the keyed script runs its own stages through it."""
     with open(out_path, "ab") as out:  # created if missing; positioned below
         def commit(covered: int) -> int:
             out.flush()
             os.fsync(out.fileno())
             return out.tell()
 
-        with Pipeline([work, Total(), rise], n_cpu=3, start_method=start, checkpoint=path,
-                      checkpoint_every=0.05, on_checkpoint=commit) as p:
+        with Pipeline(stages or [work, Total(), rise], n_cpu=n_cpu, start_method=start,
+                      checkpoint=path, checkpoint_every=0.05, on_checkpoint=commit) as p:
             resumed = p.checkpointed
             out.truncate(resumed.token if resumed is not None else 0)
             out.seek(0, os.SEEK_END)

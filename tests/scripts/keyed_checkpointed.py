@@ -3,16 +3,15 @@
 A keyed stage keeps a running total per key over replicas; each run picks its
 replicas at random (1 to 3), so a resume often runs on another number of them
 than the run that wrote the checkpoint. The consumer commits as in
-``checkpointed.py``.
+``checkpointed.py``, whose loop it runs.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 
-from blpipe import Pipeline
+from tests.scripts import checkpointed
 
 
 class Total:
@@ -49,20 +48,8 @@ def expected(n: int) -> list[str]:
 
 
 def main(start: str, out_path: str, path: str, n: int) -> None:
-    with open(out_path, "ab") as out:
-        def commit(covered: int) -> int:
-            out.flush()
-            os.fsync(out.fileno())
-            return out.tell()
-
-        replicas = random.randint(1, 3)
-        with Pipeline([Total(replicas)], n_cpu=replicas, start_method=start, checkpoint=path,
-                      checkpoint_every=0.05, on_checkpoint=commit) as p:
-            resumed = p.checkpointed
-            out.truncate(resumed.token if resumed is not None else 0)
-            out.seek(0, os.SEEK_END)
-            for y in p.apply(range(n)):
-                out.write(f"{y}\n".encode())
+    replicas = random.randint(1, 3)
+    checkpointed.main(start, out_path, path, n, [Total(replicas)], n_cpu=replicas)
 
 
 if __name__ == "__main__":
